@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up everything the test suite needs and run it: the venv, a real single-node Grid Engine
+# (Debian's gridengine packages, started by scripts/sge-up.sh), then pytest. Any failure fails.
+# Usage: bash scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+bash scripts/setup.sh --dev
+as_root bash scripts/sge-up.sh up
+qstat -f >/dev/null   # the cluster answers, or we stop here
+
+exec .venv/bin/python -m pytest "$@"
