@@ -1,0 +1,57 @@
+"""The run ledger: `<run_dir>/jobs.jsonl`, one JSON object per event (schema: docs/CONTRACTS.md).
+
+Several writers share one ledger: the launcher on a login node, the job script's chain hooks on a
+compute node, `slmjobs cancel` from another terminal. Each event is therefore written as ONE
+`write()` on a descriptor opened with O_APPEND, under an exclusive `flock`, so lines never
+interleave. A writer killed mid-write (SIGKILL at h_rt, a full disk) can still leave a torn
+last line: readers skip lines that are not JSON, and the next writer starts on a fresh line.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+LEDGER_NAME = "jobs.jsonl"
+
+
+def ledger_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / LEDGER_NAME
+
+
+def append(run_dir: str | os.PathLike, event: dict) -> dict:
+    """Append `event` (must have an "event" key) with the current `time`; return what was written."""
+    if not isinstance(event.get("event"), str):
+        raise ValueError(f"ledger event needs an 'event' name, got {event!r}")
+    record = {**event, "time": event.get("time", time.time())}
+    line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+    fd = os.open(ledger_path(run_dir), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line  # close a torn line left by a killed writer
+        os.write(fd, line)
+    finally:
+        os.close(fd)  # also releases the lock
+    return record
+
+
+def read(run_dir: str | os.PathLike) -> list[dict]:
+    """All events in order; [] when there is no ledger. Torn or foreign lines are skipped."""
+    try:
+        data = ledger_path(run_dir).read_bytes()
+    except FileNotFoundError:
+        return []
+    events = []
+    for line in data.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
