@@ -1,0 +1,265 @@
+"""The chain's decisions, driven through the real hooks and the real ledger, with a fake scheduler.
+
+A "link" here is what the job script does: `begin`, the worker (which moves progress.json),
+`end` with the worker's exit status. A hard kill is a link that ran `begin` and never `end`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from slmjobs import chain, ledger
+from slmjobs.backends import Job
+from slmjobs.errors import UsageError
+
+
+def set_progress(run_dir, step, state="training", max_steps=100):
+    (run_dir / "progress.json").write_text(json.dumps(
+        {"state": state, "step": step, "checkpoint_step": step, "max_steps": max_steps}))
+
+
+def events(run_dir, kind=None):
+    return [e for e in ledger.read(run_dir) if kind is None or e["event"] == kind]
+
+
+def launch(run_dir, sched):
+    """What `slmjobs launch` does: submit link 1, not held."""
+    return sched.submit_link(run_dir, 1, hold_on=None)
+
+
+def job_of(run_dir, link):
+    return [e["job_id"] for e in events(run_dir, "submitted") if e["link"] == link][-1]
+
+
+def run_link(run_dir, sched, link, rc, step, killed=False):
+    """One link: begin; if it trains, the worker reaches `step`; end with rc (unless killed)."""
+    job_id = job_of(run_dir, link)
+    sched.states[job_id] = "running"
+    verdict = chain.begin(run_dir, link, job_id=job_id)
+    if verdict == chain.TRAIN:
+        set_progress(run_dir, step, state="finished" if rc == 0 else "training")
+        if not killed:
+            assert chain.end(run_dir, link, rc, job_id=job_id) == 0
+    sched.states[job_id] = "ended"
+    return verdict
+
+
+def test_planned_hand_offs_submit_one_held_successor_per_link(run_dir, sched):
+    launch(run_dir, sched)
+    assert run_link(run_dir, sched, 1, 75, 30) == chain.TRAIN
+    assert run_link(run_dir, sched, 2, 75, 60) == chain.TRAIN
+    assert run_link(run_dir, sched, 3, 0, 100) == chain.TRAIN
+
+    submitted = events(run_dir, "submitted")
+    assert [(e["link"], e["hold_on"]) for e in submitted] == [
+        (1, None), (2, job_of(run_dir, 1)), (3, job_of(run_dir, 2)), (4, job_of(run_dir, 3))]
+    ended = {e["link"]: e for e in events(run_dir, "ended")}
+    assert [ended[k]["how"] for k in (1, 2, 3, 4)] == ["handed_off", "handed_off", "finished",
+                                                        "cancelled"]
+    assert [ended[k]["checkpoint_step"] for k in (1, 2, 3)] == [30, 60, 100]
+    assert (run_dir / "DONE").exists()
+    assert events(run_dir, "stopped")[-1]["reason"] == "finished"
+    assert sched.cancelled == [job_of(run_dir, 4)] and sched.pending() == []
+
+
+def test_a_link_that_finds_the_run_finished_does_nothing_and_removes_its_successor(run_dir, sched):
+    launch(run_dir, sched)
+    run_link(run_dir, sched, 1, 0, 100)
+    late = sched.submit_link(run_dir, 2, hold_on=None)  # e.g. a stray resubmission
+    submitted_before = len(events(run_dir, "submitted"))
+
+    assert run_link(run_dir, sched, 2, 75, 100) == chain.NOTHING
+    assert len(events(run_dir, "submitted")) == submitted_before
+    assert events(run_dir, "ended")[-1] == {**events(run_dir, "ended")[-1], "link": 2,
+                                            "job_id": late, "how": "cancelled"}
+    assert sched.pending() == []
+
+
+def test_a_worker_that_finished_but_was_killed_before_end_is_seen_as_finished(run_dir, sched):
+    launch(run_dir, sched)
+    run_link(run_dir, sched, 1, 0, 100, killed=True)  # final checkpoint written, then SIGKILL
+    assert run_link(run_dir, sched, 2, 75, 100) == chain.NOTHING
+    assert (run_dir / "DONE").exists()
+    assert [e["reason"] for e in events(run_dir, "stopped")] == ["finished"]
+    assert sched.pending() == []
+
+
+def test_hard_kill_is_closed_by_the_successor_with_accounting(run_dir, sched):
+    launch(run_dir, sched)
+    run_link(run_dir, sched, 1, 75, 40, killed=True)
+    first = job_of(run_dir, 1)
+    sched.accounted[first] = Job(job_id=first, state="ended", exit_status=137, failed=True,
+                                 reason="37 : qmaster enforced h_rt", wallclock=61.0)
+
+    assert run_link(run_dir, sched, 2, 75, 80) == chain.TRAIN
+    killed = [e for e in events(run_dir, "ended") if e["link"] == 1]
+    assert len(killed) == 1 and killed[0]["how"] == "killed"
+    assert killed[0]["checkpoint_step"] == 40 and killed[0]["job_id"] == first
+    (accounted,) = events(run_dir, "accounted")
+    assert accounted["link"] == 1 and accounted["wallclock"] == 61.0
+    assert accounted["exit_status"] == 137
+    assert sched.pending() == [job_of(run_dir, 3)]  # the chain goes on
+
+
+def test_accounting_that_lags_is_recorded_by_the_next_end(run_dir, sched):
+    launch(run_dir, sched)
+    run_link(run_dir, sched, 1, 75, 40, killed=True)
+    first = job_of(run_dir, 1)
+    job_id = job_of(run_dir, 2)
+    assert chain.begin(run_dir, 2, job_id=job_id) == chain.TRAIN
+    assert events(run_dir, "accounted") == []  # qacct did not have it yet
+    sched.accounted[first] = Job(job_id=first, state="ended", exit_status=137, wallclock=62.0)
+    chain.end(run_dir, 2, 75, job_id=job_id)
+    assert [(e["link"], e["wallclock"]) for e in events(run_dir, "accounted")] == [(1, 62.0)]
+
+
+def test_crash_budget_stops_the_chain_and_leaves_nothing_queued(run_dir, sched, limits):
+    launch(run_dir, sched)
+    run_link(run_dir, sched, 1, 75, 20)      # a planned hand-off: not a crash
+    run_link(run_dir, sched, 2, 1, 30)       # crash 1: progress made, the chain goes on
+    assert sched.pending() == [job_of(run_dir, 3)]
+    run_link(run_dir, sched, 3, 2, 30)       # crash 2 (bad config counts too) = budget
+
+    (stopped,) = events(run_dir, "stopped")
+    assert stopped["reason"] == "crash_budget" and "exit 2" in stopped["detail"]
+    assert sched.pending() == [] and sched.cancelled == [job_of(run_dir, 4)]
+    assert not (run_dir / "DONE").exists()
+
+
+def test_hard_kills_do_not_spend_the_crash_budget(run_dir, sched, limits):
+    launch(run_dir, sched)
+    for link, step in [(1, 10), (2, 20), (3, 30)]:
+        assert run_link(run_dir, sched, link, 75, step, killed=True) == chain.TRAIN
+    assert events(run_dir, "stopped") == []
+    assert [e["how"] for e in events(run_dir, "ended")] == ["killed", "killed"]
+
+
+def test_no_progress_counts_consecutive_links_without_a_new_checkpoint(run_dir, sched, limits):
+    limits["max_links"] = 10
+    launch(run_dir, sched)
+    run_link(run_dir, sched, 1, 75, 10)
+    run_link(run_dir, sched, 2, 75, 10)                 # stalled 1
+    run_link(run_dir, sched, 3, 75, 20)                 # advanced: the counter restarts
+    run_link(run_dir, sched, 4, 75, 20, killed=True)    # stalled 1 (closed as killed by link 5)
+    run_link(run_dir, sched, 5, 75, 20)                 # stalled 2
+    assert events(run_dir, "stopped") == []
+    assert run_link(run_dir, sched, 6, 75, 20) == chain.TRAIN   # stalled 3: stop at its end
+    (stopped,) = events(run_dir, "stopped")
+    assert stopped["reason"] == "no_progress"
+    assert sched.pending() == []
+
+
+def test_max_links_stops_after_the_last_allowed_link(run_dir, sched, limits):
+    limits["max_links"] = 2
+    launch(run_dir, sched)
+    run_link(run_dir, sched, 1, 75, 10)
+    run_link(run_dir, sched, 2, 75, 20)
+    (stopped,) = events(run_dir, "stopped")
+    assert stopped["reason"] == "max_links"
+    assert sched.pending() == [] and len(sched.cancelled) == 1
+
+
+def test_max_links_holds_when_the_last_allowed_link_is_killed(run_dir, sched, limits):
+    limits["max_links"] = 2
+    launch(run_dir, sched)
+    run_link(run_dir, sched, 1, 75, 10)
+    run_link(run_dir, sched, 2, 75, 20, killed=True)   # its end never ran: link 3 was held
+    assert run_link(run_dir, sched, 3, 75, 30) == chain.NOTHING
+    assert [e["reason"] for e in events(run_dir, "stopped")] == ["max_links"]
+    assert len(events(run_dir, "submitted")) == 3 and sched.pending() == []
+
+
+def test_a_cancelled_chain_does_not_train(run_dir, sched):
+    launch(run_dir, sched)
+    run_link(run_dir, sched, 1, 75, 10)
+    ledger.append(run_dir, {"event": "stopped", "reason": "cancelled", "detail": "by user"})
+    assert run_link(run_dir, sched, 2, 75, 20) == chain.NOTHING
+    assert sched.pending() == []
+    assert len(events(run_dir, "submitted")) == 2
+
+
+def test_a_cancel_racing_the_successor_submission_removes_the_successor(run_dir, sched):
+    launch(run_dir, sched)
+
+    def cancel_lands_now(link, job_id):  # `slmjobs cancel` listed the jobs a moment earlier
+        ledger.append(run_dir, {"event": "stopped", "reason": "cancelled"})
+
+    sched.on_submit = cancel_lands_now
+    assert run_link(run_dir, sched, 1, 75, 10) == chain.NOTHING
+    assert sched.cancelled == [job_of(run_dir, 2)] and sched.pending() == []
+
+
+def test_a_rerun_of_the_same_job_does_not_submit_a_second_successor(run_dir, sched):
+    launch(run_dir, sched)
+    job_id = job_of(run_dir, 1)
+    assert chain.begin(run_dir, 1, job_id=job_id) == chain.TRAIN
+    assert chain.begin(run_dir, 1, job_id=job_id) == chain.TRAIN  # SGE restarted the job
+    assert [e["link"] for e in events(run_dir, "submitted")] == [1, 2]
+
+
+def test_resume_resets_the_guards_and_submits_the_next_link(run_dir, sched, limits):
+    launch(run_dir, sched)
+    run_link(run_dir, sched, 1, 1, 10)
+    run_link(run_dir, sched, 2, 1, 10)
+    assert events(run_dir, "stopped")[-1]["reason"] == "crash_budget"
+
+    job_id = chain.resume_run(run_dir)
+    (resumed,) = events(run_dir, "resumed")
+    assert resumed["checkpoint_step"] == 10 and resumed["link"] == 4  # link 3 was cancelled
+    assert job_of(run_dir, 4) == job_id and events(run_dir, "submitted")[-1]["hold_on"] is None
+    assert run_link(run_dir, sched, 4, 1, 10) == chain.TRAIN  # one crash: budget is fresh
+    assert sched.pending() == [job_of(run_dir, 5)]
+    run_link(run_dir, sched, 5, 0, 100)
+    assert (run_dir / "DONE").exists() and sched.pending() == []
+
+
+def test_resume_refuses_a_finished_run_and_an_active_chain(run_dir, sched):
+    launch(run_dir, sched)
+    with pytest.raises(UsageError, match="still active"):
+        chain.resume_run(run_dir)
+    run_link(run_dir, sched, 1, 0, 100)
+    with pytest.raises(UsageError, match="already finished"):
+        chain.resume_run(run_dir)
+    assert events(run_dir, "resumed") == []
+
+
+def test_resume_changes_the_walltime_of_the_next_links(run_dir, sched, monkeypatch):
+    asked = []
+    monkeypatch.setattr(chain, "set_walltime", lambda d, w: asked.append(w) or "02:00:00")
+    launch(run_dir, sched)
+    run_link(run_dir, sched, 1, 75, 10)
+    ledger.append(run_dir, {"event": "stopped", "reason": "cancelled"})
+    sched.cancel([job_of(run_dir, 2)])
+    chain.resume_run(run_dir, walltime="2:00:00")
+    assert asked == ["2:00:00"] and events(run_dir, "resumed")[0]["walltime"] == "02:00:00"
+
+
+def test_checkpoint_step_falls_back_to_the_latest_link_name(run_dir):
+    assert chain.checkpoint_step(run_dir) is None
+    os.symlink("ep0-ba120-rank0.pt", run_dir / "checkpoints" / "latest-rank0.pt")
+    assert chain.checkpoint_step(run_dir) == 120
+    set_progress(run_dir, 140)
+    assert chain.checkpoint_step(run_dir) == 140
+
+
+@pytest.mark.parametrize("rc, how", [(0, "finished"), (75, "handed_off"), (1, "crashed"),
+                                     (2, "crashed"), (137, "crashed")])
+def test_exit_status_meaning(rc, how):
+    assert chain.how_it_ended(rc) == how
+
+
+def test_limits_come_from_run_yaml_with_defaults():
+    assert chain.chain_limits({"chain": {"max_links": 9}}) == {
+        **chain.DEFAULT_LIMITS, "max_links": 9}
+    assert chain.chain_limits({"max_links": 4, "crash_budget": 1})["crash_budget"] == 1
+
+
+def test_hooks_refuse_a_directory_that_is_not_a_run(tmp_path, capsys):
+    assert chain.main(["begin", str(tmp_path), "1"]) == 2
+    assert str(tmp_path) in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        chain.main(["end", str(tmp_path), "1", "notanumber"])
+    assert exc.value.code == 2
