@@ -82,15 +82,14 @@ def load_run(run_dir: Path) -> dict:
 
 
 def chain_limits(run: dict) -> dict:
-    """max_links / crash_budget / no_progress_links from run.yaml (`chain:` block or top level)."""
-    block = run.get("chain") if isinstance(run.get("chain"), dict) else run
-    aliases = {"max_links": ("max_links",),
-               "crash_budget": ("crash_budget", "max_crashes"),
-               "no_progress_links": ("no_progress_links", "no_progress", "max_no_progress")}
-    limits = {}
-    for name, keys in aliases.items():
-        found = [block[k] for k in keys if isinstance(block.get(k), int)]
-        limits[name] = found[0] if found else DEFAULT_LIMITS[name]
+    """max_links / crash_budget / no_progress_links: run.yaml's `chain:` block (which includes
+    `launch --max-links`) over the profile snapshot's `chain:` over the defaults."""
+    limits = dict(DEFAULT_LIMITS)
+    profile = run.get("profile") if isinstance(run.get("profile"), dict) else {}
+    for block in (profile.get("chain"), run, run.get("chain")):
+        if isinstance(block, dict):
+            limits.update({k: v for k, v in block.items()
+                           if k in DEFAULT_LIMITS and isinstance(v, int) and v > 0})
     return limits
 
 
@@ -198,7 +197,11 @@ def cancel_successors(run_dir: Path, link: int, why: str) -> list[str]:
     successors = pending_successors(ledger.read(run_dir), link)
     job_ids = [str(e["job_id"]) for e in successors if e.get("job_id")]
     if job_ids:
-        backend_for(run_dir).cancel(job_ids)
+        try:
+            backend_for(run_dir).cancel(job_ids)
+        except Exception as exc:  # it stays held; when it starts, `begin` finds the chain stopped
+            print(f"slmjobs.chain: could not cancel {' '.join(job_ids)}: {exc}", file=sys.stderr)
+            return []
     for event in successors:
         record(run_dir, "ended", link=event["link"], job_id=event.get("job_id"), how=CANCELLED,
                exit_status=None, checkpoint_step=checkpoint_step(run_dir), detail=why)

@@ -251,10 +251,10 @@ def test_exit_status_meaning(rc, how):
     assert chain.how_it_ended(rc) == how
 
 
-def test_limits_come_from_run_yaml_with_defaults():
-    assert chain.chain_limits({"chain": {"max_links": 9}}) == {
-        **chain.DEFAULT_LIMITS, "max_links": 9}
-    assert chain.chain_limits({"max_links": 4, "crash_budget": 1})["crash_budget"] == 1
+def test_limits_come_from_run_yaml_over_the_profile_over_defaults():
+    assert chain.chain_limits({}) == chain.DEFAULT_LIMITS
+    run = {"profile": {"chain": {"max_links": 9, "crash_budget": 5}}, "chain": {"max_links": 4}}
+    assert chain.chain_limits(run) == {**chain.DEFAULT_LIMITS, "max_links": 4, "crash_budget": 5}
 
 
 def test_hooks_refuse_a_directory_that_is_not_a_run(tmp_path, capsys):
