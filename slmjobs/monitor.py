@@ -1,0 +1,444 @@
+"""Where every run stands: `slmjobs status`, `logs`, `cancel` (the CLI in cli.py calls these).
+
+Sources, cheapest first: the ledger (`jobs.jsonl`), `run.yaml`, the trainer's `progress.json`,
+then ONE scheduler query per backend kind for all runs together. The scheduler's accounting
+(`qacct`) is asked only for jobs that have left the queue and are not accounted yet; the answer
+is recorded in the ledger as an `accounted` event, so no job is ever asked about twice.
+
+A job that has left the queue but is not in the accounting yet is ENDING: neither finished nor
+lost (qacct lags qstat by about a second on Grid Engine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from slmjobs import ledger
+from slmjobs.backends import (ACTIVE_STATES, ENDED, ENDING, UNKNOWN, Job, SchedulerError,
+                              get_backend)
+from slmjobs.errors import UsageError
+
+# How long after a job left the queue we keep asking the accounting for it. Past this, the
+# record is taken as lost (rotated accounting file, reinstalled cluster) and noted once.
+ACCOUNTING_PATIENCE_SECONDS = 600
+
+# Run states shown by status. Terminal ones stay until `resume`.
+TERMINAL = ("finished", "cancelled", "failed", "killed", "stopped")
+# `how` in an `ended` event -> what status shows for a run whose latest link ended so
+HOW_TO_STATE = {"finished": "finished", "handed_off": "handed off", "crashed": "failed",
+                "killed": "killed", "cancelled": "cancelled"}
+
+
+# ------------------------------------------------------------------ reading a run
+def read_run_yaml(run_dir: Path) -> dict:
+    try:
+        text = (Path(run_dir) / "run.yaml").read_text()
+    except FileNotFoundError:
+        return {}
+    import yaml  # only when there is a run to read (keeps `slmjobs --help` light)
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~8x faster
+    try:
+        data = yaml.load(text, Loader=loader)
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_progress(run_dir: Path) -> dict:
+    try:
+        data = json.loads((Path(run_dir) / "progress.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def scheduler_kind(run: dict) -> str:
+    profile = run.get("profile") or run.get("cluster") or {}
+    kind = run.get("scheduler") or (profile.get("scheduler") if isinstance(profile, dict) else None)
+    return kind or "local"
+
+
+def max_links(run: dict) -> int | None:
+    block = run.get("chain") if isinstance(run.get("chain"), dict) else run
+    value = block.get("max_links")
+    return value if isinstance(value, int) else None
+
+
+def after_last_resume(events: list[dict]) -> list[dict]:
+    last = max((i for i, e in enumerate(events) if e.get("event") == "resumed"), default=-1)
+    return events[last + 1:]
+
+
+def stop_event(events: list[dict]) -> dict | None:
+    """The `stopped` event in force (one after the last `resumed`), or None."""
+    stops = [e for e in after_last_resume(events) if e.get("event") == "stopped"]
+    return stops[-1] if stops else None
+
+
+def links(events: list[dict]) -> list[dict]:
+    """One entry per job of the run, in submission order: link, job id and what the ledger knows."""
+    by_job: dict[str, dict] = {}
+    for event in events:
+        job_id = event.get("job_id")
+        if job_id is None:
+            continue
+        job_id = str(job_id)
+        kind = event.get("event")
+        if kind == "submitted":
+            by_job.setdefault(job_id, {"job_id": job_id, "link": event.get("link"),
+                                       "submitted": event.get("time")})
+            continue
+        entry = by_job.setdefault(job_id, {"job_id": job_id, "link": event.get("link")})
+        if kind in ("started", "ended", "accounted") and kind not in entry:
+            entry[kind] = event
+    return list(by_job.values())
+
+
+class RunInfo:
+    """Everything read from one run directory (no scheduler yet)."""
+
+    def __init__(self, run_dir):
+        self.dir = Path(run_dir)
+        self.run = read_run_yaml(self.dir)
+        self.events = ledger.read(self.dir)
+        self.progress = read_progress(self.dir)
+        self.links = links(self.events)
+        self.kind = scheduler_kind(self.run)
+
+    def unaccounted_job_ids(self) -> list[str]:
+        return [entry["job_id"] for entry in self.links if "accounted" not in entry]
+
+
+# ----------------------------------------------------- asking the scheduler, once
+def query_all(infos: list[RunInfo]) -> dict[tuple[str, str], Job]:
+    """ONE query per backend kind for every not-yet-accounted job of every run."""
+    wanted: dict[str, set[str]] = {}
+    for info in infos:
+        wanted.setdefault(info.kind, set()).update(info.unaccounted_job_ids())
+    jobs: dict[tuple[str, str], Job] = {}
+    for kind, job_ids in wanted.items():
+        if not job_ids:
+            continue
+        try:
+            answers = get_backend(kind).query(sorted(job_ids))
+        except (SchedulerError, UsageError) as exc:
+            answers = {j: Job(job_id=j, state=UNKNOWN, reason=str(exc)) for j in job_ids}
+        for job_id, job in answers.items():
+            jobs[(kind, job_id)] = job
+    return jobs
+
+
+def settle_accounting(info: RunInfo, jobs: dict[tuple[str, str], Job]) -> None:
+    """For jobs that left the queue: ask the accounting once, record the answer in the ledger
+    and turn ENDING into ENDED in `jobs`. Still ENDING afterwards: not accounted yet."""
+    backend = None
+    for entry in info.links:
+        key = (info.kind, entry["job_id"])
+        job = jobs.get(key)
+        if job is None or "accounted" in entry or job.state not in (ENDING, ENDED):
+            continue
+        if _never_started(entry):  # deleted while held or queued: never accounted by SGE
+            jobs[key] = Job(job_id=entry["job_id"], state=ENDED, failed=True,
+                            reason="cancelled before it started")
+            continue
+        if job.state == ENDING:
+            backend = backend or get_backend(info.kind)
+            try:
+                accounted = backend.accounting(entry["job_id"])
+            except (SchedulerError, UsageError):
+                accounted = None
+            if accounted is None and _accounting_overdue(entry):
+                accounted = Job(job_id=entry["job_id"], state=ENDED,
+                                reason="no accounting record")
+            if accounted is None:
+                continue
+            job = jobs[key] = accounted
+        _record_accounted(info, entry, job)
+
+
+def job_states(info: RunInfo) -> dict[tuple[str, str], Job]:
+    """The scheduler's view of one run's not-yet-accounted jobs, accounting settled."""
+    jobs = query_all([info])
+    settle_accounting(info, jobs)
+    return jobs
+
+
+def _never_started(entry: dict) -> bool:
+    return "started" not in entry and entry.get("ended", {}).get("how") == "cancelled"
+
+
+def _accounting_overdue(entry: dict) -> bool:
+    """The last thing the ledger knows about the job is long past: its record is lost."""
+    known = entry.get("ended") or (None if "started" in entry else {"time": entry.get("submitted")})
+    known = known or entry.get("started") or {}
+    at = known.get("time")
+    return at is not None and time.time() - at > ACCOUNTING_PATIENCE_SECONDS
+
+
+def _record_accounted(info: RunInfo, entry: dict, job: Job) -> None:
+    event = {"event": "accounted", "link": entry.get("link"), "job_id": entry["job_id"],
+             "wallclock": job.wallclock, "exit_status": job.exit_status, "failed": job.failed,
+             "reason": job.reason, "gpus": job.gpus, "slots": job.slots}
+    try:
+        entry["accounted"] = ledger.append(info.dir, event)
+    except OSError:  # someone else's run, read-only to us: show it, record nothing
+        entry["accounted"] = {**event, "time": time.time()}
+
+
+# ---------------------------------------------------------------- one row per run
+def run_statuses(run_dirs) -> list[dict]:
+    infos = [RunInfo(d) for d in run_dirs]
+    jobs = query_all(infos)
+    rows = []
+    for info in infos:
+        settle_accounting(info, jobs)
+        rows.append(_row(info, jobs))
+    return rows
+
+
+def _row(info: RunInfo, jobs: dict[tuple[str, str], Job]) -> dict:
+    now = time.time()
+    run, progress = info.run, info.progress
+    current = _current_link(info, jobs)
+    job = jobs.get((info.kind, current["job_id"])) if current else None
+    stop = stop_event(info.events)
+    state = _run_state(info, current, job, stop)
+    step, max_steps = progress.get("step"), progress.get("max_steps")
+    rate = progress.get("steps_per_sec")
+    eta = None
+    if state not in TERMINAL and isinstance(step, int) and isinstance(max_steps, int) \
+            and isinstance(rate, (int, float)) and rate > 0:
+        eta = max(max_steps - step, 0) / rate
+    checkpoint_time = progress.get("checkpoint_time")
+    return {
+        "name": run.get("run_name") or run.get("name") or info.dir.name,
+        "run_dir": str(info.dir),
+        "model": run.get("model"),
+        "gpus": run.get("gpus"),
+        "scheduler": info.kind,
+        "link": current.get("link") if current else None,
+        "max_links": max_links(run),
+        "job_id": current["job_id"] if current else None,
+        "job_state": job.state if job else None,
+        "job_reason": job.reason if job else "",
+        "state": state,
+        "previous_link": _previous_end(info, current),
+        "step": step,
+        "max_steps": max_steps,
+        "loss": progress.get("loss"),
+        "tokens_per_sec": progress.get("tokens_per_sec"),
+        "eta_seconds": eta,
+        "checkpoint_step": progress.get("checkpoint_step"),
+        "checkpoint_age_seconds": (now - checkpoint_time)
+        if isinstance(checkpoint_time, (int, float)) else None,
+        "gpu_hours": _gpu_hours(info, jobs, now),
+        "stop_reason": stop.get("reason") if stop else None,
+        "stop_detail": stop.get("detail") if stop else None,
+    }
+
+
+def _current_link(info: RunInfo, jobs: dict) -> dict | None:
+    """The running job's link if one runs, else the latest submitted one."""
+    if not info.links:
+        return None
+    for entry in reversed(info.links):
+        job = jobs.get((info.kind, entry["job_id"]))
+        if job is not None and job.state == "running":
+            return entry
+    return info.links[-1]
+
+
+def _run_state(info: RunInfo, current: dict | None, job: Job | None, stop: dict | None) -> str:
+    if stop is not None:
+        reason = stop.get("reason")
+        if reason in ("finished", "cancelled"):
+            return reason
+        return "failed" if reason == "crash_budget" else "stopped"
+    if (info.dir / "DONE").exists():
+        return "finished"
+    if current is None:
+        return "new"
+    if job is not None and job.state in ACTIVE_STATES + (UNKNOWN,):
+        return job.state
+    ended = current.get("ended")
+    if ended is not None:  # the link's own `end` hook (or the chain) said how it ended
+        return HOW_TO_STATE.get(ended.get("how"), ended.get("how") or "ended")
+    if job is not None and job.state == ENDING:
+        return ENDING  # left the queue, not accounted yet: neither finished nor lost
+    accounted = current.get("accounted")
+    if accounted is not None:  # the link ended without its `end` hook: killed or crashed
+        return "killed" if accounted.get("exit_status") == 137 else (
+            "failed" if accounted.get("failed") else "ended")
+    return job.state if job is not None else "ended"
+
+
+def _previous_end(info: RunInfo, current: dict | None) -> str | None:
+    if not current or not isinstance(current.get("link"), int):
+        return None
+    for entry in reversed(info.links):
+        if entry.get("link") == current["link"] - 1:
+            ended = entry.get("ended")
+            if ended is not None:
+                return HOW_TO_STATE.get(ended.get("how"), ended.get("how"))
+            accounted = entry.get("accounted")
+            if accounted is not None:
+                return "killed" if accounted.get("exit_status") == 137 else "crashed"
+            return None
+    return None
+
+
+def _gpu_hours(info: RunInfo, jobs: dict, now: float) -> float:
+    """Accounted wallclock x GPUs over all links, plus the running link so far."""
+    default_gpus = info.run.get("gpus") if isinstance(info.run.get("gpus"), int) else 1
+    seconds = 0.0
+    for entry in info.links:
+        accounted = entry.get("accounted")
+        if accounted is not None:
+            seconds += (accounted.get("wallclock") or 0) * (accounted.get("gpus") or default_gpus)
+            continue
+        job = jobs.get((info.kind, entry["job_id"]))
+        if job is not None and job.state == "running" and job.start_time:
+            seconds += max(now - job.start_time, 0) * (job.gpus or default_gpus)
+    return seconds / 3600
+
+
+# ------------------------------------------------------------------------ table
+COLUMNS = [("RUN", "name"), ("MODEL", "model"), ("GPUS", "gpus"), ("LINK", "link"),
+           ("JOB", "job_id"), ("STATE", "state"), ("PREV LINK", "previous_link"),
+           ("STEP", "step"), ("LOSS", "loss"), ("TOK/S", "tokens_per_sec"),
+           ("ETA", "eta_seconds"), ("CKPT AGE", "checkpoint_age_seconds"),
+           ("GPU-H", "gpu_hours"), ("NOTE", "note")]
+
+
+def duration(seconds) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds >= 86400:
+        return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def _cell(row: dict, key: str) -> str:
+    value = row.get(key)
+    if key == "link":
+        if value is None:
+            return "-"
+        return f"{value}/{row['max_links']}" if row.get("max_links") else str(value)
+    if key == "step":
+        if value is None:
+            return "-"
+        return f"{value}/{row['max_steps']}" if row.get("max_steps") else str(value)
+    if key in ("eta_seconds", "checkpoint_age_seconds"):
+        return duration(value)
+    if key == "note":
+        if row.get("stop_reason") and row["stop_reason"] not in ("finished", "cancelled"):
+            return f"stopped: {row['stop_reason']}"
+        return row.get("job_reason") or ""
+    if value is None:
+        return "-"
+    if key == "loss":
+        return f"{value:.3f}"
+    if key == "tokens_per_sec":
+        return f"{value:,.0f}"
+    if key == "gpu_hours":
+        return f"{value:.2f}"
+    return str(value)
+
+
+def format_table(rows: list[dict]) -> str:
+    if not rows:
+        return "no runs"
+    table = [[title for title, _ in COLUMNS]]
+    table += [[_cell(row, key) for _, key in COLUMNS] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+                     for line in table)
+
+
+# ------------------------------------------------------------------ active, cancel
+def _active_jobs(info: RunInfo, jobs: dict) -> list[str]:
+    return [entry["job_id"] for entry in info.links
+            if (info.kind, entry["job_id"]) in jobs
+            and jobs[(info.kind, entry["job_id"])].state in ACTIVE_STATES]
+
+
+def is_active(run_dir) -> bool:
+    """Has the run a job queued, held or running (or one the scheduler cannot tell about)?"""
+    jobs = job_states(RunInfo(run_dir))
+    return any(job.state in ACTIVE_STATES + (UNKNOWN,) for job in jobs.values())
+
+
+def cancel_run(run_dir) -> list[str]:
+    """Stop the chain, then delete every queued, held or running job of the run.
+
+    `stopped` is written FIRST: a link starting right now reads it in its `begin` hook and
+    submits nothing more. A second pass catches a successor submitted while we cancelled."""
+    run_dir = Path(run_dir)
+    ledger.append(run_dir, {"event": "stopped", "reason": "cancelled",
+                            "detail": "slmjobs cancel"})
+    cancelled: list[str] = []
+    for _ in range(2):
+        info = RunInfo(run_dir)
+        jobs = query_all([info])
+        targets = [j for j in _active_jobs(info, jobs) if j not in cancelled]
+        if not targets:
+            break
+        get_backend(info.kind).cancel(targets)
+        for entry in info.links:
+            if entry["job_id"] in targets and "ended" not in entry:
+                ledger.append(run_dir, {"event": "ended", "link": entry.get("link"),
+                                        "job_id": entry["job_id"], "how": "cancelled",
+                                        "exit_status": None, "detail": "slmjobs cancel"})
+        cancelled += targets
+    return cancelled
+
+
+# ------------------------------------------------------------------------- logs
+def link_logs(run_dir: Path) -> list[Path]:
+    return sorted((Path(run_dir) / "logs").glob("link-*.log"))
+
+
+def follow_logs(run_dir, follow: bool = False, poll_seconds: float = 0.5, out=None) -> int:
+    """Print every link's log in order. With follow, keep printing what is appended, move on to
+    the next link's log when it appears, and return once the run is in a terminal state (no job
+    queued, held, running or ending) and every log has been read to its end."""
+    out = out or sys.stdout
+    run_dir = Path(run_dir)
+    if not (run_dir / "jobs.jsonl").exists() and not (run_dir / "run.yaml").exists():
+        raise UsageError(f"{run_dir} is not a run directory (no run.yaml, no jobs.jsonl)")
+    offsets: dict[Path, int] = {}
+    while True:
+        done = not follow or _settled(run_dir)  # decided BEFORE the last read: nothing is lost
+        for path in link_logs(run_dir):
+            offsets[path] = _print_new(path, offsets.get(path, 0), out)
+        if done:
+            return 0
+        time.sleep(poll_seconds)
+
+
+def _print_new(path: Path, offset: int, out) -> int:
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        data = handle.read()
+    if data:
+        out.write(data.decode("utf-8", errors="replace"))
+        out.flush()
+    return offset + len(data)
+
+
+def _settled(run_dir: Path) -> bool:
+    info = RunInfo(run_dir)
+    if not info.links:
+        return stop_event(info.events) is not None
+    jobs = job_states(info)
+    return not any(job.state in ACTIVE_STATES + (ENDING, UNKNOWN) for job in jobs.values())
