@@ -1,0 +1,325 @@
+"""`slmjobs launch`: resolve a request -> validate everything -> create the run dir -> render link 1
+-> submit -> record. Also the three functions the chain and the monitor build on:
+
+    load_run(run_dir) -> dict                          # run.yaml
+    write_link_script(run_dir, link) -> Path           # render link N from run.yaml into scripts/
+    submit_link(run_dir, link, hold_on=None) -> job_id # write, submit, append `submitted`
+
+Everything that can be wrong with a request is checked before the run directory exists; any
+failure after it was created removes it again (no run dir left behind, nothing left queued).
+
+Run names: an existing run directory is never reused, whatever its state (a finished run's
+checkpoints would be autoresumed by the trainer and its ledger mixed with the new run's). The
+error says whether the run is active and points to `slmjobs cancel` / `slmjobs resume` / `--name`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from slmjobs import profiles
+from slmjobs.errors import UsageError
+
+RUN_FILE = "run.yaml"
+RESERVED_OVERRIDES = ("model", "run_name", "run_dir")
+# Grid Engine rejects spaces, ':' and '/' in job names and a leading digit (FINDINGS P5); the name
+# is also a directory name and a `#$ -N` value, so keep it to a plain, portable charset.
+RUN_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$")
+# Hydra override grammar, the part that matters here: an optional ~ / + / ++ prefix, a dotted
+# key (config groups may use / and @), then =value (anything on one line; hydra parses it).
+OVERRIDE = re.compile(r"^(~|\+\+?)?[A-Za-z_][A-Za-z0-9_.\-/@]*(=.*)?$", re.DOTALL)
+
+
+# ----------------------------------------------------------------------- validation
+def models_dir() -> Path:
+    """trainer/conf/model, found without importing the trainer (it would pull in torch)."""
+    spec = importlib.util.find_spec("trainer")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0]) / "conf" / "model"
+    return Path(__file__).resolve().parent.parent / "trainer" / "conf" / "model"
+
+
+def available_models() -> list[str]:
+    directory = models_dir()
+    return sorted(p.stem for p in directory.glob("*.yaml")) if directory.is_dir() else []
+
+
+def check_model(model: str) -> None:
+    known = available_models()
+    if model not in known:
+        raise UsageError(f"unknown model {model!r}: allowed are {', '.join(known) or '(none found in ' + str(models_dir()) + ')'}")
+
+
+def check_run_name(name: str) -> None:
+    if not RUN_NAME.match(name):
+        raise UsageError(f"bad run name {name!r}: allowed is a letter followed by letters, digits, "
+                         "'_', '.' or '-' (at most 100 characters; Grid Engine rejects spaces, "
+                         "':', '/' and a leading digit)")
+
+
+def check_override(override: str) -> None:
+    if any(ch in override for ch in "\n\r\0") or not OVERRIDE.match(override):
+        raise UsageError(f"malformed hydra override {override!r}: allowed is key=value, +key=value, "
+                         "++key=value or ~key, on one line (key: letters, digits, _ . - / @)")
+    if "=" not in override and not override.startswith("~"):
+        raise UsageError(f"malformed hydra override {override!r}: missing '=value' (allowed is key=value)")
+    key = override.lstrip("~+").split("=", 1)[0]
+    if key in RESERVED_OVERRIDES:
+        raise UsageError(f"override {override!r} is set by slmjobs: give the model as MODEL and the "
+                         "name with --name (the run dir follows from the cluster's runs_root)")
+
+
+def check_gpus(gpus: int, profile: dict) -> None:
+    if gpus < 1 or gpus > profile["max_gpus"]:
+        raise UsageError(f"--gpus {gpus} is not allowed on cluster {profile['name']!r}: "
+                         f"allowed is 1 to {profile['max_gpus']}")
+
+
+def check_walltime(walltime: str, profile: dict) -> str:
+    seconds = profiles.parse_walltime(walltime, "--walltime")
+    maximum = profiles.parse_walltime(profile["walltime_max"])
+    if seconds > maximum:
+        raise UsageError(f"--walltime {walltime} is over the maximum of cluster {profile['name']!r}: "
+                         f"allowed is up to {profile['walltime_max']}")
+    if seconds <= profile["handoff_margin"]:
+        raise UsageError(f"--walltime {walltime} is not longer than the hand-off margin of cluster "
+                         f"{profile['name']!r} ({profile['handoff_margin']} s): allowed is more than that")
+    return profiles.format_walltime(seconds)
+
+
+def resolve_project(flag: str | None, profile: dict) -> str | None:
+    project = (flag or os.environ.get("SLMJOBS_PROJECT") or profiles.user_config().get("project")
+               or profile["project"])
+    if profile["scheduler"] == "local":
+        return None
+    if project is None and profile["project_required"]:
+        raise UsageError(f"cluster {profile['name']!r} requires a project: allowed is --project P, "
+                         "env SLMJOBS_PROJECT, or `project:` in the profile or the user config")
+    if project is not None and not profiles.SAFE_WORD.match(project):
+        raise UsageError(f"bad project {project!r}: allowed are letters, digits and _.-")
+    return project
+
+
+def check_safe_path(path: Path, what: str) -> None:
+    """Paths go into `#$ -o/-wd` lines, which Grid Engine does not unquote."""
+    if not profiles.SAFE_WORD.match(str(path)):
+        raise UsageError(f"{what} {str(path)!r} cannot go into a job directive: allowed are paths of "
+                         "letters, digits and _.,:=+@%/~- (no spaces or shell characters)")
+
+
+def default_run_name(model: str, runs_root: Path) -> str:
+    base = f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name, n = base, 1
+    while (runs_root / name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+# ------------------------------------------------------------------------ the request
+def resolve(model: str, gpus: int = 1, cluster: str | None = None, walltime: str | None = None,
+            name: str | None = None, max_links: int | None = None, project: str | None = None,
+            overrides=(), python: str | None = None, workdir: str | None = None) -> dict:
+    """Turn the command-line request into the run spec (what run.yaml holds). Raises UsageError
+    for anything wrong; touches nothing."""
+    profile = profiles.load(cluster)
+    check_model(model)
+    check_gpus(gpus, profile)
+    walltime = check_walltime(walltime or profile["walltime_default"], profile)
+    for override in overrides:
+        check_override(override)
+    project = resolve_project(project, profile)
+    if max_links is not None and max_links < 1:
+        raise UsageError(f"--max-links {max_links}: allowed is 1 or more")
+    profiles.pe_slots(profile, gpus)  # raises when no allowed size fits
+    root = profiles.runs_root(profile, project)
+    if name is None:
+        name = default_run_name(model, root)
+    check_run_name(name)
+    run_dir = root / name
+    check_safe_path(run_dir, "run directory")
+    workdir = workdir or os.getcwd()
+    check_safe_path(Path(workdir), "working directory")
+    data_root = profiles.data_root(profile, project)
+    return {
+        "name": name,
+        "run_dir": str(run_dir),
+        "model": model,
+        "gpus": gpus,
+        "walltime": walltime,
+        "overrides": list(overrides),
+        "project": project,
+        "workdir": workdir,
+        # The job runs the launcher's own interpreter (not resolved: a venv's bin/python symlink
+        # must stay inside the venv so its bin dir, with `composer`, goes on PATH).
+        "python": python or os.path.abspath(sys.executable),
+        "data_root": str(data_root) if data_root else None,
+        "chain": {**profile["chain"], **({"max_links": max_links} if max_links else {})},
+        "cluster": profile,
+        "slmjobs_version": _version(),
+    }
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("slmjobs")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _git_commit() -> str | None:
+    source = Path(__file__).resolve().parent.parent
+    try:
+        proc = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+# ------------------------------------------------------------- the run dir, for everyone
+def load_run(run_dir) -> dict:
+    """run.yaml of a run, as written by launch (and updated by `slmjobs resume`)."""
+    import yaml
+
+    path = Path(run_dir) / RUN_FILE
+    try:
+        with open(path, encoding="utf-8") as handle:
+            spec = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except FileNotFoundError:
+        raise UsageError(f"{run_dir} is not a run directory: {RUN_FILE} not found") from None
+    if not isinstance(spec, dict) or "cluster" not in spec:
+        raise UsageError(f"{path}: not a run description written by slmjobs")
+    return spec
+
+
+def save_run(run_dir, spec: dict) -> None:
+    """Write run.yaml atomically (tmp + rename): a reader never sees half a file."""
+    import yaml
+
+    path = Path(run_dir) / RUN_FILE
+    tmp = path.with_name(f".{RUN_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(yaml.safe_dump(spec, sort_keys=False, default_flow_style=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def script_path(run_dir, link: int) -> Path:
+    return Path(run_dir) / "scripts" / f"link-{int(link):03d}.sh"
+
+
+def write_link_script(run_dir, link: int) -> Path:
+    """Render link N from run.yaml into scripts/link-NNN.sh (executable) and return its path."""
+    from slmjobs.render import render_link
+
+    text = render_link(load_run(run_dir), link)
+    path = script_path(run_dir, link)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.chmod(0o755)
+    os.replace(tmp, path)
+    return path
+
+
+def submit_link(run_dir, link: int, hold_on: str | None = None) -> str:
+    """Write link N's script, submit it (held on `hold_on` if given), append `submitted`."""
+    from slmjobs import ledger
+    from slmjobs.backends import get_backend
+
+    path = write_link_script(run_dir, link)
+    backend = get_backend(load_run(run_dir)["cluster"]["scheduler"])
+    job_id = backend.submit(path, hold_on=hold_on)
+    try:
+        ledger.append(run_dir, {"event": "submitted", "link": int(link), "job_id": job_id,
+                                "script": str(path.relative_to(run_dir)), "hold_on": hold_on})
+    except BaseException:
+        backend.cancel([job_id])  # an unrecorded job would run unseen: take it back
+        raise
+    return job_id
+
+
+# -------------------------------------------------------------------------- launch
+def refuse_existing(run_dir: Path) -> None:
+    if not run_dir.exists():
+        return
+    name = run_dir.name
+    if _is_active(run_dir):
+        raise UsageError(f"run name {name!r} belongs to an active run ({run_dir}): allowed is a new "
+                         f"--name, or stop it first with `slmjobs cancel {name}`")
+    raise UsageError(f"run name {name!r} is taken by an existing run ({run_dir}): allowed is a new "
+                     f"--name; continue that run with `slmjobs resume {name}`")
+
+
+def _is_active(run_dir: Path) -> bool:
+    try:
+        from slmjobs.monitor import is_active
+    except ImportError:
+        return False
+    try:
+        return bool(is_active(run_dir))
+    except Exception:  # a broken old run dir must not hide the real message
+        return False
+
+
+def check_scheduler_present(profile: dict) -> None:
+    if profile["scheduler"] == "sge" and shutil.which("qsub") is None:
+        raise UsageError(f"qsub not found on PATH: cluster {profile['name']!r} needs Grid Engine's "
+                         "client commands; allowed is a profile with scheduler: local (--cluster local)")
+
+
+def validate_with_scheduler(spec: dict, text: str) -> str:
+    """Ask the scheduler whether this script could ever run (`qsub -w v`); UsageError if not."""
+    from slmjobs.backends import get_backend
+
+    check_scheduler_present(spec["cluster"])
+    with tempfile.TemporaryDirectory(prefix="slmjobs-validate-") as tmp:
+        path = Path(tmp) / "link-001.sh"
+        path.write_text(text, encoding="utf-8")
+        ok, message = get_backend(spec["cluster"]["scheduler"]).validate(path)
+    if not ok:
+        raise UsageError(f"the scheduler rejects this request: {' / '.join(message.split(chr(10)))}")
+    return message
+
+
+def launch(model: str, gpus: int = 1, cluster: str | None = None, walltime: str | None = None,
+           name: str | None = None, max_links: int | None = None, project: str | None = None,
+           overrides=(), dry_run: bool = False, validate: bool = False) -> dict:
+    """Returns {"spec", "script" (text)} for a dry run, plus {"job_id", "run_dir"} otherwise."""
+    from slmjobs.render import render_link
+
+    spec = resolve(model, gpus, cluster, walltime, name, max_links, project, overrides)
+    text = render_link(spec, 1)
+    result = {"spec": spec, "script": text, "validation": None}
+    if validate:
+        result["validation"] = validate_with_scheduler(spec, text)
+    if dry_run:
+        return result
+    check_scheduler_present(spec["cluster"])
+    run_dir = Path(spec["run_dir"])
+    refuse_existing(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir()  # exclusive: two launches with one name cannot both get here
+    except FileExistsError:
+        refuse_existing(run_dir)
+        raise
+    try:
+        (run_dir / "scripts").mkdir()
+        (run_dir / "logs").mkdir()
+        save_run(run_dir, {**spec, "git_commit": _git_commit(), "created": time.time()})
+        result["job_id"] = submit_link(run_dir, 1)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    result["run_dir"] = str(run_dir)
+    return result

@@ -1,0 +1,307 @@
+"""Cluster profiles: one YAML file per cluster, validated on load.
+
+Where profiles come from, first match wins:
+  1. `--cluster path/to/profile.yaml` (anything with a `/` or ending in .yaml/.yml is a path);
+  2. the user's config dir: `$SLMJOBS_CONFIG_DIR/clusters/NAME.yaml`
+     (default `${XDG_CONFIG_HOME:-~/.config}/slmjobs/clusters/NAME.yaml`), so users add or shadow
+     profiles without touching the package;
+  3. the profiles shipped in the repository's `cluster/` folder (scc, sge, local);
+  4. `local`, embedded below, so a bare install always has a default.
+
+The default profile is env SLMJOBS_CLUSTER, else `cluster:` in `<config dir>/config.yaml`, else
+`local`. Env SLMJOBS_RUNS_ROOT and SLMJOBS_DATA_ROOT override the profile's roots (tests use them).
+
+Every error names the file, the key and what is allowed, and is a UsageError (exit 2).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from slmjobs.errors import UsageError
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "cluster"
+SCHEDULERS = ("sge", "local")
+
+# The embedded default (identical in meaning to cluster/local.yaml).
+EMBEDDED_LOCAL = {
+    "scheduler": "local",
+    "description": "this machine, no scheduler (the embedded default)",
+    "runs_root": "./runs",
+    "data_root": "./data",
+    "max_gpus": 8,
+    "walltime_default": "12:00:00",
+    "walltime_max": "720:00:00",
+    "handoff_margin": 300,
+}
+
+_HMS = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
+# Values written into `#$` lines are not shell-quoted (Grid Engine is not a shell), so they are
+# restricted to characters that need no quoting anywhere.
+SAFE_WORD = re.compile(r"^[A-Za-z0-9_.,:=+@%/~-]+$")
+
+
+# ------------------------------------------------------------------------ schema
+# key -> (allowed types, default, description of what is allowed). A default of REQUIRED means
+# the key must be present.
+REQUIRED = object()
+_STR, _INT, _BOOL, _LIST, _DICT = (str,), (int,), (bool,), (list,), (dict,)
+_OPT_STR = (str, type(None))
+SCHEMA: dict[str, tuple] = {
+    "scheduler": (_STR, REQUIRED, "one of: " + ", ".join(SCHEDULERS)),
+    "description": (_STR, "", "a string"),
+    "shell": (_STR, "/bin/bash", "an interpreter for the #! line, e.g. '/bin/bash -l'"),
+    "project": (_OPT_STR, None, "a project name (-P) or null"),
+    "project_required": (_BOOL, False, "true or false"),
+    "queue": (_OPT_STR, None, "a queue name (-q) or null"),
+    "modules": (_LIST, [], "a list of module names to `module load`"),
+    "env_setup": (_LIST, [], "a list of shell lines run before the worker"),
+    "env": (_DICT, {}, "a mapping NAME: value of extra environment variables"),
+    "python": (_OPT_STR, None,
+               "null (the launcher's own Python) or a command/path valid after env_setup"),
+    "max_gpus": (_INT, REQUIRED, "a positive integer"),
+    "gpu_resource": (_OPT_STR, "gpus", "the consumable for -l NAME=N, or null for none"),
+    "gpu_c": (_OPT_STR, None, "a minimum compute capability such as '7.0', or null"),
+    "gpu_memory": ((str, dict, type(None)), None,
+                   "a size such as 16G, a mapping model: size (with optional 'default'), or null"),
+    "gpu_type": (_OPT_STR, None, "a GPU type such as A6000, or null"),
+    "cpus_per_gpu": (_INT, 1, "a positive integer"),
+    "pe": (_OPT_STR, None, "a parallel environment name (-pe NAME N), or null"),
+    "pe_sizes": ((list, type(None)), None, "a list of allowed slot counts, or null for any"),
+    "walltime_default": (_STR, "12:00:00", "HH:MM:SS"),
+    "walltime_max": (_STR, "720:00:00", "HH:MM:SS"),
+    "handoff_margin": ((int, str), 300, "seconds (an integer) or HH:MM:SS"),
+    "notify": (_BOOL, False, "true or false (-notify)"),
+    "mail_events": (_OPT_STR, None, "SGE mail events such as 'e', 'ea', or null"),
+    "mail_user": (_OPT_STR, None, "an e-mail address or null"),
+    "extra_directives": (_LIST, [], "a list of extra qsub option strings, e.g. '-l mem_per_core=8G'"),
+    "runs_root": (_STR, "./runs", "a directory"),
+    "data_root": (_OPT_STR, None, "a directory or null"),
+    "template": (_STR, "base.sh.j2", "a template file name in the template search path"),
+    "chain": (_DICT, {}, "a mapping with max_links, crash_budget, no_progress_links"),
+}
+CHAIN_DEFAULTS = {"max_links": 50, "crash_budget": 3, "no_progress_links": 3}
+
+
+def _fail(source, key: str, value, allowed: str) -> UsageError:
+    return UsageError(f"{source}: key {key!r} has bad value {value!r}: allowed is {allowed}")
+
+
+def parse_walltime(value: str, what: str = "walltime") -> int:
+    """HH:MM:SS -> seconds (hours may exceed 99, as in qsub -l h_rt)."""
+    match = _HMS.match(str(value).strip())
+    if not match:
+        raise UsageError(f"bad {what} {value!r}: allowed is HH:MM:SS, e.g. 12:00:00")
+    hours, minutes, seconds = (int(g) for g in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise UsageError(f"bad {what} {value!r}: it must be longer than 00:00:00")
+    return total
+
+
+def format_walltime(seconds: int) -> str:
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def validate(data, source: str) -> dict:
+    """Check a loaded profile mapping against SCHEMA; return it with defaults filled in."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{source}: a profile must be a YAML mapping of keys, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(SCHEMA) - {"name", "source"})
+    if unknown:
+        raise UsageError(f"{source}: unknown key {unknown[0]!r}: allowed keys are {', '.join(SCHEMA)}")
+    profile = {}
+    for key, (types, default, allowed) in SCHEMA.items():
+        if key not in data:
+            if default is REQUIRED:
+                raise UsageError(f"{source}: missing key {key!r}: it must be {allowed}")
+            profile[key] = default.copy() if isinstance(default, (list, dict)) else default
+            continue
+        value = data[key]
+        # bool is an int in Python: do not accept `max_gpus: true`.
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise _fail(source, key, value, allowed)
+        profile[key] = value
+    _check_values(profile, source)
+    return profile
+
+
+def _check_values(p: dict, source: str) -> None:
+    if p["scheduler"] not in SCHEDULERS:
+        raise _fail(source, "scheduler", p["scheduler"], SCHEMA["scheduler"][2])
+    for key in ("max_gpus", "cpus_per_gpu"):
+        if p[key] < 1:
+            raise _fail(source, key, p[key], "a positive integer")
+    for key in ("walltime_default", "walltime_max"):
+        try:
+            parse_walltime(p[key])
+        except UsageError:
+            raise _fail(source, key, p[key], "HH:MM:SS, e.g. 12:00:00") from None
+    if parse_walltime(p["walltime_default"]) > parse_walltime(p["walltime_max"]):
+        raise _fail(source, "walltime_default", p["walltime_default"],
+                    f"at most walltime_max ({p['walltime_max']})")
+    p["handoff_margin"] = _margin_seconds(p["handoff_margin"], source)
+    if p["pe_sizes"] is not None:
+        if not p["pe_sizes"] or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                                        for n in p["pe_sizes"]):
+            raise _fail(source, "pe_sizes", p["pe_sizes"], "a non-empty list of positive integers")
+        p["pe_sizes"] = sorted(p["pe_sizes"])
+    for key in ("modules", "env_setup", "extra_directives"):
+        if not all(isinstance(item, str) and "\n" not in item for item in p[key]):
+            raise _fail(source, key, p[key], "a list of one-line strings")
+    for name, value in p["env"].items():
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", str(name)) or isinstance(value, (dict, list)):
+            raise _fail(source, f"env.{name}", value, "NAME: scalar value, NAME a shell variable name")
+    p["env"] = {str(k): str(v) for k, v in p["env"].items()}
+    if isinstance(p["gpu_memory"], dict):
+        for model, size in p["gpu_memory"].items():
+            if not isinstance(size, str):
+                raise _fail(source, f"gpu_memory.{model}", size, "a size such as 16G")
+    for key in ("project", "queue", "gpu_resource", "gpu_c", "gpu_type", "pe", "mail_events",
+                "mail_user"):
+        if p[key] is not None and not SAFE_WORD.match(p[key]):
+            raise _fail(source, key, p[key], "letters, digits and _.,:=+@%/~- only")
+    unknown = sorted(set(p["chain"]) - set(CHAIN_DEFAULTS))
+    if unknown:
+        raise UsageError(f"{source}: unknown key 'chain.{unknown[0]}': allowed keys are "
+                         f"{', '.join(CHAIN_DEFAULTS)}")
+    chain = {**CHAIN_DEFAULTS, **p["chain"]}
+    for key, value in chain.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise _fail(source, f"chain.{key}", value, "a positive integer")
+    p["chain"] = chain
+
+
+def _margin_seconds(value, source: str) -> int:
+    if isinstance(value, bool):
+        raise _fail(source, "handoff_margin", value, SCHEMA["handoff_margin"][2])
+    if isinstance(value, int):
+        if value < 0:
+            raise _fail(source, "handoff_margin", value, "zero or more seconds")
+        return value
+    if re.match(r"^\d+$", value.strip()):
+        return int(value)
+    try:
+        return parse_walltime(value, "handoff_margin")
+    except UsageError:
+        raise _fail(source, "handoff_margin", value, SCHEMA["handoff_margin"][2]) from None
+
+
+# ---------------------------------------------------------------- where profiles live
+def config_dir() -> Path:
+    if os.environ.get("SLMJOBS_CONFIG_DIR"):
+        return Path(os.environ["SLMJOBS_CONFIG_DIR"]).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "slmjobs"
+
+
+def user_config() -> dict:
+    """`<config dir>/config.yaml`: optional `cluster:` (default profile) and `project:`."""
+    path = config_dir() / "config.yaml"
+    if not path.is_file():
+        return {}
+    data = _load_yaml(path)
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or set(data) - {"cluster", "project"}:
+        raise UsageError(f"{path}: allowed keys are cluster, project")
+    return data
+
+
+def profile_dirs() -> list[Path]:
+    return [config_dir() / "clusters", SHIPPED_DIR]
+
+
+def default_cluster() -> str:
+    return os.environ.get("SLMJOBS_CLUSTER") or user_config().get("cluster") or "local"
+
+
+def available() -> dict[str, Path | None]:
+    """name -> file for every profile that can be named (user profiles shadow shipped ones)."""
+    found: dict[str, Path | None] = {"local": None}
+    for directory in reversed(profile_dirs()):
+        if directory.is_dir():
+            for path in sorted(directory.glob("*.yaml")):
+                found[path.stem] = path
+    return dict(sorted(found.items()))
+
+
+def _is_path(name: str) -> bool:
+    return "/" in name or name.endswith((".yaml", ".yml"))
+
+
+def load(name: str | None = None) -> dict:
+    """Resolve a profile name or path, load and validate it. Adds `name` and `source`."""
+    name = name or default_cluster()
+    if _is_path(name):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise UsageError(f"cluster profile file {name!r} not found")
+        path = path.resolve()
+        data, source = _load_yaml(path), str(path)
+    else:
+        known = available()
+        if name not in known:
+            raise UsageError(f"unknown cluster {name!r}: allowed are {', '.join(known)} "
+                             f"or a path to a profile .yaml (user profiles go in {config_dir() / 'clusters'})")
+        path = known[name]
+        data, source = (EMBEDDED_LOCAL, "embedded local profile") if path is None else (
+            _load_yaml(path), str(path))
+    profile = validate(data, source)
+    profile["name"] = Path(name).stem if _is_path(name) else name
+    profile["source"] = source
+    return profile
+
+
+def _load_yaml(path: Path):
+    import yaml  # lazy: only commands that read profiles pay for it
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return yaml.load(handle, Loader=loader)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+# ------------------------------------------------------------- values a launch needs
+def expand_root(template: str, project: str | None) -> Path:
+    """runs_root/data_root: `{project}` and `{user}` placeholders, $VARS and ~, made absolute."""
+    user = os.environ.get("USER") or os.environ.get("LOGNAME") or "user"
+    text = template.replace("{project}", project or "").replace("{user}", user)
+    return Path(os.path.abspath(os.path.expanduser(os.path.expandvars(text))))
+
+
+def runs_root(profile: dict, project: str | None) -> Path:
+    return expand_root(os.environ.get("SLMJOBS_RUNS_ROOT") or profile["runs_root"], project)
+
+
+def data_root(profile: dict, project: str | None) -> Path | None:
+    value = os.environ.get("SLMJOBS_DATA_ROOT") or profile["data_root"]
+    return expand_root(value, project) if value else None
+
+
+def pe_slots(profile: dict, gpus: int) -> int | None:
+    """CPUs for `-pe NAME N`: cpus_per_gpu x gpus rounded up to the next size the site allows."""
+    if not profile["pe"]:
+        return None
+    wanted = profile["cpus_per_gpu"] * gpus
+    sizes = profile["pe_sizes"]
+    if sizes is None:
+        return wanted
+    for size in sizes:
+        if size >= wanted:
+            return size
+    raise UsageError(f"{gpus} GPUs need {wanted} CPUs but {profile['source']} allows -pe "
+                     f"{profile['pe']} sizes up to {sizes[-1]}: use fewer GPUs")
+
+
+def gpu_memory(profile: dict, model: str) -> str | None:
+    value = profile["gpu_memory"]
+    if isinstance(value, dict):
+        return value.get(model, value.get("default"))
+    return value
