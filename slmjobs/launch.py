@@ -164,7 +164,6 @@ def resolve(model: str, gpus: int = 1, cluster: str | None = None, walltime: str
         "data_root": str(data_root) if data_root else None,
         "chain": {**profile["chain"], **({"max_links": max_links} if max_links else {})},
         "cluster": profile,
-        "slmjobs_version": _version(),
     }
 
 
@@ -316,7 +315,8 @@ def launch(model: str, gpus: int = 1, cluster: str | None = None, walltime: str 
     try:
         (run_dir / "scripts").mkdir()
         (run_dir / "logs").mkdir()
-        save_run(run_dir, {**spec, "git_commit": _git_commit(), "created": time.time()})
+        save_run(run_dir, {**spec, "slmjobs_version": _version(), "git_commit": _git_commit(),
+                           "created": time.time()})
         result["job_id"] = submit_link(run_dir, 1)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)

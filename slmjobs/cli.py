@@ -1,0 +1,232 @@
+"""The `slmjobs` command: thin click commands that parse, call and print.
+
+Each command imports what it needs inside its function, so `slmjobs --help` and
+`slmjobs launch ... --dry-run` start fast (no torch, composer or streaming, ever).
+Bad input raises UsageError anywhere below: one line on stderr, exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from slmjobs.errors import UsageError
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+@click.group(context_settings=CONTEXT)
+def cli():
+    """Launch MosaicML Composer GPT training on Grid Engine (SGE) clusters and keep each run
+    going across walltime limits by chaining jobs.
+
+    \b
+      slmjobs launch gpt2 --gpus 2 --cluster scc --dry-run   # print the job script
+      slmjobs launch gpt2 --gpus 2 --cluster scc             # submit; the chain runs itself
+      slmjobs status                                         # every run: link, state, step, loss
+    """
+
+
+# ---------------------------------------------------------------------------- launch
+@cli.command(context_settings={**CONTEXT, "ignore_unknown_options": False})
+@click.argument("model")
+@click.argument("overrides", nargs=-1, type=click.UNPROCESSED, metavar="[HYDRA_OVERRIDE]...")
+@click.option("--gpus", type=int, default=1, show_default=True, help="GPUs on one node (ranks).")
+@click.option("--cluster", metavar="NAME|PATH",
+              help="Cluster profile name or file (default: env SLMJOBS_CLUSTER, user config, local).")
+@click.option("--walltime", metavar="HH:MM:SS", help="Walltime of each link (default: the profile's).")
+@click.option("--name", help="Run name (default: MODEL-YYYYmmdd-HHMMSS).")
+@click.option("--max-links", type=int, help="Most jobs the chain may use (default: the profile's).")
+@click.option("--project", help="Scheduler project (-P); default env SLMJOBS_PROJECT or the profile's.")
+@click.option("--dry-run", is_flag=True, help="Print the exact job script; write and submit nothing.")
+@click.option("--validate", is_flag=True, help="Ask the scheduler (qsub -w v) whether it can ever run.")
+def launch(model, overrides, gpus, cluster, walltime, name, max_links, project, dry_run, validate):
+    """Render, submit and record a training run of MODEL (tiny, gpt2, gpt2-medium, ...).
+
+    Extra arguments are hydra overrides for the trainer, e.g. train.max_duration=2000ba.
+    """
+    from slmjobs.launch import launch as do_launch
+
+    result = do_launch(model, gpus=gpus, cluster=cluster, walltime=walltime, name=name,
+                       max_links=max_links, project=project, overrides=overrides,
+                       dry_run=dry_run, validate=validate)
+    if result["validation"] is not None:
+        click.echo(f"scheduler: {result['validation'].strip() or 'request accepted'}", err=True)
+    if dry_run:
+        click.echo(result["script"], nl=False)
+        return
+    name = result["spec"]["name"]
+    click.echo(f"run {name}: link 1 submitted as job {result['job_id']}\n"
+               f"run dir: {result['run_dir']}\n"
+               f"next:\n"
+               f"  slmjobs status {name}\n"
+               f"  slmjobs logs {name} --follow\n"
+               f"  slmjobs cancel {name}")
+
+
+# ---------------------------------------------------------------- finding runs by name
+def _runs_roots():
+    """Every distinct runs root the known profiles resolve to (SLMJOBS_RUNS_ROOT wins)."""
+    import os
+
+    from slmjobs import profiles
+
+    if os.environ.get("SLMJOBS_RUNS_ROOT"):
+        return [profiles.expand_root(os.environ["SLMJOBS_RUNS_ROOT"], None)]
+    project = os.environ.get("SLMJOBS_PROJECT") or profiles.user_config().get("project")
+    roots = []
+    for name in profiles.available():
+        try:
+            profile = profiles.load(name)
+        except UsageError:
+            continue  # list-clusters reports broken profiles; status just skips them
+        project_of = project or profile["project"]
+        if "{project}" in profile["runs_root"] and not project_of:
+            continue
+        root = profiles.runs_root(profile, project_of)
+        if root not in roots:
+            roots.append(root)
+    return roots
+
+
+def _all_runs():
+    runs = []
+    for root in _runs_roots():
+        if root.is_dir():
+            runs += sorted(p for p in root.iterdir() if (p / "run.yaml").is_file())
+    return runs
+
+
+def _find_run(run: str):
+    """A run by name (searched in every runs root) or by path."""
+    from pathlib import Path
+
+    path = Path(run).expanduser()
+    if "/" in run or path.is_dir():
+        if (path / "run.yaml").is_file():
+            return path.resolve()
+        raise UsageError(f"{run} is not a run directory (no run.yaml)")
+    found = [root / run for root in _runs_roots() if (root / run / "run.yaml").is_file()]
+    if not found:
+        roots = ", ".join(str(r) for r in _runs_roots()) or "(none)"
+        raise UsageError(f"unknown run {run!r}: no such run in {roots} (see `slmjobs status`)")
+    if len(found) > 1:
+        raise UsageError(f"run name {run!r} is ambiguous: {', '.join(map(str, found))}; give the path")
+    return found[0]
+
+
+# ---------------------------------------------------------------- status, logs, cancel
+@cli.command(context_settings=CONTEXT)
+@click.argument("runs", nargs=-1, metavar="[RUN]...")
+@click.option("--json", "as_json", is_flag=True, help="JSON for scripts instead of a table.")
+def status(runs, as_json):
+    """Where every run (or the named ones) stands: link, job state, step, loss, ETA."""
+    import json
+
+    from slmjobs import monitor
+
+    run_dirs = [_find_run(r) for r in runs] if runs else _all_runs()
+    rows = monitor.run_statuses(run_dirs)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+    elif rows:
+        click.echo(monitor.format_table(rows))
+    else:
+        click.echo("no runs yet (slmjobs launch MODEL to start one)")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run")
+@click.option("--follow", "-f", is_flag=True, help="Keep following across links until the run ends.")
+def logs(run, follow):
+    """Print a run's job logs, link by link."""
+    from slmjobs import monitor
+
+    return monitor.follow_logs(_find_run(run), follow)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run")
+def cancel(run):
+    """Stop a run's chain: delete every queued, held or running job of it."""
+    from slmjobs import monitor
+
+    run_dir = _find_run(run)
+    job_ids = monitor.cancel_run(run_dir)
+    jobs = ", ".join(job_ids) if job_ids else "none were queued or running"
+    click.echo(f"run {run_dir.name} cancelled; jobs deleted: {jobs}\n"
+               f"resume it with: slmjobs resume {run_dir.name}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run")
+@click.option("--walltime", metavar="HH:MM:SS", help="New walltime for the next links.")
+def resume(run, walltime):
+    """Restart a stopped or cancelled run from its latest checkpoint."""
+    from slmjobs import launch as launch_module
+    from slmjobs.chain import resume_run
+
+    run_dir = _find_run(run)
+    if walltime is not None:
+        profile = launch_module.load_run(run_dir)["cluster"]
+        walltime = launch_module.check_walltime(walltime, profile)
+    job_id = resume_run(run_dir, walltime=walltime)
+    click.echo(f"run {run_dir.name} resumed: next link submitted as job {job_id}\n"
+               f"  slmjobs status {run_dir.name}")
+
+
+# ------------------------------------------------------------------- profiles, data
+@cli.command("list-clusters", context_settings=CONTEXT)
+def list_clusters():
+    """The cluster profiles you can name with --cluster, and what they resolve to."""
+    import os
+
+    from slmjobs import profiles
+
+    default = profiles.default_cluster()
+    project = os.environ.get("SLMJOBS_PROJECT") or profiles.user_config().get("project")
+    click.echo(f"user profiles: {profiles.config_dir() / 'clusters'}   default: {default}")
+    for name, path in profiles.available().items():
+        mark = "*" if name == default else " "
+        try:
+            p = profiles.load(name)
+        except UsageError as exc:
+            click.echo(f"{mark} {name:<10} INVALID: {exc}")
+            continue
+        project_of = project or p["project"]
+        if "{project}" in p["runs_root"] and not project_of:
+            root = f"{p['runs_root']} (needs a project)"
+        else:
+            root = str(profiles.runs_root(p, project_of))
+        click.echo(f"{mark} {name:<10} {p['scheduler']:<6} max {p['max_gpus']} GPUs, walltime "
+                   f"{p['walltime_default']} (max {p['walltime_max']}), hand-off margin "
+                   f"{p['handoff_margin']} s\n"
+                   f"  {'':<10} from {p['source']}\n"
+                   f"  {'':<10} runs in {root}")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                               "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def prepare(args):
+    """Prepare a dataset: forwards to `python -m trainer.prepare ARGS` (try `prepare --help`)."""
+    import subprocess
+
+    return subprocess.call([sys.executable, "-m", "trainer.prepare", *args])
+
+
+# ------------------------------------------------------------------------ entry point
+def main(argv=None) -> None:
+    try:
+        code = cli.main(args=argv, prog_name="slmjobs", standalone_mode=False)
+    except UsageError as exc:
+        click.echo(f"slmjobs: error: {exc}", err=True)
+        sys.exit(UsageError.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
