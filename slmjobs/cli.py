@@ -164,13 +164,9 @@ def cancel(run):
 @click.option("--walltime", metavar="HH:MM:SS", help="New walltime for the next links.")
 def resume(run, walltime):
     """Restart a stopped or cancelled run from its latest checkpoint."""
-    from slmjobs import launch as launch_module
     from slmjobs.chain import resume_run
 
     run_dir = _find_run(run)
-    if walltime is not None:
-        profile = launch_module.load_run(run_dir)["cluster"]
-        walltime = launch_module.check_walltime(walltime, profile)
     job_id = resume_run(run_dir, walltime=walltime)
     click.echo(f"run {run_dir.name} resumed: next link submitted as job {job_id}\n"
                f"  slmjobs status {run_dir.name}")
@@ -223,6 +219,14 @@ def main(argv=None) -> None:
     except UsageError as exc:
         click.echo(f"slmjobs: error: {exc}", err=True)
         sys.exit(UsageError.exit_code)
+    except RuntimeError as exc:
+        # SchedulerError and friends: the scheduler failed, not the user's input (exit 1)
+        from slmjobs.backends import SchedulerError
+
+        if not isinstance(exc, SchedulerError):
+            raise
+        click.echo(f"slmjobs: scheduler error: {exc}", err=True)
+        sys.exit(1)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

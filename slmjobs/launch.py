@@ -212,6 +212,15 @@ def save_run(run_dir, spec: dict) -> None:
     os.replace(tmp, path)
 
 
+def set_walltime(run_dir, walltime: str) -> str:
+    """Change the walltime of the run's next links (`slmjobs resume --walltime`): checked against
+    the run's own profile snapshot, written to run.yaml; returns it as HH:MM:SS."""
+    spec = load_run(run_dir)
+    spec["walltime"] = check_walltime(walltime, spec["cluster"])
+    save_run(run_dir, spec)
+    return spec["walltime"]
+
+
 def script_path(run_dir, link: int) -> Path:
     return Path(run_dir) / "scripts" / f"link-{int(link):03d}.sh"
 
