@@ -1,0 +1,54 @@
+"""Fixtures for the launcher tests (profiles, rendering, launch, CLI).
+
+Every test gets an isolated user config dir, runs root and local-backend state dir, and a
+fixed USER/HOME, so nothing leaks in from the machine's own ~/.config/slmjobs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    config = tmp_path / "config"
+    runs = tmp_path / "runs"
+    (config / "clusters").mkdir(parents=True)
+    (config / "templates").mkdir()
+    runs.mkdir()
+    monkeypatch.setenv("SLMJOBS_CONFIG_DIR", str(config))
+    monkeypatch.setenv("SLMJOBS_RUNS_ROOT", str(runs))
+    monkeypatch.setenv("SLMJOBS_LOCAL_STATE", str(tmp_path / "local-state"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("USER", "tester")
+    for name in ("SLMJOBS_CLUSTER", "SLMJOBS_PROJECT", "SLMJOBS_DATA_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    return {"config": config, "runs": runs}
+
+
+@pytest.fixture
+def runs_root(isolated) -> Path:
+    return isolated["runs"]
+
+
+@pytest.fixture
+def config_dir(isolated) -> Path:
+    return isolated["config"]
+
+
+def cli(*args, env=None, cwd=None, timeout=60):
+    """Run the real `slmjobs` command (python -m slmjobs) in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "slmjobs", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture
+def run_cli():
+    return cli

@@ -1,0 +1,79 @@
+#!/bin/bash
+#$ -N golden-gpt2-2
+#$ -o /runs/golden-gpt2-2/logs/link-001.log
+#$ -j y
+#$ -wd /home/tester/project
+#$ -l h_rt=12:00:00
+#$ -l gpus=2
+#$ -pe omp 2
+# Rendered by slmjobs: run golden-gpt2-2, link 001 of at most 50.
+# The exact script submitted for this link; re-rendered from run.yaml for each link.
+
+# The deadline is taken first, before anything slow (module loads) runs.
+export SLMJOBS_JOB_START="$(date +%s)"
+export SLMJOBS_DEADLINE="$(( SLMJOBS_JOB_START + 43200 - 300 ))"
+export SLMJOBS_LINK=1
+RUN_DIR=/runs/golden-gpt2-2
+export SLMJOBS_SHM_FILE="$RUN_DIR/logs/link-001.shm"
+
+# Grid Engine sends SIGUSR1 (s_rt) and SIGUSR2 (-notify, qdel) to the whole process group, and
+# a bash that does not handle them dies (FINDINGS 3d). Ignore them here; children inherit the
+# ignore, and the trainer installs its own handlers (stop at a batch boundary, checkpoint, exit 75).
+trap '' USR1 USR2
+
+export TOKENIZERS_PARALLELISM=false
+export PYTHONUNBUFFERED=1
+export SLMJOBS_DATA_ROOT=/home/tester/slmjobs/data
+# The same Python as the launcher; its bin dir first on PATH so `composer` resolves to it.
+SLMJOBS_PYTHON=/opt/venv/bin/python
+export PATH=/opt/venv/bin:"$PATH"
+export SLMJOBS_PYTHON
+cd /home/tester/project || exit 1
+
+echo "slmjobs: run golden-gpt2-2 link $SLMJOBS_LINK job ${JOB_ID:-?} on $(hostname) at $(date), deadline $(date -d "@$SLMJOBS_DEADLINE" 2>/dev/null)"
+if [ -z "$SLMJOBS_PYTHON" ] || ! command -v composer >/dev/null; then
+    echo "slmjobs: python (${SLMJOBS_PYTHON:-not found}) or composer not found on PATH=$PATH" >&2
+fi
+
+# Chain hook: records `started`, applies the guards and submits the successor held on this job.
+# Exit 3: the run is finished or stopped, nothing to do.
+"$SLMJOBS_PYTHON" -m slmjobs.chain begin "$RUN_DIR" "$SLMJOBS_LINK"
+begin_status=$?
+if [ "$begin_status" -eq 3 ]; then
+    exit 0
+elif [ "$begin_status" -ne 0 ]; then
+    echo "slmjobs: chain begin failed (exit $begin_status)" >&2
+    exit 1
+fi
+
+# The worker runs in the background and the script waits for it, so this shell stays responsive.
+composer -n 2 -m trainer.train \
+    model=gpt2 \
+    run_name=golden-gpt2-2 \
+    run_dir=/runs/golden-gpt2-2 \
+    train.max_duration=1000ba \
+    &
+worker=$!
+wait "$worker"
+status=$?
+
+# Remove only this job's streaming shared-memory blocks (the trainer lists their prefixes);
+# other jobs of the same user on this node keep theirs.
+if [ -f "$SLMJOBS_SHM_FILE" ]; then
+    while IFS= read -r prefix; do
+        case "$prefix" in
+            ''|*/*|*..*|*[!A-Za-z0-9_]*) continue ;;
+        esac
+        rm -f /dev/shm/"${prefix%_}"_*
+    done < "$SLMJOBS_SHM_FILE"
+    rm -f "$SLMJOBS_SHM_FILE"
+fi
+
+# Chain hook: records how this link ended; when the run is finished, cancels the held successor.
+"$SLMJOBS_PYTHON" -m slmjobs.chain end "$RUN_DIR" "$SLMJOBS_LINK" "$status"
+
+# Never exit 99 (Grid Engine requeues the job) or 100 (error state: dependents never start).
+case "$status" in
+    99|100) status=1 ;;
+esac
+exit "$status"

@@ -1,0 +1,112 @@
+"""Cluster profiles: shipped ones, validation errors that name file/key/allowed, user profiles."""
+
+from __future__ import annotations
+
+import pytest
+
+from slmjobs import profiles
+from slmjobs.errors import UsageError
+
+
+def test_shipped_profiles_load_and_resolve():
+    assert {"local", "scc", "sge"} <= set(profiles.available())
+    scc = profiles.load("scc")
+    assert scc["scheduler"] == "sge" and scc["shell"] == "/bin/bash -l"
+    assert scc["project_required"] is True
+    assert scc["pe"] == "omp" and scc["pe_sizes"] == [1, 2, 3, 4, 8, 16, 28, 32, 36]
+    assert scc["walltime_default"] == "12:00:00"
+    assert profiles.load("sge")["project_required"] is False
+    assert profiles.load("local")["scheduler"] == "local"
+
+
+@pytest.mark.parametrize("gpus, slots", [(1, 4), (2, 8), (3, 16), (4, 16)])
+def test_cpus_per_gpu_round_up_to_allowed_pe_sizes(gpus, slots):
+    assert profiles.pe_slots(profiles.load("scc"), gpus) == slots
+
+
+def test_pe_size_beyond_the_site_list_is_refused():
+    profile = {**profiles.load("scc"), "cpus_per_gpu": 20}
+    with pytest.raises(UsageError, match="sizes up to 36"):
+        profiles.pe_slots(profile, 2)
+
+
+def test_default_profile_is_local_then_env_then_user_config(config_dir, monkeypatch):
+    assert profiles.default_cluster() == "local"
+    (config_dir / "config.yaml").write_text("cluster: sge\n")
+    assert profiles.default_cluster() == "sge"
+    monkeypatch.setenv("SLMJOBS_CLUSTER", "scc")
+    assert profiles.default_cluster() == "scc"
+
+
+def test_embedded_local_profile_without_the_repo_folder(monkeypatch, tmp_path):
+    monkeypatch.setattr(profiles, "SHIPPED_DIR", tmp_path / "nowhere")
+    local = profiles.load("local")
+    assert local["source"] == "embedded local profile" and local["scheduler"] == "local"
+
+
+def test_user_profile_added_and_shadowing_a_shipped_one(config_dir):
+    (config_dir / "clusters" / "mine.yaml").write_text("scheduler: sge\nmax_gpus: 2\n")
+    (config_dir / "clusters" / "scc.yaml").write_text("scheduler: sge\nmax_gpus: 1\n")
+    assert profiles.load("mine")["max_gpus"] == 2
+    assert profiles.load("scc")["max_gpus"] == 1
+    assert profiles.load("scc")["source"].startswith(str(config_dir))
+
+
+def test_profile_by_path(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("scheduler: local\nmax_gpus: 3\n")
+    loaded = profiles.load(str(path))
+    assert loaded["name"] == "p" and loaded["max_gpus"] == 3
+
+
+@pytest.mark.parametrize("text, key, allowed", [
+    ("max_gpus: 2\n", "scheduler", "one of: sge, local"),                     # missing key
+    ("scheduler: slurm\nmax_gpus: 2\n", "scheduler", "one of: sge, local"),   # bad value
+    ("scheduler: sge\nmax_gpu: 2\n", "max_gpu", "allowed keys are"),          # mistyped key
+    ("scheduler: sge\nmax_gpus: four\n", "max_gpus", "a positive integer"),   # wrong type
+    ("scheduler: sge\nmax_gpus: true\n", "max_gpus", "a positive integer"),   # bool is not int
+    ("scheduler: sge\nmax_gpus: 2\nwalltime_max: 12h\n", "walltime_max", "HH:MM:SS"),
+    ("scheduler: sge\nmax_gpus: 2\nwalltime_default: '50:00:00'\nwalltime_max: '48:00:00'\n",
+     "walltime_default", "at most walltime_max"),
+    ("scheduler: sge\nmax_gpus: 2\npe_sizes: [0, 4]\n", "pe_sizes", "positive integers"),
+    ("scheduler: sge\nmax_gpus: 2\nchain: {max_link: 3}\n", "chain.max_link", "allowed keys"),
+    ("scheduler: sge\nmax_gpus: 2\nproject: 'a b'\n", "project", "letters, digits"),
+    ("scheduler: sge\nmax_gpus: 2\nhandoff_margin: soon\n", "handoff_margin", "seconds"),
+])
+def test_bad_profiles_name_file_key_and_allowed(tmp_path, text, key, allowed):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError) as error:
+        profiles.load(str(path))
+    message = str(error.value)
+    assert str(path) in message and key in message and allowed in message
+    assert "\n" not in message
+
+
+def test_unknown_cluster_lists_the_allowed_ones():
+    with pytest.raises(UsageError, match=r"unknown cluster 'nope': allowed are local, scc, sge"):
+        profiles.load("nope")
+
+
+def test_not_yaml_is_a_usage_error(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("scheduler: [sge\n")
+    with pytest.raises(UsageError, match="not valid YAML"):
+        profiles.load(str(path))
+
+
+def test_runs_and_data_roots_expand_placeholders_and_env(monkeypatch):
+    scc = profiles.load("scc")
+    monkeypatch.delenv("SLMJOBS_RUNS_ROOT")
+    assert str(profiles.runs_root(scc, "proj")) == "/projectnb/proj/tester/slmjobs/runs"
+    assert str(profiles.data_root(scc, "proj")) == "/projectnb/proj/tester/slmjobs/data"
+    monkeypatch.setenv("SLMJOBS_RUNS_ROOT", "/elsewhere")
+    assert str(profiles.runs_root(scc, "proj")) == "/elsewhere"
+
+
+def test_walltime_parsing():
+    assert profiles.parse_walltime("12:00:00") == 43200
+    assert profiles.parse_walltime("120:30:05") == 120 * 3600 + 30 * 60 + 5
+    for bad in ("12:00", "1:2:3", "00:00:00", "12:60:00", "x", "-1:00:00"):
+        with pytest.raises(UsageError):
+            profiles.parse_walltime(bad)
