@@ -65,7 +65,8 @@ def test_scc_gpt2_two_gpus_carries_the_original_script_and_more(monkeypatch):
                               "run_name=golden-gpt2-2", "\\", "run_dir=/runs/golden-gpt2-2", "\\",
                               "train.max_duration=1000ba", "\\"]
     # deadline = start + h_rt - margin, exported with the other contract variables
-    assert 'export SLMJOBS_DEADLINE="$(( SLMJOBS_JOB_START + 43200 - 600 ))"' in lines
+    assert "WALLTIME_SECONDS=43200" in lines and "HANDOFF_MARGIN=600" in lines
+    assert "export SLMJOBS_DEADLINE=$(( SLMJOBS_JOB_START + WALLTIME_SECONDS - HANDOFF_MARGIN ))" in lines
     for name in ("SLMJOBS_JOB_START", "SLMJOBS_LINK", "SLMJOBS_DATA_ROOT", "SLMJOBS_SHM_FILE"):
         assert re.search(rf"^export {name}=", text, re.M), name
     # signals ignored before the worker starts, worker in the background and waited for
@@ -92,6 +93,15 @@ def test_every_template_value_goes_through_a_marking_filter():
         for expression in re.findall(r"{{(.*?)}}", path.read_text(), re.S):
             filters = {f.strip().split("(")[0] for f in expression.split("|")[1:]}
             assert filters & allowed, f"{path.name}: unmarked value {{{{{expression}}}}}"
+
+
+def test_no_template_value_sits_inside_double_quotes():
+    """shquote's single quotes mean nothing inside "...": $(...) would run there."""
+    for path in TEMPLATES.glob("*.j2"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            for match in re.finditer(r"{{", line):
+                before = re.sub(r"'[^']*'", "", line[:match.start()])  # drop '...' spans
+                assert before.count('"') % 2 == 0, f"{path.name}:{number}: value inside \"...\""
 
 
 def test_a_value_that_needs_quoting_never_reaches_a_directive(monkeypatch):

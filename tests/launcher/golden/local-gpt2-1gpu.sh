@@ -4,15 +4,17 @@
 #$ -j y
 #$ -wd /home/tester/project
 #$ -l h_rt=12:00:00
-# Rendered by slmjobs: run golden-gpt2-1, link 001 of at most 50.
-# The exact script submitted for this link; re-rendered from run.yaml for each link.
+# Rendered by slmjobs from the run's run.yaml: the exact script submitted for one link.
 
 # The deadline is taken first, before anything slow (module loads) runs.
 export SLMJOBS_JOB_START="$(date +%s)"
-export SLMJOBS_DEADLINE="$(( SLMJOBS_JOB_START + 43200 - 300 ))"
+WALLTIME_SECONDS=43200
+HANDOFF_MARGIN=300
+export SLMJOBS_DEADLINE=$(( SLMJOBS_JOB_START + WALLTIME_SECONDS - HANDOFF_MARGIN ))
 export SLMJOBS_LINK=1
+RUN_NAME=golden-gpt2-1
 RUN_DIR=/runs/golden-gpt2-1
-export SLMJOBS_SHM_FILE="$RUN_DIR/logs/link-001.shm"
+export SLMJOBS_SHM_FILE=/runs/golden-gpt2-1/logs/link-001.shm
 
 # Grid Engine sends SIGUSR1 (s_rt) and SIGUSR2 (-notify, qdel) to the whole process group, and
 # a bash that does not handle them dies (FINDINGS 3d). Ignore them here; children inherit the
@@ -28,7 +30,7 @@ export PATH=/opt/venv/bin:"$PATH"
 export SLMJOBS_PYTHON
 cd /home/tester/project || exit 1
 
-echo "slmjobs: run golden-gpt2-1 link $SLMJOBS_LINK job ${JOB_ID:-?} on $(hostname) at $(date), deadline $(date -d "@$SLMJOBS_DEADLINE" 2>/dev/null)"
+echo "slmjobs: run $RUN_NAME link $SLMJOBS_LINK job ${JOB_ID:-?} on $(hostname) at $(date), deadline $(date -d "@$SLMJOBS_DEADLINE" 2>/dev/null)"
 if [ -z "$SLMJOBS_PYTHON" ] || ! command -v composer >/dev/null; then
     echo "slmjobs: python (${SLMJOBS_PYTHON:-not found}) or composer not found on PATH=$PATH" >&2
 fi
