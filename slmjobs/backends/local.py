@@ -172,7 +172,9 @@ class LocalBackend(Backend):
             start_new_session=True,  # setsid: survives a killpg of the submitter's group
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             close_fds=True, cwd="/")
-        self.store.update(job_id, supervisor_pid=supervisor.pid)
+        # the start time is fixed at fork, so it identifies the supervisor even before exec
+        self.store.update(job_id, supervisor_pid=supervisor.pid,
+                          supervisor_identity=_process_identity(supervisor.pid))
         return job_id
 
     def query(self, job_ids) -> dict[str, Job]:
@@ -225,21 +227,29 @@ def _to_job(record: dict) -> Job:
                wallclock=(end - start) if start and end else None)
 
 
+def _process_identity(pid: int) -> str | None:
+    """`pid:start-ticks` of a live process (None if gone or a zombie): a reused pid differs."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return None
+    except OSError:  # no /proc (not Linux): existence is all we can check
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return f"{pid}:?"
+    return None if fields[0] == "Z" else f"{pid}:{fields[19]}"
+
+
 def _supervisor_alive(record: dict) -> bool:
     pid = record.get("supervisor_pid")
     if pid is None:
         return True  # just submitted: the pid is being recorded
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc: fall back to a plain existence check
-        try:
-            os.kill(pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-    return b"slmjobs.backends.local" in cmdline  # not a zombie, not a reused pid
+    identity = _process_identity(pid)
+    expected = record.get("supervisor_identity")
+    return identity is not None and (expected is None or identity.endswith(":?")
+                                     or identity == expected)
 
 
 def _killpg(pgid: int) -> None:

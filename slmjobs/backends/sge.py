@@ -51,7 +51,7 @@ def normalize_state(code: str) -> tuple[str, str]:
     still running until killed."""
     if "E" in code:
         return HELD, f"error state {code} (see qstat -j)"
-    if "r" in code or "t" in code:
+    if "r" in code or "t" in code or ("q" not in code and any(c in code for c in "sST")):
         reason = ""
         if "d" in code:
             reason = "being deleted"
