@@ -85,7 +85,7 @@ def chain_limits(run: dict) -> dict:
     """max_links / crash_budget / no_progress_links: run.yaml's `chain:` block (which includes
     `launch --max-links`) over the profile snapshot's `chain:` over the defaults."""
     limits = dict(DEFAULT_LIMITS)
-    profile = run.get("profile") if isinstance(run.get("profile"), dict) else {}
+    profile = run.get("cluster") if isinstance(run.get("cluster"), dict) else {}
     for block in (profile.get("chain"), run, run.get("chain")):
         if isinstance(block, dict):
             limits.update({k: v for k, v in block.items()
@@ -222,8 +222,9 @@ def close_killed_predecessor(run_dir: Path, link: int, events: list[dict]) -> No
 
 def record_accounting(run_dir: Path, link: int, job_id: str | None) -> bool:
     """Add the scheduler's wallclock for a killed link (GPU-hours); qacct may lag a second."""
-    if not job_id:
-        return False
+    if not job_id or any(str(e.get("job_id")) == str(job_id)
+                         for e in of_kind(ledger.read(run_dir), "accounted")):
+        return False  # `slmjobs status` records accounting too: once per job is enough
     try:
         job = backend_for(run_dir).accounting(str(job_id))
     except Exception as exc:  # accounting is a nicety: never let it stop the chain
@@ -238,9 +239,9 @@ def record_accounting(run_dir: Path, link: int, job_id: str | None) -> bool:
 
 def record_late_accounting(run_dir: Path, events: list[dict]) -> None:
     """Killed links whose accounting was not ready when their successor began."""
-    accounted = {e.get("link") for e in of_kind(events, "accounted")}
+    accounted = {str(e.get("job_id")) for e in of_kind(events, "accounted")}
     for event in of_kind(events, "ended"):
-        if event.get("how") == KILLED and event.get("link") not in accounted:
+        if event.get("how") == KILLED and str(event.get("job_id")) not in accounted:
             record_accounting(run_dir, event["link"], event.get("job_id"))
 
 

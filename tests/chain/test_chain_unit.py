@@ -253,7 +253,7 @@ def test_exit_status_meaning(rc, how):
 
 def test_limits_come_from_run_yaml_over_the_profile_over_defaults():
     assert chain.chain_limits({}) == chain.DEFAULT_LIMITS
-    run = {"profile": {"chain": {"max_links": 9, "crash_budget": 5}}, "chain": {"max_links": 4}}
+    run = {"cluster": {"chain": {"max_links": 9, "crash_budget": 5}}, "chain": {"max_links": 4}}
     assert chain.chain_limits(run) == {**chain.DEFAULT_LIMITS, "max_links": 4, "crash_budget": 5}
 
 
