@@ -1,0 +1,217 @@
+"""`slmjobs launch` and the CLI, through the real command in a subprocess.
+
+Bad input: one line naming the value and what is allowed, exit 2, nothing submitted (a `qsub`
+shim on PATH records any call), no run directory. The real path: launches on the real Grid
+Engine and on the local backend, the script runs (its banner reaches the log), status/cancel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from slmjobs import launch, ledger
+from slmjobs.backends import ACTIVE_STATES, get_backend
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def grid_engine():
+    """The real single-node Grid Engine must answer; if it does not, the test FAILS."""
+    assert shutil.which("qsub") and shutil.which("qstat"), "Grid Engine client commands not on PATH"
+    proc = subprocess.run(["qstat", "-u", "*"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, f"Grid Engine does not answer (run scripts/sge-up.sh): {proc.stderr}"
+
+
+@pytest.fixture
+def qsub_spy(tmp_path):
+    """A PATH dir whose qsub records that it was called (and fails): proves nothing was submitted."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "qsub").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/qsub-called\n'
+                               'echo "Unable to run job: shim refuses" >&2\nexit 1\n')
+    (shim / "qsub").chmod(0o755)
+    return {"PATH": f"{shim}:{os.environ['PATH']}", "called": tmp_path / "qsub-called"}
+
+
+def wait_for(predicate, timeout=60.0, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def bad_profile(tmp_path) -> str:
+    path = tmp_path / "typo.yaml"
+    path.write_text("scheduler: sge\nmax_gpus: 2\nwaltime_max: '12:00:00'\n")
+    return str(path)
+
+
+BAD_INPUTS = [
+    (["launch", "gpt3"], "unknown model 'gpt3': allowed are gpt2, gpt2-large"),
+    (["launch", "tiny", "--cluster", "nope"], "unknown cluster 'nope': allowed are local, scc, sge"),
+    (["launch", "tiny", "--cluster", "sge", "--gpus", "5"], "--gpus 5 is not allowed on cluster 'sge': allowed is 1 to 4"),
+    (["launch", "tiny", "--gpus", "0"], "--gpus 0 is not allowed"),
+    (["launch", "tiny", "--walltime", "12h"], "bad --walltime '12h': allowed is HH:MM:SS"),
+    (["launch", "tiny", "--cluster", "scc", "--project", "p", "--walltime", "49:00:00"],
+     "--walltime 49:00:00 is over the maximum of cluster 'scc': allowed is up to 48:00:00"),
+    (["launch", "tiny", "--name", "1st"], "bad run name '1st'"),
+    (["launch", "tiny", "--name", "a:b"], "bad run name 'a:b'"),
+    (["launch", "tiny", "--name", "a b"], "bad run name 'a b'"),
+    (["launch", "tiny", "--name", "x$(touch PWNED)"], "bad run name 'x$(touch PWNED)'"),
+    (["launch", "tiny", "lr 3"], "malformed hydra override 'lr 3'"),
+    (["launch", "tiny", "a=1\nb=2"], "malformed hydra override"),
+    (["launch", "tiny", "=3"], "malformed hydra override '=3'"),
+    (["launch", "tiny", "run_dir=/x"], "override 'run_dir=/x' is set by slmjobs"),
+    (["launch", "tiny", "--cluster", "scc"], "cluster 'scc' requires a project"),
+    (["launch", "tiny", "--max-links", "0"], "--max-links 0: allowed is 1 or more"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[" ".join(a[1:]) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_nothing_submitted_no_run_dir(args, message, run_cli, qsub_spy,
+                                                                    runs_root, tmp_path):
+    # default profile: the Grid Engine one, so a submission would reach the qsub spy
+    proc = run_cli(*args, env={"PATH": qsub_spy["PATH"], "SLMJOBS_CLUSTER": "sge"})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("slmjobs: error: "), proc.stderr
+    assert message in proc.stderr
+    assert not qsub_spy["called"].exists()
+    assert list(runs_root.iterdir()) == []
+    assert not list(tmp_path.rglob("PWNED"))
+
+
+def test_profile_with_a_mistyped_key(run_cli, tmp_path, runs_root):
+    proc = run_cli("launch", "tiny", "--cluster", bad_profile(tmp_path))
+    assert proc.returncode == 2
+    assert "unknown key 'waltime_max'" in proc.stderr and "typo.yaml" in proc.stderr
+    assert list(runs_root.iterdir()) == []
+
+
+def test_no_qsub_on_path(run_cli, tmp_path, runs_root):
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    proc = run_cli("launch", "tiny", "--cluster", "sge", env={"PATH": str(empty)})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "qsub not found on PATH" in proc.stderr and "scheduler: local" in proc.stderr
+    assert list(runs_root.iterdir()) == []
+
+
+def test_dry_run_prints_the_script_writes_nothing_needs_no_scheduler(run_cli, tmp_path, runs_root):
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    proc = run_cli("launch", "gpt2", "--gpus", "2", "--cluster", "scc", "--project", "myproj",
+                   "--dry-run", "optim.lr=$(touch PWNED)", env={"PATH": str(empty)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("#!/bin/bash -l\n#$ -N gpt2-")
+    assert "#$ -pe omp 8" in proc.stdout and "composer -n 2 -m trainer.train" in proc.stdout
+    assert "    'optim.lr=$(touch PWNED)' \\" in proc.stdout
+    assert list(runs_root.iterdir()) == [] and not list(tmp_path.rglob("PWNED"))
+
+
+def test_scheduler_failure_after_the_run_dir_exists_removes_it(run_cli, qsub_spy, runs_root):
+    proc = run_cli("launch", "tiny", "--cluster", "sge", "--name", "doomed", env={"PATH": qsub_spy["PATH"]})
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("slmjobs: scheduler error:") and "shim refuses" in proc.stderr
+    assert qsub_spy["called"].exists()  # it did try
+    assert list(runs_root.iterdir()) == []
+
+
+def test_validate_accepts_a_possible_request_and_rejects_an_impossible_one(grid_engine, run_cli,
+                                                                          tmp_path, runs_root):
+    ok = run_cli("launch", "tiny", "--cluster", "sge", "--gpus", "2", "--validate", "--dry-run")
+    assert ok.returncode == 0, ok.stderr
+    assert "scheduler:" in ok.stderr and "#$ -l gpus=2" in ok.stdout
+    # a profile that allows more GPUs than any host of the test cluster has (4)
+    big = tmp_path / "big.yaml"
+    big.write_text((REPO / "cluster" / "sge.yaml").read_text().replace("max_gpus: 4", "max_gpus: 8"))
+    for extra in (["--dry-run"], []):
+        bad = run_cli("launch", "tiny", "--cluster", str(big), "--gpus", "6", "--validate", *extra)
+        assert bad.returncode == 2, bad.stderr
+        assert "the scheduler rejects this request" in bad.stderr and "no suitable queues" in bad.stderr
+        assert bad.stderr.count("\n") == 1
+    assert list(runs_root.iterdir()) == []
+
+
+def test_list_clusters_shows_profiles_and_survives_a_broken_one(run_cli, config_dir):
+    (config_dir / "clusters" / "broken.yaml").write_text("scheduler: pbs\nmax_gpus: 1\n")
+    proc = run_cli("list-clusters")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("local", "scc", "sge"):
+        assert f" {name} " in proc.stdout
+    assert "broken" in proc.stdout and "INVALID" in proc.stdout
+    assert "needs a project" in proc.stdout  # scc's runs root without a project
+
+
+def test_default_run_name_is_model_and_timestamp(run_cli):
+    proc = run_cli("launch", "tiny", "--dry-run")
+    name = proc.stdout.splitlines()[1].split()[-1]
+    assert launch.RUN_NAME.match(name) and name.startswith("tiny-20")
+
+
+def _launch_and_watch(run_cli, cluster, name, runs_root, extra=()):
+    """Launch for real; check the record, the script == dry run, and the script running."""
+    args = ["launch", "tiny", "--cluster", cluster, "--name", name, "--walltime", "00:30:00",
+            *extra, "train.max_duration=4ba"]
+    dry = run_cli(*args, "--dry-run")
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = runs_root / name
+    first = ledger.read(run_dir)[0]
+    assert first["event"] == "submitted" and first["link"] == 1 and first["hold_on"] is None
+    assert f"run {name}: link 1 submitted as job {first['job_id']}" in proc.stdout
+    for command in (f"slmjobs status {name}", f"slmjobs logs {name} --follow", f"slmjobs cancel {name}"):
+        assert command in proc.stdout
+    assert (run_dir / "scripts" / "link-001.sh").read_text() == dry.stdout
+    spec = launch.load_run(run_dir)
+    assert spec["model"] == "tiny" and spec["cluster"]["name"] == cluster and spec["git_commit"]
+    # the scheduler ran the script: its banner is in the link's log (written via -o ... -j y)
+    log = run_dir / "logs" / "link-001.log"
+    wait_for(lambda: log.exists() and f"slmjobs: run {name} link 1 job {first['job_id']}" in log.read_text(),
+             what=f"the banner in {log}")
+    return run_dir, first["job_id"]
+
+
+def _cancel_and_check(run_cli, run_dir, cluster):
+    name = run_dir.name
+    again = run_cli("launch", "tiny", "--cluster", cluster, "--name", name)
+    assert again.returncode == 2 and "belongs to an active run" in again.stderr, again.stderr
+    proc = run_cli("cancel", name)
+    assert proc.returncode == 0, proc.stderr
+    backend = get_backend("sge" if cluster == "sge" else "local")
+
+    def nothing_active():
+        ids = [e["job_id"] for e in ledger.read(run_dir) if e["event"] == "submitted"]
+        return all(job.state not in ACTIVE_STATES for job in backend.query(ids).values())
+
+    wait_for(nothing_active, what="every job of the run to leave the queue")
+    status = run_cli("status", name, "--json")
+    assert status.returncode == 0, status.stderr
+    row = json.loads(status.stdout)[0]
+    assert row["name"] == name
+    # the name stays taken: an old run is never reused
+    taken = run_cli("launch", "tiny", "--cluster", cluster, "--name", name)
+    assert taken.returncode == 2 and f"slmjobs resume {name}" in taken.stderr, taken.stderr
+    assert launch.load_run(run_dir)["name"] == name  # untouched
+
+
+def test_real_launch_on_grid_engine(grid_engine, run_cli, runs_root):
+    run_dir, job_id = _launch_and_watch(run_cli, "sge", "l1-sge", runs_root)
+    assert job_id.isdigit()
+    _cancel_and_check(run_cli, run_dir, "sge")
+
+
+def test_real_launch_on_the_local_backend(run_cli, runs_root):
+    run_dir, _ = _launch_and_watch(run_cli, "local", "l1-local", runs_root)
+    _cancel_and_check(run_cli, run_dir, "local")
