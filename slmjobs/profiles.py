@@ -5,7 +5,8 @@ Where profiles come from, first match wins:
   2. the user's config dir: `$SLMJOBS_CONFIG_DIR/clusters/NAME.yaml`
      (default `${XDG_CONFIG_HOME:-~/.config}/slmjobs/clusters/NAME.yaml`), so users add or shadow
      profiles without touching the package;
-  3. the profiles shipped in the repository's `cluster/` folder (scc, sge, local);
+  3. the profiles shipped in the repository's `cluster/` folder (scc, sge, local), or in the
+     package's `clusters/` folder where a wheel build copied them there;
   4. `local`, embedded below, so a bare install always has a default.
 
 The default profile is env SLMJOBS_CLUSTER, else `cluster:` in `<config dir>/config.yaml`, else
@@ -22,7 +23,8 @@ from pathlib import Path
 
 from slmjobs.errors import UsageError
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "cluster"
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "cluster"   # a source tree / editable install
+PACKAGED_DIR = Path(__file__).resolve().parent / "clusters"          # a wheel, if the build copies them
 SCHEDULERS = ("sge", "local")
 
 # The embedded default (identical in meaning to cluster/local.yaml).
@@ -211,7 +213,7 @@ def user_config() -> dict:
 
 
 def profile_dirs() -> list[Path]:
-    return [config_dir() / "clusters", SHIPPED_DIR]
+    return [config_dir() / "clusters", SHIPPED_DIR, PACKAGED_DIR]
 
 
 def default_cluster() -> str:

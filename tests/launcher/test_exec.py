@@ -204,3 +204,19 @@ def test_deadline_is_job_start_plus_walltime_minus_margin(bench):
     assert abs(int(env["SLMJOBS_JOB_START"]) - time.time()) < 60
     assert env["SLMJOBS_LINK"] == "1"
     assert env["SLMJOBS_SHM_FILE"] == f"{bench['run_dir']}/logs/link-001.shm"
+
+
+def test_profile_python_command_resolved_in_the_job(bench):
+    """A profile with `python: NAME` (after its env setup) uses that interpreter, found on PATH."""
+    spec = launch.resolve("tiny", cluster="local", name="pycmd", python="/nonexistent/python",
+                          workdir=str(bench["work"]))
+    spec["cluster"]["python"] = "python"
+    spec["cluster"]["env_setup"] = [f'export PATH="{bench["bin"]}:$PATH"']
+    spec["run_dir"] = str(bench["run_dir"])
+    script = bench["tmp"] / "pycmd.sh"
+    script.write_text(_render_without_header(spec))
+    proc = run_script(bench, script)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 75, out
+    assert [c[2] for c in calls(bench, "python")] == ["begin", "end"]
+    assert "/nonexistent" not in script.read_text().split("trap '' USR1 USR2")[1]

@@ -154,6 +154,13 @@ def test_list_clusters_shows_profiles_and_survives_a_broken_one(run_cli, config_
     assert "needs a project" in proc.stdout  # scc's runs root without a project
 
 
+def test_prepare_forwards_to_the_trainer_entry_point(run_cli):
+    proc = run_cli("prepare", "--help")
+    assert proc.returncode == 0 and "python -m trainer.prepare" in proc.stdout
+    bad = run_cli("prepare", "--no-such-flag")
+    assert bad.returncode != 0
+
+
 def test_default_run_name_is_model_and_timestamp(run_cli):
     proc = run_cli("launch", "tiny", "--dry-run")
     name = proc.stdout.splitlines()[1].split()[-1]
@@ -185,6 +192,8 @@ def _launch_and_watch(run_cli, cluster, name, runs_root, extra=()):
 
 def _cancel_and_check(run_cli, run_dir, cluster):
     name = run_dir.name
+    logs = run_cli("logs", name)
+    assert logs.returncode == 0 and f"slmjobs: run {name} link 1" in logs.stdout, logs.stderr
     again = run_cli("launch", "tiny", "--cluster", cluster, "--name", name)
     assert again.returncode == 2 and "belongs to an active run" in again.stderr, again.stderr
     proc = run_cli("cancel", name)
