@@ -164,6 +164,7 @@ def resolve(model: str, gpus: int = 1, cluster: str | None = None, walltime: str
         "data_root": str(data_root) if data_root else None,
         "chain": {**profile["chain"], **({"max_links": max_links} if max_links else {})},
         "cluster": profile,
+        "templates_dir": str(profiles.config_dir() / "templates"),
     }
 
 

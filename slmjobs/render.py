@@ -130,13 +130,16 @@ def render_link(spec: dict, link: int) -> str:
     """The exact text of scripts/link-NNN.sh."""
     import jinja2
 
-    env = _environment(str(profiles.config_dir() / "templates"))
+    # The user template dir as it was at launch: a successor rendered inside a job must not
+    # depend on the job's environment (no SLMJOBS_CONFIG_DIR there).
+    user_dir = spec.get("templates_dir") or str(profiles.config_dir() / "templates")
+    env = _environment(user_dir)
     name = spec["cluster"]["template"]
     try:
         template = env.get_template(name)
     except jinja2.TemplateNotFound as exc:
         raise UsageError(f"job script template {exc.name!r} not found: looked in "
-                         f"{profiles.config_dir() / 'templates'} and {TEMPLATE_DIR}") from None
+                         f"{user_dir} and {TEMPLATE_DIR}") from None
     try:
         text = template.render(context(spec, link))
     except jinja2.UndefinedError as exc:

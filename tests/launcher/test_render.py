@@ -123,6 +123,17 @@ def test_user_template_extends_the_builtin_one(config_dir, tmp_path, monkeypatch
     assert "#$ -l gpus=1" in text
 
 
+def test_successors_render_with_the_template_dir_of_the_launch(config_dir, tmp_path, monkeypatch):
+    """Inside a job SLMJOBS_CONFIG_DIR is unset: the run spec remembers where templates were."""
+    (config_dir / "templates" / "custom.sh.j2").write_text(
+        '{% extends "builtin/base.sh.j2" %}{% block environment %}echo mine\n{% endblock %}')
+    profile = tmp_path / "withtemplate.yaml"
+    profile.write_text("scheduler: local\nmax_gpus: 1\ntemplate: custom.sh.j2\n")
+    spec = golden_spec(str(profile), "tiny", 1, monkeypatch)
+    monkeypatch.setenv("SLMJOBS_CONFIG_DIR", str(tmp_path / "elsewhere"))
+    assert "echo mine" in render.render_link(spec, 2)
+
+
 def test_user_header_overrides_the_shipped_one(config_dir, monkeypatch):
     (config_dir / "templates" / "header-local.sh.j2").write_text(
         "#$ -N {{ job_name | directive }}\n#$ -l h_rt={{ walltime | directive }}\n#$ -q mine\n")
