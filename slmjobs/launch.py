@@ -149,6 +149,11 @@ def resolve(model: str, gpus: int = 1, cluster: str | None = None, walltime: str
     workdir = workdir or os.getcwd()
     check_safe_path(Path(workdir), "working directory")
     data_root = profiles.data_root(profile, project)
+    if python is None:
+        python = os.path.abspath(sys.executable)
+        bin_dir = worker_bin_dir(python) if profile["python"] is None else os.path.dirname(python)
+    else:
+        bin_dir = os.path.dirname(python)
     return {
         "name": name,
         "run_dir": str(run_dir),
@@ -160,12 +165,27 @@ def resolve(model: str, gpus: int = 1, cluster: str | None = None, walltime: str
         "workdir": workdir,
         # The job runs the launcher's own interpreter (not resolved: a venv's bin/python symlink
         # must stay inside the venv so its bin dir, with `composer`, goes on PATH).
-        "python": python or os.path.abspath(sys.executable),
+        "python": python,
+        "bin_dir": bin_dir,
         "data_root": str(data_root) if data_root else None,
         "chain": {**profile["chain"], **({"max_links": max_links} if max_links else {})},
         "cluster": profile,
         "templates_dir": str(profiles.config_dir() / "templates"),
     }
+
+
+def worker_bin_dir(python: str) -> str:
+    """The directory the job puts first on PATH so that `composer` resolves: the interpreter's
+    own bin dir (a venv), else wherever `composer` is found now (e.g. ~/.local/bin)."""
+    here = os.path.dirname(python)
+    if os.access(os.path.join(here, "composer"), os.X_OK):
+        return here
+    found = shutil.which("composer")
+    if found:
+        return os.path.dirname(os.path.abspath(found))
+    raise UsageError(f"composer not found next to {python} or on PATH: allowed is a Python "
+                     "environment with slmjobs' training stack (pip install slmjobs), or a profile "
+                     "whose env_setup provides one (python: ...)")
 
 
 def _version() -> str:

@@ -120,7 +120,7 @@ def context(spec: dict, link: int) -> dict:
         "env": profile["env"],
         "data_root": spec.get("data_root"),
         "python": python,
-        "python_bin": os.path.dirname(python),
+        "python_bin": spec.get("bin_dir") or os.path.dirname(python),
         "python_command": profile["python"],
         "worker_args": worker_args,
     }

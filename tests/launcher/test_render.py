@@ -150,3 +150,23 @@ def test_missing_template_and_unknown_value_are_usage_errors(config_dir, tmp_pat
     spec["cluster"]["template"] = "strict.sh.j2"
     with pytest.raises(UsageError, match="no_such_value"):
         render.render_link(spec, 1)
+
+
+def test_composer_resolves_in_the_job(tmp_path, monkeypatch):
+    """The job's PATH gets the launcher's bin dir, or the dir where composer is found."""
+    from slmjobs import launch
+
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "composer").write_text("#!/bin/sh\n")
+    (venv / "composer").chmod(0o755)
+    assert launch.worker_bin_dir(str(venv / "python")) == str(venv)
+    user_bin = tmp_path / "local-bin"
+    user_bin.mkdir()
+    (user_bin / "composer").write_text("#!/bin/sh\n")
+    (user_bin / "composer").chmod(0o755)
+    monkeypatch.setenv("PATH", str(user_bin))
+    assert launch.worker_bin_dir("/usr/bin/python3") == str(user_bin)
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    with pytest.raises(UsageError, match="composer not found"):
+        launch.worker_bin_dir("/usr/bin/python3")
