@@ -29,7 +29,7 @@ def cli():
 
 
 # ---------------------------------------------------------------------------- launch
-@cli.command(context_settings={**CONTEXT, "ignore_unknown_options": False})
+@cli.command(context_settings=CONTEXT)
 @click.argument("model")
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED, metavar="[HYDRA_OVERRIDE]...")
 @click.option("--gpus", type=int, default=1, show_default=True, help="GPUs on one node (ranks).")

@@ -33,6 +33,25 @@ def isolated(tmp_path, monkeypatch):
     return {"config": config, "runs": runs}
 
 
+@pytest.fixture(autouse=True)
+def no_job_left_behind(isolated):
+    """After each test, delete whatever a run under the test's runs root still has queued,
+    held or running (a failed assertion must not leave jobs on the shared cluster)."""
+    yield
+    from slmjobs import ledger
+    from slmjobs.backends import ACTIVE_STATES, get_backend
+    from slmjobs.launch import load_run
+
+    for run_dir in isolated["runs"].iterdir():
+        ids = [e["job_id"] for e in ledger.read(run_dir) if e.get("event") == "submitted"]
+        if not ids:
+            continue
+        backend = get_backend(load_run(run_dir)["cluster"]["scheduler"])
+        left = [j for j, job in backend.query(ids).items() if job.state in ACTIVE_STATES]
+        if left:
+            backend.cancel(left)
+
+
 @pytest.fixture
 def runs_root(isolated) -> Path:
     return isolated["runs"]
