@@ -1,0 +1,244 @@
+"""Status logic with a stand-in scheduler (the real one: test_monitor_real.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import pytest
+import yaml
+
+from slmjobs import ledger, monitor
+from slmjobs.backends import ENDED, ENDING, HELD, QUEUED, RUNNING, Job, SchedulerError
+
+
+class FakeBackend:
+    def __init__(self, kind):
+        self.kind = kind
+        self.states: dict[str, Job] = {}
+        self.accounts: dict[str, Job] = {}
+        self.queries: list[list[str]] = []
+        self.accounting_calls: list[str] = []
+        self.cancelled: list[str] = []
+        self.on_cancel = None
+        self.fail = False
+
+    def query(self, job_ids):
+        if self.fail:
+            raise SchedulerError("qstat failed (exit 1): unable to contact qmaster")
+        self.queries.append(list(job_ids))
+        return {j: self.states.get(j, Job(job_id=j, state=ENDING)) for j in job_ids}
+
+    def accounting(self, job_id):
+        self.accounting_calls.append(job_id)
+        return self.accounts.get(job_id)
+
+    def cancel(self, job_ids):
+        self.cancelled += list(job_ids)
+        for j in job_ids:
+            self.states.pop(j, None)
+        if self.on_cancel:
+            self.on_cancel()
+
+
+@pytest.fixture
+def backends(monkeypatch):
+    fakes = {"sge": FakeBackend("sge"), "local": FakeBackend("local")}
+    monkeypatch.setattr(monitor, "get_backend", lambda kind: fakes[kind])
+    return fakes
+
+
+def make_run(root, name, scheduler="sge", gpus=2, max_links=5, events=(), progress=None):
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.yaml").write_text(yaml.safe_dump(
+        {"run_name": name, "model": "tiny", "gpus": gpus, "scheduler": scheduler,
+         "chain": {"max_links": max_links}}))
+    for event in events:
+        ledger.append(run_dir, event)
+    if progress is not None:
+        (run_dir / "progress.json").write_text(json.dumps(progress))
+    return run_dir
+
+
+def submitted(link, job_id, hold_on=None):
+    return {"event": "submitted", "link": link, "job_id": job_id, "hold_on": hold_on}
+
+
+def test_one_query_per_scheduler_for_all_runs(tmp_path, backends):
+    runs = [make_run(tmp_path, f"s{i}", events=[submitted(1, str(100 + i))]) for i in range(3)]
+    runs += [make_run(tmp_path, f"l{i}", "local", events=[submitted(1, str(i + 1))])
+             for i in range(2)]
+    for i in range(3):
+        backends["sge"].states[str(100 + i)] = Job(job_id=str(100 + i), state=QUEUED)
+    rows = monitor.run_statuses(runs)
+    assert backends["sge"].queries == [["100", "101", "102"]]
+    assert backends["local"].queries == [["1", "2"]]
+    assert [r["state"] for r in rows[:3]] == [QUEUED] * 3
+
+
+def test_accounting_is_asked_once_and_recorded(tmp_path, backends):
+    run = make_run(tmp_path, "r", events=[
+        submitted(1, "7"), {"event": "started", "link": 1, "job_id": "7"},
+        {"event": "ended", "link": 1, "job_id": "7", "how": "handed_off", "exit_status": 75}])
+    sge = backends["sge"]
+    # qacct lags qstat: gone from the queue, not accounted -> ending, nothing recorded
+    assert monitor.run_statuses([run])[0]["state"] == "handed off"
+    assert sge.accounting_calls == ["7"]
+    assert not [e for e in ledger.read(run) if e["event"] == "accounted"]
+    sge.accounts["7"] = Job(job_id="7", state=ENDED, exit_status=75, failed=True,
+                            wallclock=1800.0, gpus=2)
+    row = monitor.run_statuses([run])[0]
+    assert row["gpu_hours"] == pytest.approx(1.0)
+    row = monitor.run_statuses([run])[0]
+    assert sge.accounting_calls == ["7", "7"]  # never asked again
+    assert sge.queries == [["7"], ["7"]]          # and no more queried once accounted
+    assert row["gpu_hours"] == pytest.approx(1.0)
+    assert len([e for e in ledger.read(run) if e["event"] == "accounted"]) == 1
+
+
+def test_a_job_gone_from_the_queue_and_not_accounted_is_ending(tmp_path, backends):
+    run = make_run(tmp_path, "r", events=[submitted(1, "7"),
+                                          {"event": "started", "link": 1, "job_id": "7"}])
+    row = monitor.run_statuses([run])[0]
+    assert (row["state"], row["job_state"]) == (ENDING, ENDING)
+
+
+def test_long_lost_accounting_is_recorded_once_as_missing(tmp_path, backends):
+    old = time.time() - 2 * monitor.ACCOUNTING_PATIENCE_SECONDS
+    run = make_run(tmp_path, "r", events=[
+        {**submitted(1, "7"), "time": old}, {"event": "started", "link": 1, "job_id": "7",
+                                             "time": old},
+        {"event": "ended", "link": 1, "job_id": "7", "how": "crashed", "time": old}])
+    assert monitor.run_statuses([run])[0]["state"] == "failed"
+    monitor.run_statuses([run])
+    assert backends["sge"].accounting_calls == ["7"]
+
+
+def test_chain_view_running_link_previous_link_eta_and_checkpoint_age(tmp_path, backends):
+    now = time.time()
+    run = make_run(tmp_path, "r", events=[
+        submitted(1, "7"), {"event": "started", "link": 1, "job_id": "7"},
+        submitted(2, "8", hold_on="7"),
+        {"event": "ended", "link": 1, "job_id": "7", "how": "handed_off", "exit_status": 75},
+        {"event": "accounted", "link": 1, "job_id": "7", "wallclock": 3600, "gpus": 2},
+        {"event": "started", "link": 2, "job_id": "8"}, submitted(3, "9", hold_on="8")],
+        progress={"step": 100, "max_steps": 400, "loss": 3.5, "tokens_per_sec": 1000.0,
+                  "steps_per_sec": 2.0, "checkpoint_time": now - 90})
+    sge = backends["sge"]
+    sge.states["8"] = Job(job_id="8", state=RUNNING, start_time=now - 1800)
+    sge.states["9"] = Job(job_id="9", state=HELD)
+    row = monitor.run_statuses([run])[0]
+    assert (row["link"], row["max_links"], row["job_id"], row["state"]) == (2, 5, "8", RUNNING)
+    assert row["previous_link"] == "handed off"
+    assert row["eta_seconds"] == pytest.approx(150)
+    assert 89 <= row["checkpoint_age_seconds"] < 100
+    assert row["gpu_hours"] == pytest.approx(2 + 1, abs=0.01)  # accounted 1 h x 2 + running 0.5 h x 2
+    table = monitor.format_table([row])
+    assert "RUN" in table.splitlines()[0] and "2/5" in table and "100/400" in table
+    assert "2m30s" in table and "3.500" in table and "handed off" in table
+
+
+def test_killed_link_without_its_end_hook(tmp_path, backends):
+    run = make_run(tmp_path, "r", events=[
+        submitted(1, "7"), {"event": "started", "link": 1, "job_id": "7"},
+        {"event": "accounted", "link": 1, "job_id": "7", "exit_status": 137, "failed": True,
+         "wallclock": 60}])
+    assert monitor.run_statuses([run])[0]["state"] == "killed"
+
+
+@pytest.mark.parametrize("reason,state,note", [
+    ("cancelled", "cancelled", ""), ("finished", "finished", ""),
+    ("crash_budget", "failed", "stopped: crash_budget"), ("max_links", "stopped", "stopped: max_links")])
+def test_stopped_chains(tmp_path, backends, reason, state, note):
+    run = make_run(tmp_path, "r", events=[
+        submitted(1, "7"), {"event": "stopped", "reason": reason, "detail": "d"}])
+    row = monitor.run_statuses([run])[0]
+    assert (row["state"], row["stop_reason"]) == (state, reason)
+    assert monitor._cell(row, "note") == note
+    assert row["eta_seconds"] is None
+
+
+def test_resumed_clears_the_stop(tmp_path, backends):
+    run = make_run(tmp_path, "r", events=[
+        submitted(1, "7"), {"event": "stopped", "reason": "cancelled"}, {"event": "resumed"},
+        submitted(2, "8")])
+    backends["sge"].states["8"] = Job(job_id="8", state=QUEUED)
+    row = monitor.run_statuses([run])[0]
+    assert (row["state"], row["link"], row["stop_reason"]) == (QUEUED, 2, None)
+
+
+def test_scheduler_down_shows_unknown_and_still_lists(tmp_path, backends):
+    backends["sge"].fail = True
+    run = make_run(tmp_path, "r", events=[submitted(1, "7")])
+    row = monitor.run_statuses([run])[0]
+    assert row["state"] == "unknown" and "unable to contact qmaster" in row["job_reason"]
+    assert monitor.is_active(run)  # cannot tell: do not let a launch reuse the name
+
+
+def test_new_run_and_runs_without_jobs(tmp_path, backends):
+    run = make_run(tmp_path, "r")
+    row = monitor.run_statuses([run])[0]
+    assert row["state"] == "new" and backends["sge"].queries == []
+    assert monitor.format_table([]) == "no runs"
+    assert not monitor.is_active(run)
+
+
+def test_cancel_writes_stopped_first_and_catches_a_late_successor(tmp_path, backends):
+    run = make_run(tmp_path, "r", events=[
+        submitted(1, "7"), {"event": "started", "link": 1, "job_id": "7"},
+        submitted(2, "8", hold_on="7")])
+    sge = backends["sge"]
+    sge.states.update({"7": Job(job_id="7", state=RUNNING), "8": Job(job_id="8", state=HELD)})
+
+    def late_successor():  # the running link's `begin` submitted link 3 just now
+        if "9" not in sge.states and "9" not in sge.cancelled:
+            ledger.append(run, submitted(3, "9", hold_on="8"))
+            sge.states["9"] = Job(job_id="9", state=HELD)
+
+    sge.on_cancel = late_successor
+    assert monitor.cancel_run(run) == ["7", "8", "9"]
+    events = ledger.read(run)
+    first_stop = next(i for i, e in enumerate(events) if e["event"] == "stopped")
+    first_end = next(i for i, e in enumerate(events) if e["event"] == "ended")
+    assert events[first_stop]["reason"] == "cancelled" and first_stop < first_end
+    assert {e["job_id"] for e in events if e["event"] == "ended"} == {"7", "8", "9"}
+    assert monitor.run_statuses([run])[0]["state"] == "cancelled"
+    assert not monitor.is_active(run)
+
+
+def test_logs_in_link_order_and_follow_until_settled(tmp_path, backends, monkeypatch):
+    run = make_run(tmp_path, "r", events=[submitted(1, "7"), submitted(2, "8")])
+    logs = run / "logs"
+    logs.mkdir()
+    (logs / "link-002.log").write_text("second\n")
+    (logs / "link-001.log").write_text("first\n")
+    out = io.StringIO()
+    assert monitor.follow_logs(run, follow=False, out=out) == 0
+    assert out.getvalue() == "first\nsecond\n"
+
+    sge = backends["sge"]
+    sge.accounts["7"] = Job(job_id="7", state=ENDED, exit_status=75)
+    sge.states["8"] = Job(job_id="8", state=RUNNING)
+    polls = []
+
+    def sleep(_seconds):  # the job writes more, then ends after a few polls
+        polls.append(1)
+        with open(logs / "link-002.log", "a") as handle:
+            handle.write(f"more {len(polls)}\n")
+        if len(polls) == 3:
+            sge.states.pop("8")
+            sge.accounts["8"] = Job(job_id="8", state=ENDED, exit_status=0)
+            (logs / "link-003.log").write_text("third\n")
+
+    monkeypatch.setattr(monitor.time, "sleep", sleep)
+    out = io.StringIO()
+    assert monitor.follow_logs(run, follow=True, out=out) == 0
+    assert out.getvalue() == "first\nsecond\nmore 1\nmore 2\nmore 3\nthird\n"
+
+
+def test_logs_of_something_that_is_not_a_run(tmp_path):
+    from slmjobs.errors import UsageError
+    with pytest.raises(UsageError, match="not a run directory"):
+        monitor.follow_logs(tmp_path / "nope")
