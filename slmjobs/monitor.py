@@ -105,10 +105,14 @@ class RunInfo:
     def __init__(self, run_dir):
         self.dir = Path(run_dir)
         self.run = read_run_yaml(self.dir)
+        self.kind = scheduler_kind(self.run)
+        self.reread()
+
+    def reread(self) -> None:
+        """The ledger and progress again (not run.yaml: it does not change)."""
         self.events = ledger.read(self.dir)
         self.progress = read_progress(self.dir)
         self.links = links(self.events)
-        self.kind = scheduler_kind(self.run)
 
     def unaccounted_job_ids(self) -> list[str]:
         return [entry["job_id"] for entry in self.links if "accounted" not in entry]
@@ -164,6 +168,8 @@ def settle_accounting(info: RunInfo, jobs: dict[tuple[str, str], Job]) -> None:
 def job_states(info: RunInfo) -> dict[tuple[str, str], Job]:
     """The scheduler's view of one run's not-yet-accounted jobs, accounting settled."""
     jobs = query_all([info])
+    if _left_the_queue(info, jobs):
+        info.reread()
     settle_accounting(info, jobs)
     return jobs
 
@@ -196,9 +202,18 @@ def run_statuses(run_dirs) -> list[dict]:
     jobs = query_all(infos)
     rows = []
     for info in infos:
+        if _left_the_queue(info, jobs):
+            # A job's `end` hook writes `ended` before the job leaves the queue, but maybe
+            # after we read the ledger: read it again so "gone, no `ended`" really means killed.
+            info.reread()
         settle_accounting(info, jobs)
         rows.append(_row(info, jobs))
     return rows
+
+
+def _left_the_queue(info: RunInfo, jobs: dict) -> bool:
+    return any(jobs[(info.kind, j)].state in (ENDING, ENDED)
+               for j in info.unaccounted_job_ids() if (info.kind, j) in jobs)
 
 
 def _row(info: RunInfo, jobs: dict[tuple[str, str], Job]) -> dict:
@@ -274,7 +289,7 @@ def _run_state(info: RunInfo, current: dict | None, job: Job | None, stop: dict 
     if accounted is not None:  # the link ended without its `end` hook: killed or crashed
         return "killed" if accounted.get("exit_status") == 137 else (
             "failed" if accounted.get("failed") else "ended")
-    return job.state if job is not None else "ended"
+    return job.state if job is not None else "submitted"  # newer than our scheduler query
 
 
 def _previous_end(info: RunInfo, current: dict | None) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from slmjobs.backends import ENDED, ENDING, HELD, QUEUED, RUNNING
@@ -32,9 +33,10 @@ def test_job_runs_and_ends_with_its_output_and_exit_status(sge, tmp_path, wait_u
 
 
 def test_one_query_answers_for_many_jobs_held_and_queued(sge, tmp_path, wait_until):
-    # the whole per-job consumable gpus=4 for 30 s, so a second gpus=4 job must queue
-    blocker = sge.submit(job_script(tmp_path, "l2_block", "sleep 30", "-l gpus=4"))
-    waiting = sge.submit(job_script(tmp_path, "l2_wait", "true", "-l gpus=4"))
+    blocker = sge.submit(job_script(tmp_path, "l2_block", "sleep 30"))
+    # a start time an hour ahead (-a) keeps a job queued whatever else the cluster runs
+    later = time.strftime("%Y%m%d%H%M", time.localtime(time.time() + 3600))
+    waiting = sge.submit(job_script(tmp_path, "l2_wait", "true", f"-a {later}"))
     held = sge.submit(job_script(tmp_path, "l2_held", "true"), hold_on=blocker)
     wait_until(lambda: state_of(sge, blocker) == RUNNING, 20, "the blocker to run")
     jobs = sge.query([blocker, waiting, held, "424242"])
