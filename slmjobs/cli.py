@@ -103,9 +103,9 @@ def _find_run(run: str):
     from pathlib import Path
 
     path = Path(run).expanduser()
-    if "/" in run or path.is_dir():
-        if (path / "run.yaml").is_file():
-            return path.resolve()
+    if (path / "run.yaml").is_file():
+        return path.resolve()
+    if "/" in run:
         raise UsageError(f"{run} is not a run directory (no run.yaml)")
     found = [root / run for root in _runs_roots() if (root / run / "run.yaml").is_file()]
     if not found:

@@ -197,7 +197,7 @@ def _cancel_and_check(run_cli, run_dir, cluster):
         return all(job.state not in ACTIVE_STATES for job in backend.query(ids).values())
 
     wait_for(nothing_active, what="every job of the run to leave the queue")
-    status = run_cli("status", name, "--json")
+    status = run_cli("status", str(run_dir), "--json")  # a run named by its path
     assert status.returncode == 0, status.stderr
     row = json.loads(status.stdout)[0]
     assert row["name"] == name
