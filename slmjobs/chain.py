@@ -215,7 +215,7 @@ def close_killed_predecessor(run_dir: Path, link: int, events: list[dict]) -> No
         return
     job_id = previous.get("job_id")
     record(run_dir, "ended", link=link - 1, job_id=job_id, how=KILLED, exit_status=None,
-           checkpoint_step=checkpoint_step(run_dir),
+           checkpoint_step=checkpoint_step(run_dir), step=read_progress(run_dir).get("step"),
            detail="the link ended without running `chain end` (h_rt, OOM, node loss or qdel)")
     record_accounting(run_dir, link - 1, job_id)
 
@@ -322,8 +322,10 @@ def end(run_dir: Path, link: int, rc: int, job_id: str | None = None) -> int:
     job_id = job_id if job_id is not None else os.environ.get("JOB_ID")
     how = how_it_ended(rc)
     step = checkpoint_step(run_dir)
+    # `step` (last step reached, from the heartbeat) beside `checkpoint_step` shows the work a
+    # link did after its last checkpoint: 0 at a planned hand-off.
     record(run_dir, "ended", link=link, job_id=job_id, how=how, exit_status=rc,
-           checkpoint_step=step)
+           checkpoint_step=step, step=read_progress(run_dir).get("step"))
     events = ledger.read(run_dir)
     if how == FINISHED:
         mark_finished(run_dir, link, events)

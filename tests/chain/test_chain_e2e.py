@@ -1,0 +1,359 @@
+"""End to end: real chains of jobs on the REAL Grid Engine and on the local backend, driven
+through the real CLI, training the tiny model on CPU.
+
+Every chain runs the same training (TRAINING below) with a short walltime, so it needs several
+links. They are all launched at once by the module fixture `campaign`, together with one
+uninterrupted reference run of the same training; each test then waits for its own chain and
+compares the final weights with the reference, bit for bit. `train.debug_batch_sleep` makes each
+batch last longer without burning CPU, so the chains can share this 2-core machine.
+
+The scenarios (issue 4): planned hand-offs (SGE and local), a hard kill at h_rt (the worker gets
+no deadline: a margin "below zero"), a crash loop (a broken override), cancel mid-chain then
+resume, and a successor that starts after the run finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slmjobs import chain, ledger
+
+pytestmark = pytest.mark.timeout(1500)
+
+# Link start-up here is CPU-bound (`import composer` twice: the launcher and the worker, ~16
+# CPU-s) and the worker's exit after a hand-off takes several seconds on a busy 2-core machine,
+# so links are two minutes with a 30 s margin; the training needs ~150 s of it, 3 links or more.
+WALLTIME = "00:02:00"         # h_rt of every link
+MARGIN = 30                   # seconds between the worker's deadline and h_rt
+SAVE_EVERY = 10               # periodic checkpoint interval (batches): bounds a hard kill's loss
+MAX_STEPS = 200
+TRAINING = [
+    f"train.max_steps={MAX_STEPS}", "train.global_batch_size=4", "train.eval_every=0",
+    "train.eval_batches=2", "train.log_every=20",
+    f"checkpoint.save_every_batches={SAVE_EVERY}", "checkpoint.save_every_seconds=0",
+    "checkpoint.keep=2", "data.num_workers=0", "wandb.enabled=false",
+]
+# A testing aid that only sleeps after each batch: walltime passes, CPU stays free, the
+# arithmetic is untouched (the reference runs without it and must still match bit for bit).
+SLOW = ["train.debug_batch_sleep=0.65"]
+LIMITS = {"max_links": 10, "crash_budget": 3, "no_progress_links": 3}
+WAIT = 900                    # seconds a chain may take on a busy 2-core machine
+CLI = [sys.executable, "-c", "import sys; from slmjobs.cli import main; sys.exit(main())"]
+
+
+# ------------------------------------------------------------------------------ helpers
+def sge_profile(**extra) -> dict:
+    return {"scheduler": "sge", "description": "test cluster, short links", "max_gpus": 4,
+            "gpu_resource": "gpus", "pe": "omp", "cpus_per_gpu": 1,
+            "walltime_default": WALLTIME, "walltime_max": "01:00:00", "handoff_margin": MARGIN,
+            # one thread per rank: the same arithmetic in every link and in the reference
+            "env": {"OMP_NUM_THREADS": "1", **extra.pop("env", {})},
+            "chain": dict(LIMITS), **extra}
+
+
+def local_profile() -> dict:
+    profile = sge_profile()
+    for key in ("gpu_resource", "pe", "cpus_per_gpu"):
+        profile.pop(key)
+    return {**profile, "scheduler": "local", "description": "this machine, short links"}
+
+
+class Campaign:
+    def __init__(self, root: Path, data: Path):
+        self.root = root
+        self.data = data
+        self.runs = root / "runs"
+        self.env = {**os.environ, "SLMJOBS_RUNS_ROOT": str(self.runs),
+                    "SLMJOBS_LOCAL_STATE": str(root / "local-state"),
+                    "SLMJOBS_CONFIG_DIR": str(root / "config"), "OMP_NUM_THREADS": "1"}
+        for name in ("SLMJOBS_DEADLINE", "SLMJOBS_LINK", "SLMJOBS_JOB_START", "SLMJOBS_CLUSTER"):
+            self.env.pop(name, None)
+        self.reference: subprocess.Popen | None = None
+
+    def training(self) -> list[str]:
+        return [f"data.path={self.data}", *TRAINING]
+
+    def cli(self, *args, check=True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([*CLI, *args], env=self.env, cwd=self.root, capture_output=True,
+                              text=True, timeout=120)
+        if check and proc.returncode != 0:
+            pytest.fail(f"slmjobs {' '.join(args)} exited {proc.returncode}: "
+                        f"{proc.stderr.strip() or proc.stdout.strip()}")
+        return proc
+
+    def profile(self, name: str, data: dict) -> Path:
+        path = self.root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    def launch(self, name: str, profile: Path, *extra, gpus: int = 1) -> Path:
+        self.cli("launch", "tiny", "--cluster", str(profile), "--name", name, "--gpus", str(gpus),
+                 *self.training(), *SLOW, *extra)
+        return self.runs / name
+
+    def wait_training(self, run_dir: Path) -> None:
+        """Until the chain's first link trains (or stopped): link start-ups are CPU-bound
+        (two `import composer`, ~16 CPU-s), so starting them one after another keeps each
+        link's start-up short on 2 cores."""
+        wait_for(lambda: chain.read_progress(run_dir).get("state") in ("training", "handed_off")
+                 or settled(run_dir), 300, f"{run_dir.name} to start training", interval=0.5)
+
+    def start_reference(self) -> None:
+        """The same training, uninterrupted: one process, no deadline, same thread count."""
+        log = open(self.root / "reference.log", "w")
+        self.reference = subprocess.Popen(
+            [sys.executable, "-m", "trainer.train", "model=tiny", "run_name=reference",
+             f"run_dir={self.root / 'reference'}", *self.training()],
+            env=self.env, cwd=self.root, stdout=log, stderr=subprocess.STDOUT)
+
+    def reference_weights(self) -> dict:
+        assert self.reference is not None
+        rc = self.reference.wait(timeout=WAIT)
+        assert rc == 0, (self.root / "reference.log").read_text()[-3000:]
+        return final_weights(self.root / "reference")
+
+    def status(self, name: str) -> dict:
+        (row,) = json.loads(self.cli("status", name, "--json").stdout)
+        return row
+
+    def status_table(self, name: str) -> str:
+        return self.cli("status", name).stdout
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def events(run_dir: Path, kind: str | None = None) -> list[dict]:
+    return [e for e in ledger.read(run_dir) if kind is None or e.get("event") == kind]
+
+
+def settled(run_dir: Path) -> bool:
+    """The chain stopped (any reason) and no link of it is still open in the ledger."""
+    evs = ledger.read(run_dir)
+    if chain.stop_reason(evs) is None:
+        return False
+    opened = {e["link"] for e in evs if e.get("event") in ("submitted", "started")}
+    return opened <= set(chain.ended_links(evs))
+
+
+def wait_settled(run_dir: Path) -> list[dict]:
+    wait_for(lambda: settled(run_dir), WAIT, f"chain {run_dir.name} to stop", interval=2.0)
+    return ledger.read(run_dir)
+
+
+def active_jobs(run_dir: Path, kind: str) -> dict:
+    """What the scheduler itself says about every job the run ever submitted."""
+    from slmjobs.backends import ACTIVE_STATES, get_backend
+
+    ids = [str(e["job_id"]) for e in events(run_dir, "submitted")]
+    return {j: job.state for j, job in get_backend(kind).query(ids).items()
+            if job.state in ACTIVE_STATES}
+
+
+def final_weights(run_dir: Path) -> dict:
+    import torch
+
+    state = torch.load(run_dir / "checkpoints" / "latest-rank0.pt", map_location="cpu",
+                       weights_only=False)
+    return state["state"]["model"]
+
+
+def assert_bitwise_equal(weights: dict, reference: dict) -> None:
+    import torch
+
+    assert sorted(weights) == sorted(reference)
+    different = [k for k in reference if weights[k].dtype != reference[k].dtype
+                 or not torch.equal(weights[k], reference[k])]
+    assert not different, f"{len(different)} tensors differ from the reference, e.g. {different[:3]}"
+
+
+def trained_links(evs: list[dict]) -> list[dict]:
+    """`ended` events of the links that ran the worker, in link order (not those that found
+    nothing to do, nor successors removed before they started)."""
+    started = chain.started_links(evs)
+    return [e for k, e in sorted(chain.ended_links(evs).items())
+            if k in started and not (e.get("how") == "cancelled" and e.get("exit_status") == 0)]
+
+
+_RESUMED = re.compile(r"resumed from \S+ at step (\d+)/")
+
+
+def start_step(run_dir: Path, link: int) -> int:
+    """The step a link's worker started from, as its own log says (0 for a fresh start)."""
+    text = (run_dir / "logs" / f"link-{link:03d}.log").read_text(errors="replace")
+    found = _RESUMED.findall(text)
+    return int(found[-1]) if found else 0
+
+
+def assert_finished_without_leftovers(run_dir: Path, kind: str) -> list[dict]:
+    evs = wait_settled(run_dir)
+    assert chain.stop_reason(evs) == "finished", evs[-3:]
+    assert (run_dir / "DONE").exists()
+    wait_for(lambda: not active_jobs(run_dir, kind), 60, f"{run_dir.name}: no job left")
+    return evs
+
+
+def assert_no_batch_recomputed_at_hand_offs(run_dir: Path, evs: list[dict]) -> None:
+    links = [e for e in trained_links(evs) if e["how"] in ("handed_off", "finished")]
+    for done in links:
+        if done["how"] == "handed_off":
+            # stopped at a batch boundary with a checkpoint of exactly that step
+            assert done["step"] == done["checkpoint_step"], done
+            assert start_step(run_dir, done["link"] + 1) == done["checkpoint_step"], done
+    trained = sum(e["step"] - start_step(run_dir, e["link"]) for e in links)
+    assert trained == MAX_STEPS, f"{trained} batches trained for {MAX_STEPS} steps"
+
+
+# ------------------------------------------------------------------------------ the campaign
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory, sge_cluster):
+    root = tmp_path_factory.mktemp("chains")
+    data = root / "data" / "builtin"
+    subprocess.run([sys.executable, "-m", "trainer.prepare", "--source", "builtin",
+                    "--max-documents", "40", "--out", str(data)], check=True,
+                   capture_output=True, timeout=300)
+    c = Campaign(root, data)
+    sge = c.profile("sge-short", sge_profile())
+    # No deadline reaches the worker (as if the margin were below zero): h_rt SIGKILLs it.
+    nodeadline = c.profile("sge-no-margin", sge_profile(env={"SLMJOBS_DEADLINE": ""}))
+    local = c.profile("local-short", local_profile())
+    c.chains = {}
+    for name, profile in (("planned", sge), ("cancel", sge), ("hardkill", nodeadline),
+                          ("local", local)):
+        c.chains[name] = c.launch(name, profile)
+        c.wait_training(c.chains[name])
+    c.chains["crashloop"] = c.launch("crashloop", sge, "model.n_head=3")  # 128 % 3: never builds
+    c.start_reference()
+    yield c
+    for name, run_dir in c.chains.items():
+        if not settled(run_dir):
+            c.cli("cancel", name, check=False)
+    if c.reference and c.reference.poll() is None:
+        c.reference.kill()
+
+
+@pytest.fixture(scope="module")
+def reference(campaign):
+    return campaign.reference_weights()
+
+
+# ------------------------------------------------------------------------------ the tests
+def test_cancel_mid_chain_then_resume_completes_with_the_reference_weights(campaign, reference):
+    run_dir = campaign.chains["cancel"]
+
+    def link2_training():
+        progress = chain.read_progress(run_dir)
+        first = chain.ended_links(ledger.read(run_dir)).get(1)
+        return (progress.get("link") == 2 and progress.get("state") == "training" and first
+                and progress.get("step", 0) >= (first.get("checkpoint_step") or 0) + 3)
+
+    wait_for(link2_training, WAIT, "link 2 of the cancel chain to train", interval=0.5)
+    out = campaign.cli("cancel", "cancel").stdout
+    assert "cancelled" in out
+    wait_for(lambda: not active_jobs(run_dir, "sge"), 60, "the cancelled chain's jobs to go")
+    row = campaign.status("cancel")
+    assert row["state"] == "cancelled", row
+    assert chain.stop_reason(ledger.read(run_dir)) == "cancelled"
+    step_at_cancel = chain.checkpoint_step(run_dir)
+
+    out = campaign.cli("resume", "cancel").stdout
+    assert "resumed" in out
+    evs = assert_finished_without_leftovers(run_dir, "sge")
+    (resumed,) = [e for e in evs if e["event"] == "resumed"]
+    assert resumed["checkpoint_step"] == step_at_cancel
+    assert start_step(run_dir, resumed["link"]) == step_at_cancel
+    assert campaign.status("cancel")["state"] == "finished"
+    assert_bitwise_equal(final_weights(run_dir), reference)
+
+
+def test_crash_loop_stops_after_the_crash_budget_with_nothing_left(campaign):
+    run_dir = campaign.chains["crashloop"]
+    evs = wait_settled(run_dir)
+    (stopped,) = [e for e in evs if e["event"] == "stopped"]
+    assert stopped["reason"] == "crash_budget"
+    crashed = [e for e in evs if e["event"] == "ended" and e["how"] == "crashed"]
+    assert len(crashed) == LIMITS["crash_budget"]
+    assert all(e["exit_status"] not in (0, 75) for e in crashed)
+    wait_for(lambda: not active_jobs(run_dir, "sge"), 60, "no crash-loop job left")
+    row = campaign.status("crashloop")
+    assert row["stop_reason"] == "crash_budget" and row["state"] == "failed", row
+    assert "stopped: crash_budget" in campaign.status_table("crashloop")
+    assert not (run_dir / "DONE").exists()
+
+
+def test_planned_hand_offs_on_sge_give_the_uninterrupted_weights(campaign, reference):
+    run_dir = campaign.chains["planned"]
+    evs = assert_finished_without_leftovers(run_dir, "sge")
+    links = trained_links(evs)
+    assert len(links) >= 3, links
+    assert [e["how"] for e in links] == ["handed_off"] * (len(links) - 1) + ["finished"]
+    assert_no_batch_recomputed_at_hand_offs(run_dir, evs)
+    # the successor held on the last link was removed when the run finished
+    last = links[-1]["link"]
+    assert [e["how"] for e in evs if e["event"] == "ended" and e["link"] == last + 1] == \
+        ["cancelled"]
+    assert campaign.status("planned")["state"] == "finished"
+    assert_bitwise_equal(final_weights(run_dir), reference)
+
+
+def test_a_successor_starting_after_the_finish_exits_at_once(campaign):
+    from slmjobs import launch
+
+    run_dir = campaign.chains["planned"]
+    wait_settled(run_dir)
+    before = len(events(run_dir, "submitted"))
+    link = max(e["link"] for e in events(run_dir) if isinstance(e.get("link"), int)) + 1
+    job_id = launch.submit_link(run_dir, link)  # e.g. resubmitted by hand, or a lost qdel
+
+    def closed():
+        return chain.ended_links(ledger.read(run_dir)).get(link)
+
+    ended = wait_for(closed, 120, f"late link {link} to end")
+    started = chain.started_links(ledger.read(run_dir))[link]
+    assert ended["how"] == "cancelled" and ended["job_id"] == job_id
+    assert ended["time"] - started["time"] < 5, "the late link should exit within seconds"
+    wait_for(lambda: not active_jobs(run_dir, "sge"), 60, "the late link's job to leave")
+    assert len(events(run_dir, "submitted")) == before + 1  # it queued nothing further
+
+
+def test_hard_kill_at_h_rt_continues_from_the_last_checkpoint(campaign, reference):
+    run_dir = campaign.chains["hardkill"]
+    evs = assert_finished_without_leftovers(run_dir, "sge")
+    killed = [e for e in evs if e["event"] == "ended" and e["how"] == "killed"]
+    assert killed, "no link was killed at h_rt"
+    for dead in killed:
+        # resumed from the last periodic checkpoint; lost at most one checkpoint interval
+        assert start_step(run_dir, dead["link"] + 1) == dead["checkpoint_step"]
+        assert 0 <= dead["step"] - dead["checkpoint_step"] <= SAVE_EVERY, dead
+    accounted = {e["job_id"]: e for e in evs if e["event"] == "accounted"}
+    for dead in killed:  # Grid Engine itself says h_rt killed it
+        assert accounted[dead["job_id"]]["exit_status"] == 137, accounted.get(dead["job_id"])
+    assert_bitwise_equal(final_weights(run_dir), reference)
+
+
+def test_planned_hand_offs_on_the_local_backend(campaign, reference, monkeypatch):
+    monkeypatch.setenv("SLMJOBS_LOCAL_STATE", campaign.env["SLMJOBS_LOCAL_STATE"])
+    run_dir = campaign.chains["local"]
+    evs = assert_finished_without_leftovers(run_dir, "local")
+    links = trained_links(evs)
+    assert len(links) >= 3, links
+    assert [e["how"] for e in links] == ["handed_off"] * (len(links) - 1) + ["finished"]
+    assert_no_batch_recomputed_at_hand_offs(run_dir, evs)
+    assert_bitwise_equal(final_weights(run_dir), reference)
