@@ -230,6 +230,10 @@ def main(argv=None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:  # click's own parse errors: one line too, exit 2
+        where = exc.ctx.command_path if exc.ctx else "slmjobs"
+        click.echo(f"slmjobs: error: {exc.format_message()} (see `{where} --help`)", err=True)
+        sys.exit(2)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

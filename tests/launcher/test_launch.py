@@ -67,6 +67,9 @@ BAD_INPUTS = [
     (["launch", "tiny", "run_dir=/x"], "override 'run_dir=/x' is set by slmjobs"),
     (["launch", "tiny", "--cluster", "scc"], "cluster 'scc' requires a project"),
     (["launch", "tiny", "--max-links", "0"], "--max-links 0: allowed is 1 or more"),
+    (["launch", "tiny", "--gpus", "two"], "'two' is not a valid integer"),
+    (["launch", "tiny", "--no-such-flag"], "No such option '--no-such-flag'"),
+    (["launch"], "Missing argument 'MODEL'"),
 ]
 
 
