@@ -42,12 +42,20 @@ def append(run_dir: str | os.PathLike, event: dict) -> dict:
 
 def read(run_dir: str | os.PathLike) -> list[dict]:
     """All events in order; [] when there is no ledger. Torn or foreign lines are skipped."""
-    try:
-        data = ledger_path(run_dir).read_bytes()
+    try:  # plain os.path: status reads a thousand ledgers, pathlib's overhead shows
+        with open(os.path.join(run_dir, LEDGER_NAME), "rb") as handle:
+            data = handle.read()
     except FileNotFoundError:
         return []
+    lines = data.splitlines()
+    try:  # fast path: the whole ledger in one C-level parse
+        events = json.loads(b"[" + b",".join(line for line in lines if line.strip()) + b"]")
+        if all(isinstance(event, dict) for event in events):
+            return events
+    except ValueError:
+        pass  # a torn or foreign line: go line by line
     events = []
-    for line in data.splitlines():
+    for line in lines:
         try:
             event = json.loads(line)
         except ValueError:

@@ -1,7 +1,8 @@
 """Fixtures shared by the whole suite.
 
-- Every test gets its own runs root (SLMJOBS_RUNS_ROOT) and local-backend state directory
-  (SLMJOBS_LOCAL_STATE) under its tmp_path; local jobs a test leaves behind are killed after it.
+- Every test gets its own runs root (SLMJOBS_RUNS_ROOT), local-backend state directory
+  (SLMJOBS_LOCAL_STATE) and status cache (SLMJOBS_CACHE_DIR) under its tmp_path; local jobs a
+  test leaves behind are killed after it.
 - `sge` is the REAL Grid Engine (scripts/sge-up.sh starts it). It FAILS, never skips, when
   qstat does not answer: a missing scheduler is a broken test setup, not a reason to pass.
   Jobs submitted through it are deleted after the test if still queued, held or running.
@@ -43,6 +44,7 @@ def isolated_state(tmp_path, monkeypatch):
     state = tmp_path / "local-state"
     monkeypatch.setenv("SLMJOBS_LOCAL_STATE", str(state))
     monkeypatch.setenv("SLMJOBS_RUNS_ROOT", str(tmp_path / "runs"))
+    monkeypatch.setenv("SLMJOBS_CACHE_DIR", str(tmp_path / "cache"))
     yield
     _stop_local_jobs(LocalBackend(state))
 

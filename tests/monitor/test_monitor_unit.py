@@ -242,3 +242,17 @@ def test_logs_of_something_that_is_not_a_run(tmp_path):
     from slmjobs.errors import UsageError
     with pytest.raises(UsageError, match="not a run directory"):
         monitor.follow_logs(tmp_path / "nope")
+
+
+def test_run_yaml_summaries_are_cached_until_the_file_changes(tmp_path, backends, monkeypatch):
+    run = make_run(tmp_path, "r", gpus=2)
+    assert monitor.run_statuses([run])[0]["gpus"] == 2
+    parsed = []
+    real = monitor.read_run_yaml
+    monkeypatch.setattr(monitor, "read_run_yaml", lambda d: parsed.append(d) or real(d))
+    assert monitor.run_statuses([run])[0]["gpus"] == 2
+    assert parsed == []  # from the cache
+    (run / "run.yaml").write_text(yaml.safe_dump({"model": "gpt2", "gpus": 4,
+                                                  "scheduler": "sge"}))
+    row = monitor.run_statuses([run])[0]
+    assert (row["gpus"], row["model"], parsed) == (4, "gpt2", [run])
