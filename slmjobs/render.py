@@ -98,7 +98,6 @@ def context(spec: dict, link: int) -> dict:
         "link_tag": link_tag(link),
         "max_links": spec["chain"]["max_links"],
         "log_path": f"{run_dir}/logs/link-{link_tag(link)}.log",
-        "shm_file": f"{run_dir}/logs/link-{link_tag(link)}.shm",
         "workdir": spec["workdir"],
         "walltime": spec["walltime"],
         "walltime_seconds": profiles.parse_walltime(spec["walltime"]),

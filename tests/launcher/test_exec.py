@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -157,21 +158,32 @@ def test_exit_status_never_99_or_100(bench, worker_rc, script_rc):
     assert calls(bench, "python")[-1][2:] == ["end", str(bench["run_dir"]), "1", str(worker_rc)]
 
 
-def test_shared_memory_cleanup_removes_only_this_jobs_blocks(bench):
-    prefix = f"slmjt{os.getpid()}"
-    mine = [Path(f"/dev/shm/{prefix}_locals"), Path(f"/dev/shm/{prefix}_barrier")]
-    other = Path(f"/dev/shm/slmjother{os.getpid()}_locals")
-    for path in (*mine, other):
+def test_shared_memory_cleanup_removes_only_listed_blocks(bench):
+    """This link's blocks and those a SIGKILLed earlier link of the run left on this host go;
+    blocks of other jobs, and of earlier links on other hosts, stay."""
+    host = socket.gethostname()
+    tag = f"{os.getpid()}"
+    mine = [Path(f"/dev/shm/slmjt{tag}_locals"), Path(f"/dev/shm/slmjt{tag}_barrier")]
+    stale = Path(f"/dev/shm/slmjstale{tag}_locals")      # link 1 on this host, killed
+    elsewhere = Path(f"/dev/shm/slmjelse{tag}_locals")   # link 1 listed on another host
+    other = Path(f"/dev/shm/slmjother{tag}_locals")      # listed by nobody
+    logs = bench["run_dir"] / "logs"
+    (logs / f"link-001.{host}.shm").write_text(f"slmjstale{tag}\n")
+    (logs / "link-001.otherhost.shm").write_text(f"slmjelse{tag}\n")
+    for path in (*mine, stale, elsewhere, other):
         path.write_text("x")
     try:
-        proc = run_script(bench, hostile_script(bench, overrides=[]))
-        proc.communicate(timeout=60)
-        assert proc.returncode == 75
-        assert not any(p.exists() for p in mine)
-        assert other.exists()
-        assert not (bench["run_dir"] / "logs" / "link-001.shm").exists()
+        script = bench["tmp"] / "link-002.sh"
+        script.write_text(hostile_script(bench, overrides=[]).read_text().replace(
+            "export SLMJOBS_LINK=1", "export SLMJOBS_LINK=2").replace("LINK_TAG=001", "LINK_TAG=002"))
+        proc = run_script(bench, script)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 75, out
+        assert not any(p.exists() for p in (*mine, stale))
+        assert elsewhere.exists() and other.exists()
+        assert sorted(p.name for p in logs.glob("*.shm")) == ["link-001.otherhost.shm"]
     finally:
-        for path in (*mine, other):
+        for path in (*mine, stale, elsewhere, other):
             path.unlink(missing_ok=True)
 
 
@@ -203,7 +215,7 @@ def test_deadline_is_job_start_plus_walltime_minus_margin(bench):
     assert int(env["SLMJOBS_DEADLINE"]) == int(env["SLMJOBS_JOB_START"]) + 12 * 3600 - 300
     assert abs(int(env["SLMJOBS_JOB_START"]) - time.time()) < 60
     assert env["SLMJOBS_LINK"] == "1"
-    assert env["SLMJOBS_SHM_FILE"] == f"{bench['run_dir']}/logs/link-001.shm"
+    assert env["SLMJOBS_SHM_FILE"] == f"{bench['run_dir']}/logs/link-001.{socket.gethostname()}.shm"
 
 
 def test_profile_python_command_resolved_in_the_job(bench):

@@ -16,7 +16,9 @@ export SLMJOBS_DEADLINE=$(( SLMJOBS_JOB_START + WALLTIME_SECONDS - HANDOFF_MARGI
 export SLMJOBS_LINK=1
 RUN_NAME=golden-gpt2-1
 RUN_DIR=/runs/golden-gpt2-1
-export SLMJOBS_SHM_FILE=/runs/golden-gpt2-1/logs/link-001.shm
+LINK_TAG=001
+SHM_HOST=$(hostname)
+export SLMJOBS_SHM_FILE="$RUN_DIR/logs/link-$LINK_TAG.$SHM_HOST.shm"
 
 # Grid Engine sends SIGUSR1 (s_rt) and SIGUSR2 (-notify, qdel) to the whole process group, and
 # a bash that does not handle them dies (FINDINGS 3d). Ignore them here; children inherit the
@@ -48,6 +50,22 @@ elif [ "$begin_status" -ne 0 ]; then
     exit 1
 fi
 
+# Streaming keeps shared memory in /dev/shm/<prefix>_*; the trainer lists its prefixes in
+# SLMJOBS_SHM_FILE. Remove exactly those, never another job's: this link's when it ends, and
+# those of earlier links of this run that died on this host before they could (h_rt is SIGKILL).
+remove_listed_shm() {
+    while IFS= read -r prefix; do
+        case "$prefix" in
+            ''|*[!A-Za-z0-9_]*) continue ;;
+        esac
+        rm -f /dev/shm/"${prefix%_}"_*
+    done < "$1"
+    rm -f "$1"
+}
+for stale in "$RUN_DIR"/logs/link-*."$SHM_HOST".shm; do
+    if [ -f "$stale" ]; then remove_listed_shm "$stale"; fi
+done
+
 # The worker runs in the background and the script waits for it, so this shell stays responsive.
 composer -n 1 -m trainer.train \
     model=gpt2 \
@@ -59,17 +77,7 @@ worker=$!
 wait "$worker"
 status=$?
 
-# Remove only this job's streaming shared-memory blocks (the trainer lists their prefixes);
-# other jobs of the same user on this node keep theirs.
-if [ -f "$SLMJOBS_SHM_FILE" ]; then
-    while IFS= read -r prefix; do
-        case "$prefix" in
-            ''|*/*|*..*|*[!A-Za-z0-9_]*) continue ;;
-        esac
-        rm -f /dev/shm/"${prefix%_}"_*
-    done < "$SLMJOBS_SHM_FILE"
-    rm -f "$SLMJOBS_SHM_FILE"
-fi
+if [ -f "$SLMJOBS_SHM_FILE" ]; then remove_listed_shm "$SLMJOBS_SHM_FILE"; fi
 
 # Chain hook: records how this link ended; when the run is finished, cancels the held successor.
 "$SLMJOBS_PYTHON" -m slmjobs.chain end "$RUN_DIR" "$SLMJOBS_LINK" "$status"
