@@ -156,6 +156,17 @@ def main() -> None:
             assert len(qstat_calls) == 1, f"expected ONE qstat call, got {calls}"
             assert not [c for c in calls if c.startswith("qacct")], f"qacct asked: {calls}"
             assert out[:3] == [str(args.runs), str(args.runs + 1), str(ACTIVE_RUNS)], out
+        cli_walls = []  # the real command, L1's CLI listing the runs root
+        cli_env = {**env, "SLMJOBS_RUNS_ROOT": str(runs_root)}
+        for _ in range(args.repeat):
+            log.write_text("")
+            start = time.perf_counter()
+            table = subprocess.run([sys.executable, "-m", "slmjobs", "status"], env=cli_env,
+                                   capture_output=True, text=True, check=True).stdout
+            cli_walls.append(time.perf_counter() - start)
+            calls = log.read_text().splitlines()
+            assert [c.split()[0] for c in calls] == ["qstat"], f"expected ONE qstat: {calls}"
+            assert len(table.splitlines()) == args.runs + 1
         baseline = [_time([sys.executable, "-c", "pass"]) for _ in range(args.repeat)]
         print(f"runs {args.runs}, ledger events {events}, active runs {ACTIVE_RUNS} "
               f"(real hqw jobs), repeat {args.repeat}")
@@ -165,6 +176,8 @@ def main() -> None:
         print(f"  CPU time of status + its qstat: median {statistics.median(cpus[1:]):.3f} s "
               "(less sensitive to other load on the machine than wall time)")
         print(f"  first status (cold run.yaml cache: 1,000 YAML parses): {walls[0]:.3f} s")
+        print(f"`python -m slmjobs status` (the CLI, same runs): median "
+              f"{statistics.median(cli_walls):.3f} s, min {min(cli_walls):.3f} s, one qstat each")
         print(f"  python -c pass on this machine: median {statistics.median(baseline):.3f} s")
         print(f"scheduler calls per status: qstat 1 ({qstat_calls[0]}), qacct 0")
     finally:
