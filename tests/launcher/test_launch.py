@@ -208,6 +208,16 @@ def _cancel_and_check(run_cli, run_dir, cluster):
     taken = run_cli("launch", "tiny", "--cluster", cluster, "--name", name)
     assert taken.returncode == 2 and f"slmjobs resume {name}" in taken.stderr, taken.stderr
     assert launch.load_run(run_dir)["name"] == name  # untouched
+    # resume: a bad walltime is refused; a good one goes into run.yaml and the next link's script
+    bad = run_cli("resume", name, "--walltime", "20m")
+    assert bad.returncode == 2 and "bad --walltime '20m'" in bad.stderr, bad.stderr
+    resumed = run_cli("resume", name, "--walltime", "00:20:00")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"run {name} resumed: next link submitted as job" in resumed.stdout
+    assert launch.load_run(run_dir)["walltime"] == "00:20:00"
+    link = max(e["link"] for e in ledger.read(run_dir) if e["event"] == "submitted")
+    assert "#$ -l h_rt=00:20:00" in launch.script_path(run_dir, link).read_text()
+    assert run_cli("cancel", name).returncode == 0
 
 
 def test_real_launch_on_grid_engine(sge_cluster, run_cli, runs_root):
