@@ -72,8 +72,9 @@ SCHEMA: dict[str, tuple] = {
     "cpus_per_gpu": (_INT, 1, "a positive integer"),
     "pe": (_OPT_STR, None, "a parallel environment name (-pe NAME N), or null"),
     "pe_sizes": ((list, type(None)), None, "a list of allowed slot counts, or null for any"),
-    "walltime_default": (_STR, "12:00:00", "HH:MM:SS"),
-    "walltime_max": (_STR, "720:00:00", "HH:MM:SS"),
+    # YAML 1.1 reads an unquoted 12:00:00 as the base-60 integer 43200: accept that as seconds.
+    "walltime_default": ((str, int), "12:00:00", "HH:MM:SS"),
+    "walltime_max": ((str, int), "720:00:00", "HH:MM:SS"),
     "handoff_margin": ((int, str), 300, "seconds (an integer) or HH:MM:SS"),
     "notify": (_BOOL, False, "true or false (-notify)"),
     "mail_events": (_OPT_STR, None, "SGE mail events such as 'e', 'ea', or null"),
@@ -137,6 +138,8 @@ def _check_values(p: dict, source: str) -> None:
         if p[key] < 1:
             raise _fail(source, key, p[key], "a positive integer")
     for key in ("walltime_default", "walltime_max"):
+        if isinstance(p[key], int) and not isinstance(p[key], bool) and p[key] > 0:
+            p[key] = format_walltime(p[key])
         try:
             parse_walltime(p[key])
         except UsageError:

@@ -84,6 +84,9 @@ def context(spec: dict, link: int) -> dict:
     profile = spec["cluster"]
     run_dir = spec["run_dir"]
     python = spec["python"]
+    walltime = spec["walltime"]
+    if isinstance(walltime, int):  # a hand-edited run.yaml with an unquoted HH:MM:SS (YAML 1.1)
+        walltime = profiles.format_walltime(walltime)
     worker_args = [f"model={spec['model']}", f"run_name={spec['name']}", f"run_dir={run_dir}",
                    *spec["overrides"]]
     return {
@@ -99,8 +102,8 @@ def context(spec: dict, link: int) -> dict:
         "max_links": spec["chain"]["max_links"],
         "log_path": f"{run_dir}/logs/link-{link_tag(link)}.log",
         "workdir": spec["workdir"],
-        "walltime": spec["walltime"],
-        "walltime_seconds": profiles.parse_walltime(spec["walltime"]),
+        "walltime": walltime,
+        "walltime_seconds": profiles.parse_walltime(walltime),
         "handoff_margin": profile["handoff_margin"],
         "project": spec.get("project"),
         "queue": profile["queue"],

@@ -110,3 +110,11 @@ def test_walltime_parsing():
     for bad in ("12:00", "1:2:3", "00:00:00", "12:60:00", "x", "-1:00:00"):
         with pytest.raises(UsageError):
             profiles.parse_walltime(bad)
+
+
+def test_unquoted_walltimes_in_yaml_are_understood(tmp_path):
+    """YAML 1.1 turns an unquoted 12:00:00 into the integer 43200 (base 60)."""
+    path = tmp_path / "unquoted.yaml"
+    path.write_text("scheduler: sge\nmax_gpus: 1\nwalltime_default: 12:00:00\nwalltime_max: 48:00:00\n")
+    loaded = profiles.load(str(path))
+    assert (loaded["walltime_default"], loaded["walltime_max"]) == ("12:00:00", "48:00:00")
