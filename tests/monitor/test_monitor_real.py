@@ -76,33 +76,32 @@ def test_status_follows_two_links_and_accounts_each_once(sge, tmp_path, wait_unt
 
 
 def test_a_job_gone_from_qstat_but_not_in_qacct_is_ending_never_finished(sge, tmp_path):
-    """qacct lags qstat (~0.4 s with flush_time 1 s). Poll status as fast as it answers while
-    a bare job ends: every answer must be `running`/`queued`, then `ending` while unaccounted,
-    and a final state only once the accounting is recorded. The window is real but short, so
-    a few jobs are tried until status was seen inside it."""
-    seen_ending = 0
-    for attempt in range(4):
-        run = make_run(tmp_path, f"ending{attempt}", "sge")
+    """qacct lags qstat (up to the 1 s accounting flush). Poll status as fast as it answers
+    while bare jobs end at staggered times: each must be `queued`/`running`, then `ending`
+    while unaccounted, and a final state only once its accounting is recorded. The window is
+    real but short, so six jobs ending 0.2 s apart give status several chances to land in it."""
+    runs = []
+    for n in range(6):
+        run = make_run(tmp_path, f"ending{n}", "sge")
         script = run / "bare.sh"
         script.write_text(f"#!/bin/bash\n#$ -N l2end\n#$ -o {run}/logs/link-001.log\n#$ -j y\n"
-                          "sleep 1\n")
-        job_id = sge.submit(script)
-        ledger.append(run, {"event": "submitted", "link": 1, "job_id": job_id})
-        while True:
-            row = monitor.run_statuses([run])[0]
+                          f"sleep {1 + 0.2 * n:.1f}\n")
+        ledger.append(run, {"event": "submitted", "link": 1, "job_id": sge.submit(script)})
+        runs.append(run)
+    seen_ending, final = 0, set()
+    while len(final) < len(runs):
+        for run, row in zip(runs, monitor.run_statuses(runs)):
             accounted = [e for e in ledger.read(run) if e["event"] == "accounted"]
             if row["state"] in ("queued", "running"):
                 assert not accounted
-                continue
-            if row["state"] == "ending":
+            elif row["state"] == "ending":
                 assert not accounted and row["job_state"] == "ending"
                 seen_ending += 1
-                continue
-            assert row["state"] == "ended" and len(accounted) == 1  # exit 0, no chain hooks
-            assert accounted[0]["exit_status"] == 0
-            break
-        if seen_ending:
-            break
+            else:
+                assert row["state"] == "ended" and len(accounted) == 1  # exit 0, no chain hooks
+                assert accounted[0]["exit_status"] == 0
+                final.add(run)
+    print(f"status saw a job ending {seen_ending} times")
     assert seen_ending, "status never observed a job between qstat and qacct"
 
 
