@@ -439,9 +439,11 @@ def format_table(rows: list[dict]) -> str:
 
 # ------------------------------------------------------------------ active, cancel
 def _active_jobs(info: RunInfo, jobs: dict) -> list[str]:
+    """Jobs that are queued, held or running, or that the scheduler could not tell about
+    (cancel those too: qdel ignores jobs already gone, and fails loudly if it cannot work)."""
     return [entry["job_id"] for entry in info.links
             if (info.kind, entry["job_id"]) in jobs
-            and jobs[(info.kind, entry["job_id"])].state in ACTIVE_STATES]
+            and jobs[(info.kind, entry["job_id"])].state in ACTIVE_STATES + (UNKNOWN,)]
 
 
 def is_active(run_dir) -> bool:

@@ -171,7 +171,7 @@ class LocalBackend(Backend):
              job_id],
             start_new_session=True,  # setsid: survives a killpg of the submitter's group
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            close_fds=True, cwd="/")
+            close_fds=True, cwd="/", env=_supervisor_env())
         # the start time is fixed at fork, so it identifies the supervisor even before exec
         self.store.update(job_id, supervisor_pid=supervisor.pid,
                           supervisor_identity=_process_identity(supervisor.pid))
@@ -216,6 +216,15 @@ class LocalBackend(Backend):
             record = self.store.update(job_id, state=ENDED, failed=True, end_time=time.time(),
                                        reason="lost: its supervisor died") or record
         return _to_job(record)
+
+
+def _supervisor_env() -> dict:
+    """This slmjobs importable by the supervisor even when it is not installed (a checkout on
+    sys.path only). The job itself gets the submitter's environment, unchanged."""
+    package_parent = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    return env
 
 
 def _to_job(record: dict) -> Job:

@@ -256,3 +256,18 @@ def test_run_yaml_summaries_are_cached_until_the_file_changes(tmp_path, backends
                                                   "scheduler": "sge"}))
     row = monitor.run_statuses([run])[0]
     assert (row["gpus"], row["model"], parsed) == (4, "gpt2", [run])
+
+
+def test_cancel_with_the_scheduler_down_tries_and_fails_loudly(tmp_path, backends):
+    run = make_run(tmp_path, "r", events=[submitted(1, "7")])
+    sge = backends["sge"]
+    sge.fail = True
+
+    def qdel_fails():
+        raise SchedulerError("qdel 7 failed: unable to contact qmaster")
+
+    sge.on_cancel = qdel_fails
+    with pytest.raises(SchedulerError, match="unable to contact qmaster"):
+        monitor.cancel_run(run)
+    assert sge.cancelled == ["7"]
+    assert ledger.read(run)[-1]["event"] == "stopped"  # the intent is recorded: no new links
