@@ -8,15 +8,16 @@ SIGUSR1, SIGUSR2 or SIGTERM arrived -- all ranks agree (a one-element all-reduce
 stops at this batch, Composer's CheckpointSaver writes the checkpoint for this step, and the
 process exits 75 ("handed off, more to do").
 
-The signal handlers only set a flag (acting inside a handler, or on one rank only, is fragile:
-see submitit/Lightning). They replace Composer's own SIGTERM handler, which exits without a
-checkpoint.
+The signals only set a flag (acting inside a handler, or on one rank only, is fragile: see
+submitit/Lightning), and Composer's own SIGTERM handler, which exits without a checkpoint, never
+runs (see install_signal_handlers).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections import deque
 from typing import Optional
@@ -34,13 +35,33 @@ def _on_signal(signum, frame) -> None:
     if StopRequest.signum is None:
         StopRequest.signum = signum
         StopRequest.received_at = time.time()
+        print(f'received {signal.Signals(signum).name}: handing off at the next batch boundary',
+              flush=True)
+
+
+def _wait_for_signals() -> None:
+    while True:
+        _on_signal(signal.sigwait(HANDOFF_SIGNALS), None)
+
+
+_watcher: Optional[threading.Thread] = None
 
 
 def install_signal_handlers() -> None:
-    """Call early (a signal during start-up still hands off at the first batch) and again after
-    `import composer`, whose engine module installs its own SIGTERM handler at import time."""
-    for sig in HANDOFF_SIGNALS:
-        signal.signal(sig, _on_signal)
+    """Block the hand-off signals in this process and take them with sigwait() in a thread.
+
+    Call first thing in main(), before any thread exists: the mask is inherited by every thread
+    and by every child process, also across exec. That matters because SGE signals the whole
+    process group: a Python handler is reset to the default action on exec, so helper processes
+    (multiprocessing's resource tracker, wandb's service, compile workers) would otherwise be
+    killed by SIGUSR1/SIGTERM. Blocked, the signal just stays pending in them. It also makes
+    Composer's SIGTERM handler (exit without a checkpoint) unreachable.
+    """
+    global _watcher
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDOFF_SIGNALS)
+    if _watcher is None:
+        _watcher = threading.Thread(target=_wait_for_signals, name='handoff-signals', daemon=True)
+        _watcher.start()
 
 
 def ignore_signals_for_exit() -> None:
@@ -87,7 +108,6 @@ def make_handoff_callback(deadline: Optional[float], save_seconds_guess: float,
         # -- timing ---------------------------------------------------------------------------
 
         def fit_start(self, state: State, logger: Logger) -> None:
-            install_signal_handlers()
             self.max_steps = int(state.max_duration.value)
             self._mark = time.time()
 

@@ -19,6 +19,7 @@ Bad input is checked before `import composer` (~7 s), so it fails fast.
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import sys
@@ -308,7 +309,6 @@ def _train(cfg, plan: Plan, progress, use_wandb: bool, wandb_id: Optional[str]) 
     from composer.optim import CosineAnnealingWithWarmupScheduler
     from composer.utils import dist, reproducibility
 
-    install_signal_handlers()  # composer's engine replaced our SIGTERM handler at import
     from trainer.data import make_loader, tokens_in_batch
     from trainer.gpt import GPTConfig, make_composer_model
     from trainer.handoff import make_handoff_callback, make_save_timer
@@ -373,9 +373,8 @@ def _train(cfg, plan: Plan, progress, use_wandb: bool, wandb_id: Optional[str]) 
 
     loggers = []
     if use_wandb:
-        from composer.loggers import WandBLogger
         mode = wandb_mode(str(cfg.wandb.mode))
-        loggers.append(WandBLogger(
+        loggers.append(make_wandb_logger(
             project=str(cfg.wandb.project), entity=cfg.wandb.entity, name=plan.run_name,
             init_kwargs={'id': wandb_id, 'resume': 'allow', 'dir': str(plan.run_dir), 'mode': mode,
                          'config': _plain_config(cfg)}))
@@ -440,6 +439,27 @@ def _train(cfg, plan: Plan, progress, use_wandb: bool, wandb_id: Optional[str]) 
     return EXIT_FINISHED
 
 
+def make_wandb_logger(**kwargs):
+    """Composer's WandBLogger, with two fixes for this stack:
+    - Composer 0.32.1 (its last release) calls wandb.run.get_url(), which wandb 0.31 removed in
+      favour of the `url` property: give the Run class the old method back if it lacks it.
+    - On a run's first link Composer's autoresume asks every logger for a checkpoint to
+      download, and WandBLogger tries the wandb API (an error without credentials, a stranger's
+      artifact with them). Checkpoints live in run_dir only: say "not there".
+    """
+    from composer.loggers import WandBLogger
+    from wandb.sdk.wandb_run import Run
+    if not hasattr(Run, 'get_url'):
+        Run.get_url = lambda self: self.url
+
+    class LocalCheckpointsWandBLogger(WandBLogger):
+
+        def download_file(self, remote_file_name, destination, overwrite=False, progress_bar=True):
+            raise FileNotFoundError(f'{remote_file_name}: checkpoints are only read from run_dir')
+
+    return LocalCheckpointsWandBLogger(**kwargs)
+
+
 def _plain_config(cfg) -> dict:
     from omegaconf import OmegaConf
     return OmegaConf.to_container(cfg, resolve=True)
@@ -450,6 +470,18 @@ def _plain_config(cfg) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 _task_started = False
+_exit_code: Optional[int] = None
+
+
+def _exit_without_finalizing() -> None:
+    """Registered first, so it runs as the last atexit hook: Composer, wandb and streaming have
+    closed and unlinked everything by then. What is left is the interpreter's teardown of torch,
+    transformers and friends, measured at 4-8 s here -- time a hand-off before a deadline does
+    not have. Skip it, with the status training decided."""
+    if _exit_code is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_code)
 
 
 def _task(cfg) -> None:
@@ -461,14 +493,17 @@ def _task(cfg) -> None:
     except BadInput as e:
         eprint(f'error: {e}')
         sys.exit(EXIT_BAD_INPUT)
+    global _exit_code
     code = train(cfg, plan)
     ignore_signals_for_exit()
+    _exit_code = code
     sys.exit(code)
 
 
 def main() -> None:
     os.environ.setdefault('HYDRA_FULL_ERROR', '1')  # whole tracebacks in job logs
-    install_signal_handlers()  # a stop signal during start-up hands off at the first batch
+    atexit.register(_exit_without_finalizing)
+    install_signal_handlers()  # before any thread exists; a signal during start-up hands off at the first batch
     try:
         check_preset_overrides(sys.argv[1:])
     except BadInput as e:
