@@ -344,8 +344,9 @@ def _run_state(info: RunInfo, current: dict | None, job: Job | None, stop: dict 
         return ENDING  # left the queue, not accounted yet: neither finished nor lost
     accounted = current.get("accounted")
     if accounted is not None:  # the link ended without its `end` hook: killed or crashed
-        return "killed" if accounted.get("exit_status") == 137 else (
-            "failed" if accounted.get("failed") else "ended")
+        if accounted.get("exit_status") == 137:
+            return "killed"
+        return "failed" if accounted.get("failed") or accounted.get("exit_status") else "ended"
     return job.state if job is not None else "submitted"  # newer than our scheduler query
 
 

@@ -41,8 +41,8 @@ class Job:
     job_id: str
     state: str
     name: str = ""
-    exit_status: int | None = None
-    failed: bool = False
+    exit_status: int | None = None   # the job script's own exit status (128+N: signal N)
+    failed: bool = False             # the scheduler ended it: h_rt, deleted, could not start
     reason: str = ""                 # why it failed / is held, in the scheduler's words
     wallclock: float | None = None   # seconds the job ran (ended jobs)
     slots: int | None = None

@@ -296,8 +296,7 @@ def supervise(root: str, job_id: str) -> int:
         if record.get("cancel_requested"):
             reason = "cancelled"
         record.update(state=ENDED, exit_status=exit_status, end_time=time.time(),
-                      failed=exit_status != 0 or bool(reason), reason=reason or (
-                          f"exit status {exit_status}" if exit_status else ""))
+                      failed=bool(reason), reason=reason)
         store.write(record)
     return 0
 

@@ -120,9 +120,8 @@ def parse_qacct(text: str) -> Job | None:
     return Job(
         job_id=last["jobnumber"], state=ENDED, name=last.get("jobname", ""),
         exit_status=exit_status,
-        failed=failed_code not in ("", "0") or exit_status not in (0, None),
-        reason=failed_text.strip() if failed_code not in ("", "0") else (
-            f"exit status {exit_status}" if exit_status else ""),
+        failed=failed_code not in ("", "0"),  # the scheduler's verdict; the script's is exit_status
+        reason=failed_text.strip() if failed_code not in ("", "0") else "",
         wallclock=sum(_seconds(r.get("ru_wallclock")) for r in parsed),
         slots=_int(last.get("slots")),
         gpus=int(gpus.group(1)) if gpus else None,
