@@ -280,7 +280,7 @@ def _row(info: RunInfo, jobs: dict[tuple[str, str], Job]) -> dict:
     job = jobs.get((info.kind, current["job_id"])) if current else None
     stop = stop_event(info.events)
     state = _run_state(info, current, job, stop)
-    step, max_steps = progress.get("step"), progress.get("max_steps")
+    step, max_steps = _latest_step(info), progress.get("max_steps")
     rate = progress.get("steps_per_sec")
     eta = None
     if state not in TERMINAL and isinstance(step, int) and isinstance(max_steps, int) \
@@ -314,6 +314,18 @@ def _row(info: RunInfo, jobs: dict[tuple[str, str], Job]) -> dict:
     }
 
 
+def _latest_step(info: RunInfo):
+    """progress.json's step, unless a link that is only starting reports less than the ledger
+    knows from the previous link's end."""
+    step = info.progress.get("step")
+    ended = [e.get("step") or e.get("checkpoint_step") for e in info.events
+             if e.get("event") == "ended"]
+    known = max((s for s in ended if isinstance(s, int)), default=None)
+    if known is not None and (not isinstance(step, int) or step < known):
+        return known
+    return step
+
+
 def _current_link(info: RunInfo, jobs: dict) -> dict | None:
     """The running job's link if one runs, else the latest submitted one."""
     if not info.links:
@@ -321,6 +333,9 @@ def _current_link(info: RunInfo, jobs: dict) -> dict | None:
     for entry in reversed(info.links):
         job = jobs.get((info.kind, entry["job_id"]))
         if job is not None and job.state == "running":
+            return entry
+    for entry in reversed(info.links):  # a successor deleted before it started is no link
+        if not _never_started(entry):
             return entry
     return info.links[-1]
 

@@ -271,3 +271,20 @@ def test_cancel_with_the_scheduler_down_tries_and_fails_loudly(tmp_path, backend
         monitor.cancel_run(run)
     assert sge.cancelled == ["7"]
     assert ledger.read(run)[-1]["event"] == "stopped"  # the intent is recorded: no new links
+
+
+def test_a_starting_link_shows_the_step_the_ledger_knows_and_deleted_successors_are_no_link(
+        tmp_path, backends):
+    run = make_run(tmp_path, "r", events=[
+        submitted(1, "7"), {"event": "started", "link": 1, "job_id": "7"},
+        submitted(2, "8", hold_on="7"),
+        {"event": "ended", "link": 1, "job_id": "7", "how": "handed_off", "step": 33,
+         "checkpoint_step": 33},
+        {"event": "started", "link": 2, "job_id": "8"}, submitted(3, "9", hold_on="8"),
+        {"event": "stopped", "reason": "cancelled"},
+        {"event": "ended", "link": 2, "job_id": "8", "how": "cancelled"},
+        {"event": "ended", "link": 3, "job_id": "9", "how": "cancelled"}],
+        progress={"state": "starting", "step": 0, "max_steps": 200})
+    row = monitor.run_statuses([run])[0]
+    assert (row["step"], row["link"], row["state"]) == (33, 2, "cancelled")
+    assert row["previous_link"] == "handed off"
