@@ -11,6 +11,7 @@ lost (qacct lags qstat by about a second on Grid Engine).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -498,17 +499,22 @@ def link_logs(run_dir: Path) -> list[Path]:
     return sorted((Path(run_dir) / "logs").glob("link-*.log"))
 
 
-def follow_logs(run_dir, follow: bool = False, poll_seconds: float = 0.5, out=None) -> int:
+def follow_logs(run_dir, follow: bool = False, poll_seconds: float = 0.5,
+                status_seconds: float = 10.0, out=None) -> int:
     """Print every link's log in order. With follow, keep printing what is appended, move on to
     the next link's log when it appears, and return once the run is in a terminal state (no job
-    queued, held, running or ending) and every log has been read to its end."""
+    queued, held, running or ending) and every log has been read to its end. Logs are read every
+    `poll_seconds`; the scheduler is asked only every `status_seconds` (a follow may last days,
+    and a qstat twice a second for days is unkind to a shared qmaster)."""
     out = out or sys.stdout
     run_dir = Path(run_dir)
     if not (run_dir / "jobs.jsonl").exists() and not (run_dir / "run.yaml").exists():
         raise UsageError(f"{run_dir} is not a run directory (no run.yaml, no jobs.jsonl)")
     offsets: dict[Path, int] = {}
-    while True:
-        done = not follow or _settled(run_dir)  # decided BEFORE the last read: nothing is lost
+    polls_per_status = max(1, round(status_seconds / poll_seconds))
+    for poll in itertools.count():
+        # decided BEFORE the last read, so nothing written before the end is lost
+        done = not follow or (poll % polls_per_status == 0 and _settled(run_dir))
         for path in link_logs(run_dir):
             offsets[path] = _print_new(path, offsets.get(path, 0), out)
         if done:

@@ -136,7 +136,8 @@ def test_follow_logs_across_links_on_the_local_backend(local_backend, tmp_path):
     second = local_backend.submit(link_script(run, 2, "echo end of 2"), hold_on=first)
     ledger.append(run, {"event": "submitted", "link": 2, "job_id": second})
     out = io.StringIO()
-    assert monitor.follow_logs(run, follow=True, poll_seconds=0.1, out=out) == 0
+    assert monitor.follow_logs(run, follow=True, poll_seconds=0.1, status_seconds=0.5,
+                               out=out) == 0
     assert out.getvalue() == (f"link 1 job {first}\nend of 1\nlink 2 job {second}\nend of 2\n")
     row = monitor.run_statuses([run])[0]
     assert row["state"] == "finished" and row["previous_link"] == "handed off"

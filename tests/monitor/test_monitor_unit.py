@@ -234,7 +234,7 @@ def test_logs_in_link_order_and_follow_until_settled(tmp_path, backends, monkeyp
 
     monkeypatch.setattr(monitor.time, "sleep", sleep)
     out = io.StringIO()
-    assert monitor.follow_logs(run, follow=True, out=out) == 0
+    assert monitor.follow_logs(run, follow=True, status_seconds=0.5, out=out) == 0
     assert out.getvalue() == "first\nsecond\nmore 1\nmore 2\nmore 3\nthird\n"
 
 
