@@ -9,7 +9,6 @@ Measured behaviour this relies on (reference/sge/FINDINGS.md): `qsub -terse` pri
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess

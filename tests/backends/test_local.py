@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from slmjobs.backends import ENDED, HELD, RUNNING, UNKNOWN
-from slmjobs.backends.local import LocalBackend, job_options
+from slmjobs.backends.local import job_options
 from slmjobs.errors import UsageError
 
 

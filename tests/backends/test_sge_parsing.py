@@ -3,7 +3,6 @@ SGE backend's error paths, with stand-in commands on PATH. The real path: test_s
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
