@@ -88,9 +88,10 @@ class Store:
         """Caller holds the lock."""
         counter = self.root / "next_id"
         try:
-            value = int(counter.read_text().strip() or 1)
-        except FileNotFoundError:
-            value = 1
+            value = int(counter.read_text().strip())
+        except (FileNotFoundError, ValueError):  # lost or torn: never reuse an existing id
+            value = 1 + max((int(p.stem) for p in self.jobs.glob("*.json") if p.stem.isdigit()),
+                            default=0)
         counter.write_text(str(value + 1))
         return str(value)
 

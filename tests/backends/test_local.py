@@ -144,3 +144,11 @@ def test_options_validate_and_bad_input(local_backend, tmp_path, wait_until):
     job_id = local_backend.submit(lost_output)
     job = wait_until(lambda: ended(local_backend, job_id), 10, "the job to fail to start")
     assert job.failed and "could not start" in job.reason
+
+
+def test_a_lost_id_counter_never_reuses_a_job_id(local_backend, tmp_path, wait_until):
+    first = local_backend.submit(job_script(tmp_path, "loc_id1", "true"))
+    (local_backend.store.root / "next_id").write_text("")  # torn by a crash
+    second = local_backend.submit(job_script(tmp_path, "loc_id2", "true"))
+    assert int(second) > int(first)
+    wait_until(lambda: ended(local_backend, second), 10, "the second job")
