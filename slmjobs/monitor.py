@@ -281,7 +281,7 @@ def _row(info: RunInfo, jobs: dict[tuple[str, str], Job]) -> dict:
     job = jobs.get((info.kind, current["job_id"])) if current else None
     stop = stop_event(info.events)
     state = _run_state(info, current, job, stop)
-    step, max_steps = _latest_step(info), progress.get("max_steps")
+    step, max_steps = _at_least_ledger(info, "step"), progress.get("max_steps")
     rate = progress.get("steps_per_sec")
     eta = None
     if state not in TERMINAL and isinstance(step, int) and isinstance(max_steps, int) \
@@ -306,7 +306,7 @@ def _row(info: RunInfo, jobs: dict[tuple[str, str], Job]) -> dict:
         "loss": progress.get("loss"),
         "tokens_per_sec": progress.get("tokens_per_sec"),
         "eta_seconds": eta,
-        "checkpoint_step": progress.get("checkpoint_step"),
+        "checkpoint_step": _at_least_ledger(info, "checkpoint_step"),
         "checkpoint_age_seconds": (now - checkpoint_time)
         if isinstance(checkpoint_time, (int, float)) else None,
         "gpu_hours": _gpu_hours(info, jobs, now),
@@ -315,16 +315,15 @@ def _row(info: RunInfo, jobs: dict[tuple[str, str], Job]) -> dict:
     }
 
 
-def _latest_step(info: RunInfo):
-    """progress.json's step, unless a link that is only starting reports less than the ledger
-    knows from the previous link's end."""
-    step = info.progress.get("step")
-    ended = [e.get("step") or e.get("checkpoint_step") for e in info.events
-             if e.get("event") == "ended"]
-    known = max((s for s in ended if isinstance(s, int)), default=None)
-    if known is not None and (not isinstance(step, int) or step < known):
+def _at_least_ledger(info: RunInfo, key: str):
+    """progress.json's `key` (step, checkpoint_step), unless a link that is only starting
+    reports less than the ledger knows from the previous links' `ended` events."""
+    value = info.progress.get(key)
+    known = max((e[key] for e in info.events
+                 if e.get("event") == "ended" and isinstance(e.get(key), int)), default=None)
+    if known is not None and (not isinstance(value, int) or value < known):
         return known
-    return step
+    return value
 
 
 def _current_link(info: RunInfo, jobs: dict) -> dict | None:
