@@ -43,7 +43,7 @@ from slmjobs import chain, ledger  # noqa: E402
 
 CLI = [sys.executable, "-c", "import sys; from slmjobs.cli import main; sys.exit(main())"]
 SAVE_EVERY = 10
-SLEEP = 0.4
+SLEEP = 0.65
 _RESUMED = re.compile(r"resumed from \S+ at step (\d+)/")
 _SAMPLES = re.compile(r"data: (\d+) samples read to start this link at step (\d+)")
 _STEP_LINE = re.compile(r"\] step (\d+)/")
@@ -85,8 +85,8 @@ def launch_and_wait(args) -> list[Path]:
     subprocess.run([sys.executable, "-m", "trainer.prepare", "--source", "builtin",
                     "--max-documents", "40", "--out", str(data)], check=True, capture_output=True)
     walltime = chain_seconds(args.walltime)
-    # sized so that a link that starts in ~20 s trains ~(h_rt - margin - 20) s: about --links links
-    steps = int(args.links * (walltime - args.margin - 20) / (SLEEP + 0.12))
+    # sized so that a link that starts in ~30 s trains ~(h_rt - margin - 30) s: about --links links
+    steps = int(args.links * (walltime - args.margin - 30) / (SLEEP + 0.3))
     training = [f"data.path={data}", f"train.max_steps={steps}", "train.global_batch_size=4",
                 "train.eval_every=0", "train.eval_batches=2", "train.log_every=10",
                 f"checkpoint.save_every_batches={SAVE_EVERY}", "checkpoint.save_every_seconds=0",
@@ -99,7 +99,7 @@ def launch_and_wait(args) -> list[Path]:
         subprocess.run([*CLI, "launch", "tiny", "--cluster", str(profile), "--name", name,
                         *training], env=env, cwd=root, check=True, capture_output=True)
         runs.append(root / "runs" / name)
-        time.sleep(20)  # let its first link start alone (start-up is CPU-bound)
+        time.sleep(30)  # let its first link start alone (start-up is CPU-bound)
     print(f"launched {len(runs)} chains of {steps} steps under {root}; h_rt {args.walltime}",
           flush=True)
     stop = threading.Event()
@@ -222,8 +222,8 @@ def report(run_dir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--analyse", nargs="+", type=Path, metavar="RUN_DIR")
-    parser.add_argument("--walltime", default="00:01:15")
-    parser.add_argument("--margin", type=int, default=10)
+    parser.add_argument("--walltime", default="00:02:00")
+    parser.add_argument("--margin", type=int, default=30)
     parser.add_argument("--links", type=int, default=5)
     args = parser.parse_args()
     runs = args.analyse or launch_and_wait(args)

@@ -350,12 +350,11 @@ def end(run_dir: Path, link: int, rc: int, job_id: str | None = None) -> int:
 
 # ----------------------------------------------------------------- resume (slmjobs resume RUN)
 def active_jobs(run_dir: Path, events: list[dict]) -> dict:
-    """Jobs of the run the scheduler still has queued, held or running."""
+    """Jobs of the run the scheduler still has queued, held or running. All of them are asked
+    about: a link the ledger calls cancelled may still be dying (`dr`) for a moment."""
     from slmjobs.backends import ACTIVE_STATES
 
-    closed = set(ended_links(events))
-    job_ids = [str(e["job_id"]) for e in of_kind(events, "submitted")
-               if e.get("job_id") and e.get("link") not in closed]
+    job_ids = [str(e["job_id"]) for e in of_kind(events, "submitted") if e.get("job_id")]
     if not job_ids:
         return {}
     jobs = backend_for(run_dir).query(job_ids)
