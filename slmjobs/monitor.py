@@ -114,42 +114,78 @@ def cache_dir() -> Path:
     return Path(base) / "slmjobs"
 
 
-class RunSummaries:
-    """run.yaml summaries cached by (mtime, size) in one JSON file: building Python objects from
-    1,000 YAML files takes seconds even with libyaml, a stat takes microseconds."""
+def _stamp(path: str):
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return [stat.st_mtime_ns, stat.st_size]
+
+
+def run_stamps(run_dir) -> list:
+    """(mtime, size) of every file a status row is computed from."""
+    return [_stamp(os.path.join(run_dir, name))
+            for name in ("run.yaml", "jobs.jsonl", "progress.json", "DONE")]
+
+
+class StatusCache:
+    """One JSON file of things status would otherwise recompute from unchanged files, each kept
+    with the (mtime, size) stamps of its sources:
+
+    - `summaries`: what status needs from run.yaml (building Python objects from 1,000 YAML
+      files takes seconds even with libyaml; a stat takes microseconds);
+    - `rows`: the row of a SETTLED run (every job accounted, or deleted before it started:
+      nothing left to ask the scheduler), valid while none of its files changed.
+    Best effort: an unreadable or unwritable cache only makes status slower."""
 
     def __init__(self):
-        self.path = cache_dir() / "run-summaries.json"
+        self.path = cache_dir() / "status-cache.json"
         try:
-            self.entries = json.loads(self.path.read_text())
+            data = json.loads(self.path.read_text())
         except (OSError, ValueError):
-            self.entries = {}
+            data = {}
+        self.summaries = data.get("summaries", {}) if isinstance(data, dict) else {}
+        self.rows = data.get("rows", {}) if isinstance(data, dict) else {}
         self.changed = False
 
-    def get(self, run_dir: Path) -> dict:
+    def summary(self, run_dir) -> dict:
         key = os.path.abspath(os.path.join(run_dir, "run.yaml"))
-        try:
-            stat = os.stat(key)
-        except OSError:
+        stamp = _stamp(key)
+        if stamp is None:
             return summarize({})
-        stamp = [stat.st_mtime_ns, stat.st_size]
-        cached = self.entries.get(key)
+        cached = self.summaries.get(key)
         if isinstance(cached, list) and len(cached) == 2 and cached[0] == stamp:
             return cached[1]
         summary = summarize(read_run_yaml(run_dir))
-        self.entries[key] = [stamp, summary]
+        self.summaries[key] = [stamp, summary]
         self.changed = True
         return summary
 
+    def settled_row(self, run_dir) -> dict | None:
+        cached = self.rows.get(os.path.abspath(run_dir))
+        if not (isinstance(cached, list) and len(cached) == 3
+                and cached[0] == run_stamps(run_dir)):
+            return None
+        row, checkpoint_time = dict(cached[1]), cached[2]
+        if isinstance(checkpoint_time, (int, float)):  # the one field that moves with time
+            row["checkpoint_age_seconds"] = time.time() - checkpoint_time
+        return row
+
+    def keep_row(self, info: "RunInfo", row: dict) -> None:
+        self.rows[os.path.abspath(info.dir)] = [info.stamps, row,
+                                                info.progress.get("checkpoint_time")]
+        self.changed = True
+
     def save(self) -> None:
-        """Write back if anything was parsed; forget runs whose run.yaml is gone. Best effort."""
+        """Write back if anything changed; forget runs whose files are gone."""
         if not self.changed:
             return
-        entries = {k: v for k, v in self.entries.items() if os.path.exists(k)}
+        data = {"summaries": {k: v for k, v in self.summaries.items() if os.path.exists(k)},
+                "rows": {k: v for k, v in self.rows.items() if os.path.exists(k)}}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(entries))
+            tmp.write_text(json.dumps(data))
             os.replace(tmp, self.path)
         except OSError:
             pass
@@ -159,14 +195,16 @@ class RunSummaries:
 class RunInfo:
     """Everything read from one run directory (no scheduler yet)."""
 
-    def __init__(self, run_dir, summaries: RunSummaries | None = None):
+    def __init__(self, run_dir, cache: StatusCache | None = None):
         self.dir = Path(run_dir)
-        self.run = (summaries or RunSummaries()).get(self.dir)
+        self.run = (cache or StatusCache()).summary(self.dir)
         self.kind = self.run["scheduler"]
+        self.appended = False  # did status itself write to the ledger (an `accounted` event)?
         self.reread()
 
     def reread(self) -> None:
         """The ledger and progress again (not run.yaml: it does not change)."""
+        self.stamps = run_stamps(self.dir)  # before reading: a later write invalidates
         self.events = ledger.read(self.dir)
         self.progress = read_progress(self.dir)
         self.links = links(self.events)
@@ -176,6 +214,9 @@ class RunInfo:
         deleted before they ever started (the scheduler forgets those at once)."""
         return [entry["job_id"] for entry in self.links
                 if "accounted" not in entry and not _never_started(entry)]
+
+    def settled(self) -> bool:
+        return not self.appended and not self.unaccounted_job_ids()
 
 
 # ----------------------------------------------------- asking the scheduler, once
@@ -248,24 +289,27 @@ def _record_accounted(info: RunInfo, entry: dict, job: Job) -> None:
              "reason": job.reason, "gpus": job.gpus, "slots": job.slots}
     try:
         entry["accounted"] = ledger.append(info.dir, event)
+        info.appended = True
     except OSError:  # someone else's run, read-only to us: show it, record nothing
         entry["accounted"] = {**event, "time": time.time()}
 
 
 # ---------------------------------------------------------------- one row per run
 def run_statuses(run_dirs) -> list[dict]:
-    summaries = RunSummaries()
-    infos = [RunInfo(d, summaries) for d in run_dirs]
-    summaries.save()
-    jobs = query_all(infos)
-    rows = []
-    for info in infos:
+    cache = StatusCache()
+    rows = [cache.settled_row(d) for d in run_dirs]
+    infos = {i: RunInfo(d, cache) for i, d in enumerate(run_dirs) if rows[i] is None}
+    jobs = query_all(list(infos.values()))
+    for i, info in infos.items():
         if _left_the_queue(info, jobs):
             # A job's `end` hook writes `ended` before the job leaves the queue, but maybe
             # after we read the ledger: read it again so "gone, no `ended`" really means killed.
             info.reread()
         settle_accounting(info, jobs)
-        rows.append(_row(info, jobs))
+        rows[i] = _row(info, jobs)
+        if info.settled():
+            cache.keep_row(info, rows[i])
+    cache.save()
     return rows
 
 

@@ -289,3 +289,27 @@ def test_a_starting_link_shows_the_step_the_ledger_knows_and_deleted_successors_
     assert (row["step"], row["link"], row["state"]) == (33, 2, "cancelled")
     assert row["checkpoint_step"] == 33
     assert row["previous_link"] == "handed off"
+
+
+def test_a_settled_run_is_not_reread_until_one_of_its_files_changes(tmp_path, backends,
+                                                                    monkeypatch):
+    run = make_run(tmp_path, "r", events=[
+        submitted(1, "7"), {"event": "started", "link": 1, "job_id": "7"},
+        {"event": "ended", "link": 1, "job_id": "7", "how": "finished", "exit_status": 0},
+        {"event": "accounted", "link": 1, "job_id": "7", "wallclock": 60, "gpus": 2}],
+        progress={"step": 10, "max_steps": 10, "checkpoint_time": time.time() - 100})
+    first = monitor.run_statuses([run])[0]
+    reads = []
+    real = ledger.read
+    monkeypatch.setattr(ledger, "read", lambda d: reads.append(d) or real(d))
+    time.sleep(0.01)
+    again = monitor.run_statuses([run])[0]
+    assert reads == [] and backends["sge"].queries == []
+    assert again["checkpoint_age_seconds"] > first["checkpoint_age_seconds"]  # still ticks
+    assert {k: v for k, v in again.items() if k != "checkpoint_age_seconds"} == \
+        {k: v for k, v in first.items() if k != "checkpoint_age_seconds"}
+    ledger.append(run, {"event": "resumed"})
+    ledger.append(run, submitted(2, "8"))
+    backends["sge"].states["8"] = Job(job_id="8", state=QUEUED)
+    row = monitor.run_statuses([run])[0]
+    assert reads and (row["state"], row["link"]) == (QUEUED, 2)
