@@ -7,6 +7,11 @@ is recorded in the ledger as an `accounted` event, so no job is ever asked about
 
 A job that has left the queue but is not in the accounting yet is ENDING: neither finished nor
 lost (qacct lags qstat by about a second on Grid Engine).
+
+A run with nothing left to ask the scheduler (every job accounted) is SETTLED: its row is kept
+in a status cache ($SLMJOBS_CACHE_DIR, default ~/.cache/slmjobs) until one of its files
+changes, so `slmjobs status` over a thousand old runs reads a thousand stats, not a thousand
+ledgers. run.yaml summaries are cached the same way (YAML is slow to load).
 """
 
 from __future__ import annotations
@@ -276,10 +281,14 @@ def _never_started(entry: dict) -> bool:
 
 
 def _accounting_overdue(entry: dict) -> bool:
-    """The last thing the ledger knows about the job is long past: its record is lost."""
-    known = entry.get("ended") or (None if "started" in entry else {"time": entry.get("submitted")})
-    known = known or entry.get("started") or {}
-    at = known.get("time")
+    """The latest thing the ledger knows about the job (its end, else its start, else its
+    submission) is so long past that its accounting record must be lost."""
+    if "ended" in entry:
+        at = entry["ended"].get("time")
+    elif "started" in entry:
+        at = entry["started"].get("time")
+    else:
+        at = entry.get("submitted")
     return at is not None and time.time() - at > ACCOUNTING_PATIENCE_SECONDS
 
 
