@@ -514,10 +514,17 @@ def main() -> None:
     try:
         entry()
     except SystemExit as e:
-        # Hydra exits 1 on a config error (unknown key, bad override) before our task runs.
+        # Hydra exits 1 on a bad command line before our task runs.
         if e.code == 1 and not _task_started:
             sys.exit(EXIT_BAD_INPUT)
         raise
+    except Exception as e:
+        # A config that does not compose (unknown key, bad override value) is bad input too.
+        if _task_started:
+            raise
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f'error: {first_line}', file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 if __name__ == '__main__':
