@@ -72,7 +72,17 @@ class Run:
             if self.proc.poll() is not None:
                 pytest.fail(f'worker exited {self.proc.returncode} before step {step}:\n{self.output()[-3000:]}')
             time.sleep(0.05)
-        pytest.fail(f'no step {step} within {timeout} s:\n{self.output()[-3000:]}')
+        self.dump_stacks()
+        pytest.fail(f'no step {step} within {timeout} s:\n{self.output()[-6000:]}')
+
+    def dump_stacks(self) -> None:
+        """A stuck worker: SIGABRT makes faulthandler (PYTHONFAULTHANDLER=1) print every
+        thread's stack into the log before the process dies."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGABRT)
+            self.proc.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
 
     def signal_group(self, sig: int) -> None:
         os.killpg(self.proc.pid, sig)
@@ -81,8 +91,9 @@ class Run:
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            self.dump_stacks()
             self.kill()
-            pytest.fail(f'worker still running after {timeout} s:\n{self.output()[-3000:]}')
+            pytest.fail(f'worker still running after {timeout} s:\n{self.output()[-6000:]}')
         self.log.close()
         return rc
 
@@ -112,6 +123,7 @@ class Worker:
         env.pop('SLMJOBS_DEADLINE', None)
         env['PYTHONPATH'] = str(REPO) + os.pathsep + env.get('PYTHONPATH', '')
         env['WANDB_MODE'] = 'offline'  # never the network, whatever the machine's wandb setup
+        env['PYTHONFAULTHANDLER'] = '1'  # stacks of a stuck worker (see Run.dump_stacks)
         env.update({k: str(v) for k, v in extra.items()})
         return env
 
