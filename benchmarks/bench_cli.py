@@ -8,8 +8,8 @@ beside `python -c pass` on the same machine (target: under 0.3 s), and proof fro
 
     .venv/bin/python benchmarks/bench_cli.py [--repeat 15]
 
-The Jinja bytecode cache (~/.cache/slmjobs/jinja) is pointed at a fresh temporary dir: the
-first dry run compiles the templates (reported as "cold"), the rest load them.
+The Jinja bytecode cache ($SLMJOBS_CACHE_DIR/jinja, default ~/.cache/slmjobs/jinja) is pointed
+at a fresh temporary dir: the first dry run compiles the templates (reported as "cold"), the rest load them.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cache = tempfile.mkdtemp(prefix="slmjobs-bench-cache-")
-    env = {**os.environ, "SLMJOBS_PROJECT": "benchproj", "XDG_CACHE_HOME": cache}
+    env = {**os.environ, "SLMJOBS_PROJECT": "benchproj", "SLMJOBS_CACHE_DIR": cache}
     command = slmjobs_command()
     try:
         cold, _ = timed_run(command + DRY_RUN, env)

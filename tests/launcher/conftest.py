@@ -27,6 +27,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("SLMJOBS_RUNS_ROOT", str(runs))
     monkeypatch.setenv("SLMJOBS_LOCAL_STATE", str(tmp_path / "local-state"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("SLMJOBS_CACHE_DIR", str(tmp_path / "cache" / "slmjobs"))
     monkeypatch.setenv("USER", "tester")
     for name in ("SLMJOBS_CLUSTER", "SLMJOBS_PROJECT", "SLMJOBS_DATA_ROOT"):
         monkeypatch.delenv(name, raising=False)
