@@ -48,7 +48,7 @@ TRAINING = [
 # A testing aid that only sleeps after each batch: walltime passes, CPU stays free, the
 # arithmetic is untouched (the reference runs without it and must still match bit for bit).
 SLOW = ["train.debug_batch_sleep=0.75"]
-LIMITS = {"max_links": 10, "crash_budget": 3, "no_progress_links": 3}
+LIMITS = {"max_links": 20, "crash_budget": 3, "no_progress_links": 3}
 WAIT = 900                    # seconds a chain may take on a busy 2-core machine
 CLI = [sys.executable, "-c", "import sys; from slmjobs.cli import main; sys.exit(main())"]
 
