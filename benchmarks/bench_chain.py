@@ -13,7 +13,8 @@ While they run it samples each run's progress.json every 0.5 s into `<run>/bench
 those samples, the ledger (jobs.jsonl) and the link logs, and prints per link:
 
   startup_s   job start (SLMJOBS_JOB_START, whole seconds) -> end of the first training step
-              (imports, model, data, checkpoint load, one batch)
+              (imports, model, data, checkpoint load, one batch); without progress samples,
+              from the log's whole-second stamps: banner -> the data loader's first read
   save_s      time to write the hand-off checkpoint (trainer's own measurement)
   train_s     first step -> the last step of the link;   train_%: train_s / h_rt
   lost        batches trained after the checkpoint the next link resumed from (recomputed work)
@@ -47,6 +48,11 @@ SLEEP = 0.65
 _RESUMED = re.compile(r"resumed from \S+ at step (\d+)/")
 _SAMPLES = re.compile(r"data: (\d+) samples read to start this link at step (\d+)")
 _STEP_LINE = re.compile(r"\] step (\d+)/")
+_BANNER = re.compile(r"^slmjobs: run \S+ link \d+ job \S+ on \S+ at (.+?), deadline", re.M)
+_STAMP = r"^\[(\d\d:\d\d:\d\d)\] "
+_FIRST_BATCH = re.compile(_STAMP + r"data: \d+ samples read", re.M)
+_HANDED = re.compile(_STAMP + r"(?:handed off|finished): step|" + _STAMP + r"handed off at step", re.M)
+_SAVE = re.compile(r"checkpoint step (\d+) -> \S+ \(([\d.]+) s\)")
 
 
 # ------------------------------------------------------------------------------ running
@@ -145,9 +151,32 @@ def log_facts(run_dir: Path, link: int) -> dict:
     resumed = _RESUMED.findall(text)
     samples = _SAMPLES.findall(text)
     steps = _STEP_LINE.findall(text)
-    return {"start_step": int(resumed[-1]) if resumed else 0,
-            "samples_read": int(samples[-1][0]) if samples else None,
-            "last_logged_step": int(steps[-1]) if steps else None}
+    facts = {"start_step": int(resumed[-1]) if resumed else 0,
+             "samples_read": int(samples[-1][0]) if samples else None,
+             "last_logged_step": int(steps[-1]) if steps else None,
+             "job_start": None, "first_batch": None, "stopped": None, "saves": {}}
+    # Whole-second times from the log (used when no progress samples were taken): the job
+    # script's banner, the data loader's first read, the trainer's hand-off/finish line.
+    banner = _BANNER.search(text)
+    if banner:
+        try:
+            start = time.mktime(time.strptime(banner.group(1).strip(), "%a %b %d %H:%M:%S %Z %Y"))
+        except ValueError:
+            start = None
+        if start:
+            facts["job_start"] = start
+            day = time.strftime("%Y-%m-%d ", time.localtime(start))
+
+            def stamp(match):
+                if not match:
+                    return None
+                clock = next(g for g in match.groups() if g)
+                return time.mktime(time.strptime(day + clock, "%Y-%m-%d %H:%M:%S"))
+
+            facts["first_batch"] = stamp(_FIRST_BATCH.search(text))
+            facts["stopped"] = stamp(_HANDED.search(text))
+    facts["saves"] = {int(step): float(sec) for step, sec in _SAVE.findall(text)}
+    return facts
 
 
 def analyse(run_dir: Path) -> list[dict]:
@@ -171,15 +200,18 @@ def analyse(run_dir: Path) -> list[dict]:
                                                              end.get("step") or 0])
         resumed_by_next = log_facts(run_dir, link + 1)["start_step"] \
             if (run_dir / "logs" / f"link-{link + 1:03d}.log").exists() else None
-        first = last.get("first_step_at")
-        started = last.get("link_started_at")
-        finished_at = last.get("updated_at") if last.get("state") in ("handed_off", "finished") \
-            else None
+        first = last.get("first_step_at") or facts["first_batch"]
+        started = last.get("link_started_at") or facts["job_start"]
+        finished_at = (last.get("updated_at") if last.get("state") in ("handed_off", "finished")
+                       else None) or facts["stopped"]
+        save = last.get("last_save_seconds") if last.get("state") in ("handed_off", "finished") \
+            else facts["saves"].get(end.get("checkpoint_step")) if facts["stopped"] else None
         row = {
             "link": link, "how": end.get("how"), "start_step": facts["start_step"],
-            "reached": reached, "checkpoint_step": end.get("checkpoint_step"),
+            "reached": max(reached, facts["start_step"]),
+            "checkpoint_step": end.get("checkpoint_step"),
             "startup_s": (first - started) if first and started else None,
-            "save_s": last.get("last_save_seconds") if finished_at else None,
+            "save_s": save,
             "train_s": (finished_at - first) if finished_at and first else None,
             "wallclock_s": accounted.get(str(start.get("job_id")), {}).get("wallclock"),
             "samples_read": facts["samples_read"],
