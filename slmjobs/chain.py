@@ -233,7 +233,8 @@ def record_accounting(run_dir: Path, link: int, job_id: str | None) -> bool:
     if job is None:
         return False
     record(run_dir, "accounted", link=link, job_id=str(job_id), wallclock=job.wallclock,
-           exit_status=job.exit_status, failed=job.failed, reason=job.reason)
+           exit_status=job.exit_status, failed=job.failed, reason=job.reason, gpus=job.gpus,
+           slots=job.slots)
     return True
 
 
