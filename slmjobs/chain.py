@@ -407,6 +407,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"slmjobs.chain: {args.run_dir} is not a run directory (no {ledger.LEDGER_NAME})",
               file=sys.stderr)
         return 2
+    recorded = load_run(args.run_dir).get("run_dir")
+    if recorded and Path(recorded).resolve() != args.run_dir.resolve():
+        # a copied run directory: its scripts would submit links into the original run
+        print(f"slmjobs.chain: {args.run_dir} is a copy of run {recorded} (run.yaml's run_dir); "
+              "allowed is the run's own directory", file=sys.stderr)
+        return 2
     if args.hook == "begin":
         return begin(args.run_dir, args.link)
     return end(args.run_dir, args.link, args.rc)

@@ -263,3 +263,10 @@ def test_hooks_refuse_a_directory_that_is_not_a_run(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         chain.main(["end", str(tmp_path), "1", "notanumber"])
     assert exc.value.code == 2
+
+
+def test_hooks_refuse_a_copied_run_directory(run_dir, sched, monkeypatch, capsys):
+    monkeypatch.setattr(chain, "load_run", lambda d: {"run_dir": "/elsewhere/original"})
+    assert chain.main(["end", str(run_dir), "1", "75"]) == 2
+    assert "copy of run /elsewhere/original" in capsys.readouterr().err
+    assert events(run_dir) == [] and sched.states == {}
