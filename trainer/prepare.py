@@ -175,8 +175,10 @@ def prepare(sources: list[str], out: Path, tokenizer: str = 'bytes', seq_len: in
                    for name in ('train', 'val')}
         tokenizing_started = time.time()  # after the imports (~8 s) and any tokenizer training
         index = 0
-        bar = None if quiet else _progress(total)
+        bar = None
         for chunk in _chunks(docs, ENCODE_CHUNK):
+            if bar is None and not quiet:
+                bar = _progress(total)  # only once there is text: an empty corpus is one error line
             if max_documents is not None:
                 chunk = chunk[:max_documents - index]
             for text, ids in zip(chunk, tok.encode_batch(chunk)):

@@ -383,7 +383,7 @@ def _train(cfg, plan: Plan, progress, use_wandb: bool, wandb_id: Optional[str]) 
         f'{plan.world_size} rank(s) on {device_name}, {precision}, global batch '
         f'{cfg.train.global_batch_size} x {plan.dataset["seq_len"]} tokens, {cfg.train.max_steps} steps')
     log(f'run dir {plan.run_dir}: checkpoints/ progress.json'
-        + (f' wandb/ ({loggers and mode})' if use_wandb else ''))
+        + (f' wandb/ ({mode})' if use_wandb else ''))
     log(f'data {plan.data_dir} ({plan.dataset["tokenizer"]["kind"]} tokenizer, '
         f'{plan.dataset["bytes_per_token"]:.3f} bytes/token)')
     if plan.deadline is not None:
@@ -435,7 +435,8 @@ def _train(cfg, plan: Plan, progress, use_wandb: bool, wandb_id: Optional[str]) 
         log(f'handed off at step {step}/{max_steps} ({handoff.reason}); checkpoint {checkpoint}; '
             f'exit {EXIT_HANDED_OFF} (run again to continue)')
         return EXIT_HANDED_OFF
-    log(f'finished: step {step}/{max_steps}; checkpoint {checkpoint}; run dir {plan.run_dir}')
+    log(f'finished: step {step}/{max_steps}; checkpoint {checkpoint}; run dir {plan.run_dir} '
+        f'(progress.json' + (', wandb/: metrics, `wandb sync` uploads an offline run' if use_wandb else '') + ')')
     return EXIT_FINISHED
 
 
