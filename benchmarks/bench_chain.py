@@ -17,7 +17,8 @@ those samples, the ledger (jobs.jsonl) and the link logs, and prints per link:
               from the log's whole-second stamps: banner -> the data loader's first read
   save_s      time to write the hand-off checkpoint (trainer's own measurement)
   train_s     first step -> the last step of the link;   train_%: train_s / h_rt
-  lost        batches trained after the checkpoint the next link resumed from (recomputed work)
+  lost        batches trained after the checkpoint the next link resumed from (recomputed work;
+              the log has a line per batch, so the last batch a killed link finished is known)
   samples     samples the data loader read to start the link (no replay: one batch)
 
 and the early-vs-late comparison of start-up (does the overhead grow with the position?).
@@ -94,7 +95,8 @@ def launch_and_wait(args) -> list[Path]:
     # sized so that a link that starts in ~30 s trains ~(h_rt - margin - 30) s: about --links links
     steps = int(args.links * (walltime - args.margin - 30) / (SLEEP + 0.3))
     training = [f"data.path={data}", f"train.max_steps={steps}", "train.global_batch_size=4",
-                "train.eval_every=0", "train.eval_batches=2", "train.log_every=10",
+                "train.eval_every=0", "train.eval_batches=2", "train.log_every=1",
+                "train.progress_every_seconds=1",
                 f"checkpoint.save_every_batches={SAVE_EVERY}", "checkpoint.save_every_seconds=0",
                 "checkpoint.keep=2", "data.num_workers=0", "wandb.enabled=false",
                 f"train.debug_batch_sleep={SLEEP}"]
