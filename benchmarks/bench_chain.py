@@ -190,18 +190,22 @@ def analyse(run_dir: Path) -> list[dict]:
     ended = chain.ended_links(events)
     accounted = {str(e.get("job_id")): e for e in events if e.get("event") == "accounted"}
     samples = samples_by_link(run_dir)
+    # links that ran the worker (not those that found the run finished or stopped)
+    trained = [k for k in sorted(chain.started_links(events))
+               if not (ended.get(k, {}).get("how") == "cancelled"
+                       and ended.get(k, {}).get("exit_status") == 0)]
     rows = []
     for link, start in sorted(chain.started_links(events).items()):
         end = ended.get(link, {})
-        if end.get("how") == "cancelled" and end.get("exit_status") == 0:
-            continue  # found nothing to do
+        if link not in trained:
+            continue
         seen = samples.get(link, [])
         last = seen[-1] if seen else {}
         facts = log_facts(run_dir, link)
         reached = max([s.get("step") or 0 for s in seen] + [facts["last_logged_step"] or 0,
                                                              end.get("step") or 0])
-        resumed_by_next = log_facts(run_dir, link + 1)["start_step"] \
-            if (run_dir / "logs" / f"link-{link + 1:03d}.log").exists() else None
+        following = [k for k in trained if k > link]
+        resumed_by_next = log_facts(run_dir, following[0])["start_step"] if following else None
         first = last.get("first_step_at") or facts["first_batch"]
         started = last.get("link_started_at") or facts["job_start"]
         finished_at = (last.get("updated_at") if last.get("state") in ("handed_off", "finished")
