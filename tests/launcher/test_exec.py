@@ -50,6 +50,7 @@ if os.environ.get("FAKE_WORKER") == "signals":
         sys.exit(75)
     signal.signal(signal.SIGUSR1, stop)
     signal.signal(signal.SIGUSR2, stop)
+    signal.signal(signal.SIGTERM, stop)
     open(os.path.join(calls, "ready"), "w").close()
     time.sleep(30)
     sys.exit(1)
@@ -187,7 +188,7 @@ def test_shared_memory_cleanup_removes_only_listed_blocks(bench):
             path.unlink(missing_ok=True)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGUSR2])
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM])
 def test_wrapper_survives_scheduler_signals_to_the_process_group(bench, signum):
     """Grid Engine signals the whole process group (FINDINGS 3d): the bash wrapper must live on,
     the worker must still get the signal (its own handler), and its exit status must come back."""
@@ -231,4 +232,4 @@ def test_profile_python_command_resolved_in_the_job(bench):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 75, out
     assert [c[2] for c in calls(bench, "python")] == ["begin", "end"]
-    assert "/nonexistent" not in script.read_text().split("trap '' USR1 USR2")[1]
+    assert "/nonexistent" not in script.read_text().split("trap '' USR1 USR2 TERM")[1]

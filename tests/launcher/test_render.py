@@ -70,7 +70,7 @@ def test_scc_gpt2_two_gpus_carries_the_original_script_and_more(monkeypatch):
     for name in ("SLMJOBS_JOB_START", "SLMJOBS_LINK", "SLMJOBS_DATA_ROOT", "SLMJOBS_SHM_FILE"):
         assert re.search(rf"^export {name}=", text, re.M), name
     # signals ignored before the worker starts, worker in the background and waited for
-    assert lines.index("trap '' USR1 USR2") < lines.index("worker=$!")
+    assert lines.index("trap '' USR1 USR2 TERM") < lines.index("worker=$!")
     assert 'wait "$worker"' in lines
     # chain hooks exactly as CONTRACTS.md
     assert '"$SLMJOBS_PYTHON" -m slmjobs.chain begin "$RUN_DIR" "$SLMJOBS_LINK"' in lines

@@ -25,9 +25,10 @@ SHM_HOST=$(hostname)
 export SLMJOBS_SHM_FILE="$RUN_DIR/logs/link-$LINK_TAG.$SHM_HOST.shm"
 
 # Grid Engine sends SIGUSR1 (s_rt) and SIGUSR2 (-notify, qdel) to the whole process group, and
-# a bash that does not handle them dies (FINDINGS 3d). Ignore them here; children inherit the
-# ignore, and the trainer installs its own handlers (stop at a batch boundary, checkpoint, exit 75).
-trap '' USR1 USR2
+# a bash that does not handle them dies (FINDINGS 3d); a site's terminate_method may send SIGTERM
+# the same way. Ignore them here, so this wrapper and the composer launcher live on to record the
+# hand-off; the trainer installs its own handlers (stop at a batch boundary, checkpoint, exit 75).
+trap '' USR1 USR2 TERM
 
 module load python3/3.10.12
 module load cuda/12.2
