@@ -5,9 +5,8 @@ Where profiles come from, first match wins:
   2. the user's config dir: `$SLMJOBS_CONFIG_DIR/clusters/NAME.yaml`
      (default `${XDG_CONFIG_HOME:-~/.config}/slmjobs/clusters/NAME.yaml`), so users add or shadow
      profiles without touching the package;
-  3. the profiles shipped in the repository's `cluster/` folder (scc, sge, local), or in the
-     package's `clusters/` folder where a wheel build copied them there;
-  4. `local`, embedded below, so a bare install always has a default.
+  3. the shipped profiles (scc, sge, local): the repository's `cluster/` folder, which the
+     package sees as `slmjobs/clusters` (a symlink in the source tree, real files in a wheel).
 
 The default profile is env SLMJOBS_CLUSTER, else `cluster:` in `<config dir>/config.yaml`, else
 `local`. Env SLMJOBS_RUNS_ROOT and SLMJOBS_DATA_ROOT override the profile's roots (tests use them).
@@ -23,21 +22,8 @@ from pathlib import Path
 
 from slmjobs.errors import UsageError
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "cluster"   # a source tree / editable install
-PACKAGED_DIR = Path(__file__).resolve().parent / "clusters"          # a wheel, if the build copies them
+SHIPPED_DIR = (Path(__file__).parent / "clusters").resolve()   # ../cluster in the source tree
 SCHEDULERS = ("sge", "local")
-
-# The embedded default (identical in meaning to cluster/local.yaml).
-EMBEDDED_LOCAL = {
-    "scheduler": "local",
-    "description": "this machine, no scheduler (the embedded default)",
-    "runs_root": "./runs",
-    "data_root": "./data",
-    "max_gpus": 8,
-    "walltime_default": "12:00:00",
-    "walltime_max": "720:00:00",
-    "handoff_margin": 300,
-}
 
 _HMS = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
 # Values written into `#$` lines are not shell-quoted (Grid Engine is not a shell), so they are
@@ -216,16 +202,16 @@ def user_config() -> dict:
 
 
 def profile_dirs() -> list[Path]:
-    return [config_dir() / "clusters", SHIPPED_DIR, PACKAGED_DIR]
+    return [config_dir() / "clusters", SHIPPED_DIR]
 
 
 def default_cluster() -> str:
     return os.environ.get("SLMJOBS_CLUSTER") or user_config().get("cluster") or "local"
 
 
-def available() -> dict[str, Path | None]:
+def available() -> dict[str, Path]:
     """name -> file for every profile that can be named (user profiles shadow shipped ones)."""
-    found: dict[str, Path | None] = {"local": None}
+    found: dict[str, Path] = {}
     for directory in reversed(profile_dirs()):
         if directory.is_dir():
             for path in sorted(directory.glob("*.yaml")):
@@ -252,8 +238,7 @@ def load(name: str | None = None) -> dict:
             raise UsageError(f"unknown cluster {name!r}: allowed are {', '.join(known)} "
                              f"or a path to a profile .yaml (user profiles go in {config_dir() / 'clusters'})")
         path = known[name]
-        data, source = (EMBEDDED_LOCAL, "embedded local profile") if path is None else (
-            _load_yaml(path), str(path))
+        data, source = _load_yaml(path), str(path)
     profile = validate(data, source)
     profile["name"] = Path(name).stem if _is_path(name) else name
     profile["source"] = source

@@ -38,10 +38,10 @@ def test_default_profile_is_local_then_env_then_user_config(config_dir, monkeypa
     assert profiles.default_cluster() == "scc"
 
 
-def test_embedded_local_profile_without_the_repo_folder(monkeypatch, tmp_path):
-    monkeypatch.setattr(profiles, "SHIPPED_DIR", tmp_path / "nowhere")
-    local = profiles.load("local")
-    assert local["source"] == "embedded local profile" and local["scheduler"] == "local"
+def test_shipped_profiles_are_package_data():
+    """The package reaches cluster/ through slmjobs/clusters, which a wheel build copies."""
+    assert sorted(p.name for p in profiles.SHIPPED_DIR.glob("*.yaml")) == ["local.yaml", "scc.yaml", "sge.yaml"]
+    assert profiles.load("local")["scheduler"] == "local"
 
 
 def test_user_profile_added_and_shadowing_a_shipped_one(config_dir):
