@@ -192,10 +192,14 @@ class LocalBackend(Backend):
                 if record is None or record["state"] == ENDED:
                     continue
                 record["cancel_requested"] = True
-                if record["state"] == RUNNING and record.get("pgid"):
-                    _killpg(record["pgid"])  # the supervisor records the end
-                else:  # held or queued: drop it; its supervisor sees this and exits
+                if record["state"] != RUNNING:  # held or queued: drop it; its supervisor sees this and exits
                     record.update(state=ENDED, failed=True, reason="cancelled before it started",
+                                  end_time=time.time())
+                elif _supervisor_alive(record):
+                    # The supervisor reaps the job under this lock: the group is still the job's.
+                    _killpg(record["pgid"])  # the supervisor records the end
+                else:  # a dead supervisor's pgid may be any process's by now (pids wrap at 32768)
+                    record.update(state=ENDED, failed=True, reason="lost: its supervisor died",
                                   end_time=time.time())
                 self.store.write(record)
 
@@ -290,9 +294,15 @@ def supervise(root: str, job_id: str) -> int:
             return 1
         record.update(state=RUNNING, pid=process.pid, pgid=process.pid, start_time=time.time())
         store.write(record)
-    exit_status, reason = _wait(process, record)
-    _killpg(process.pid)  # leftovers of the job, as SGE kills the job's processes at its end
+    in_time = _wait_unreaped(process.pid, record["h_rt"])
+    # h_rt: a bare SIGKILL to the whole group, no warning; at a normal end, the job's leftovers
+    # (SGE kills them too). The leader is not reaped yet, so the group id is still this job's.
+    _killpg(process.pid)
     with store.locked():
+        # Reaped under the lock: until ENDED is written below, cancel() may still signal the group.
+        returncode = process.wait()
+        exit_status = 128 - returncode if returncode < 0 else returncode
+        reason = "" if in_time else f"h_rt exceeded ({record['h_rt']} s): killed"
         record = store.read(job_id) or record
         if record.get("cancel_requested"):
             reason = "cancelled"
@@ -332,16 +342,16 @@ def _start(record: dict) -> subprocess.Popen:
             stderr.close()
 
 
-def _wait(process: subprocess.Popen, record: dict) -> tuple[int, str]:
-    """(exit status as SGE reports it, reason if killed at h_rt)."""
-    try:
-        returncode = process.wait(timeout=record["h_rt"])  # None: no limit
-        reason = ""
-    except subprocess.TimeoutExpired:
-        _killpg(process.pid)  # h_rt: a bare SIGKILL to the whole group, no warning
-        returncode = process.wait()
-        reason = f"h_rt exceeded ({record['h_rt']} s): killed"
-    return (128 - returncode if returncode < 0 else returncode), reason
+def _wait_unreaped(pid: int, h_rt: float | None) -> bool:
+    """Wait for the job's leader to exit without reaping it: while it is a zombie its pid, the
+    job's process-group id, cannot be reused, so killing that group can only hit the job.
+    False if h_rt ran out first."""
+    deadline = None if h_rt is None else time.monotonic() + h_rt
+    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 if __name__ == "__main__":

@@ -221,7 +221,7 @@ def test_deadline_is_job_start_plus_walltime_minus_margin(bench):
 
 def test_profile_python_command_resolved_in_the_job(bench):
     """A profile with `python: NAME` (after its env setup) uses that interpreter, found on PATH."""
-    spec = launch.resolve("tiny", cluster="local", name="pycmd", python="/nonexistent/python",
+    spec = launch.resolve("tiny", gpus=2, cluster="local", name="pycmd", python="/nonexistent/python",
                           workdir=str(bench["work"]))
     spec["cluster"]["python"] = "python"
     spec["cluster"]["env_setup"] = [f'export PATH="{bench["bin"]}:$PATH"']

@@ -85,6 +85,7 @@ class Run:
             pass
 
     def signal_group(self, sig: int) -> None:
+        assert self.proc.poll() is None, 'the worker is gone: its group id may be reused'
         os.killpg(self.proc.pid, sig)
 
     def wait(self, timeout: float = 300) -> int:
@@ -98,10 +99,10 @@ class Run:
         return rc
 
     def kill(self) -> None:
-        try:
+        # Only while the worker is unreaped: once waited for, its pid (= its process-group id)
+        # can be reused by any process group leader, sge_execd included (pids wrap at 32768).
+        if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait()
 
 

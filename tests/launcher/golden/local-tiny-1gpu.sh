@@ -66,7 +66,8 @@ for stale in "$RUN_DIR"/logs/link-*."$SHM_HOST".shm; do
 done
 
 # The worker runs in the background and the script waits for it, so this shell stays responsive.
-composer -n 1 -m trainer.train \
+# One GPU needs no launcher (composer's own imports cost ~8 CPU-seconds of every link's start).
+"$SLMJOBS_PYTHON" -m trainer.train \
     model=tiny \
     run_name=golden-tiny-1 \
     run_dir=/runs/golden-tiny-1 \

@@ -75,7 +75,8 @@ for stale in "$RUN_DIR"/logs/link-*."$SHM_HOST".shm; do
 done
 
 # The worker runs in the background and the script waits for it, so this shell stays responsive.
-composer -n 1 -m trainer.train \
+# One GPU needs no launcher (composer's own imports cost ~8 CPU-seconds of every link's start).
+"$SLMJOBS_PYTHON" -m trainer.train \
     model=gpt2 \
     run_name=golden-gpt2-1 \
     run_dir=/runs/golden-gpt2-1 \

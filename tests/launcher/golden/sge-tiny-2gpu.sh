@@ -68,6 +68,7 @@ for stale in "$RUN_DIR"/logs/link-*."$SHM_HOST".shm; do
 done
 
 # The worker runs in the background and the script waits for it, so this shell stays responsive.
+# One GPU needs no launcher (composer's own imports cost ~8 CPU-seconds of every link's start).
 composer -n 2 -m trainer.train \
     model=tiny \
     run_name=golden-tiny-2 \

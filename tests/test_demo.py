@@ -1,0 +1,44 @@
+"""The README's demo command, as written (less the venv setup): prepare the offline corpus and
+train `tiny` to the end through `slmjobs launch` on the local backend. About 2 minutes on an
+idle 2-core machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_readme_names_the_demo_script():
+    assert "bash scripts/demo.sh" in (REPO / "README.md").read_text().split("```")[1]
+
+
+def test_demo_prepares_the_offline_corpus_and_trains_tiny_to_the_end(tmp_path):
+    env = dict(os.environ, SLMJOBS_SKIP_SETUP="1", WANDB_MODE="offline",
+               SLMJOBS_RUNS_ROOT=str(tmp_path / "runs"), SLMJOBS_DATA_ROOT=str(tmp_path / "data"),
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    for key in ("SLMJOBS_CLUSTER", "SLMJOBS_DEADLINE", "WANDB_API_KEY"):
+        env.pop(key, None)
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh")], env=env, capture_output=True,
+                          text=True, timeout=900)
+    out = proc.stdout
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-4000:]}\n{proc.stderr[-4000:]}"
+
+    name = re.search(r"demo finished: run (\S+)", out).group(1)
+    run_dir = tmp_path / "runs" / name
+    progress = json.loads((run_dir / "progress.json").read_text())
+    assert progress["state"] == "finished" and progress["step"] == progress["max_steps"] == 200
+    assert (run_dir / "checkpoints" / "latest-rank0.pt").resolve().name == "ep0-ba200-rank0.pt"
+    assert list((run_dir / "wandb").glob("offline-run-*"))
+    assert (run_dir / "DONE").exists()
+    # The model learned something: uniform over 257 byte ids would be ln(257) = 5.55 nats.
+    assert progress["loss"] < 3.5
+    # It says where everything is.
+    for what in ("checkpoints/", "logs/link-001.log", "progress.json", "wandb/"):
+        assert f"{run_dir}/{what}" in out
+    assert re.search(rf"{name}\s+tiny\s+1\s+1/\d+\s+\S+\s+finished", out)
