@@ -19,17 +19,17 @@ def test_qstat_xml_every_state_in_one_listing():
     jobs = parse_qstat_xml((DATA / "qstat_mixed.xml").read_text())
     states = {job_id: job.state for job_id, job in jobs.items()}
     assert states == {
-        "7": RUNNING, "9": RUNNING,   # r
-        "12": RUNNING,               # array: tasks 1,2 r and 3,4 qw -> as far as its furthest task
-        "15": RUNNING,               # dr: still running until execd kills it
-        "13": QUEUED, "14": QUEUED,  # qw
-        "11": HELD,                  # Eqw: never runs by itself
-        "8": HELD, "10": HELD,       # hqw (-hold_jid)
+        "782": RUNNING, "783": RUNNING,  # r
+        "784": RUNNING,                  # array: tasks 1,2 r and 3,4 qw -> as far as its furthest task
+        "790": RUNNING,                  # dr: qdel with -notify, still running until execd kills it
+        "785": QUEUED, "786": QUEUED,    # qw (-a: not before a start time)
+        "787": HELD,                     # Eqw: never runs by itself
+        "788": HELD, "789": HELD,        # hqw (-h, -hold_jid)
     }
-    assert jobs["11"].reason.startswith("error state Eqw")
-    assert jobs["15"].reason == "being deleted"
-    assert jobs["13"].slots == 2 and jobs["13"].name == "samp_pe"
-    assert jobs["9"].start_time is not None and jobs["13"].start_time is None
+    assert jobs["787"].reason.startswith("error state Eqw")
+    assert jobs["790"].reason == "being deleted"
+    assert jobs["785"].slots == 2 and jobs["785"].name == "samp_pe"
+    assert jobs["783"].start_time is not None and jobs["785"].start_time is None
 
 
 def test_empty_listing_and_garbage():
@@ -138,8 +138,8 @@ def test_qmaster_down(fake_bin):
 
 def test_query_marks_jobs_missing_from_qstat_as_ending(fake_bin):
     _stand_in(fake_bin, "qstat", f"cat {DATA / 'qstat_mixed.xml'}")
-    jobs = SGEBackend().query(["9", "10", "424242"])
-    assert [jobs[j].state for j in ("9", "10", "424242")] == [RUNNING, HELD, ENDING]
+    jobs = SGEBackend().query(["783", "789", "424242"])
+    assert [jobs[j].state for j in ("783", "789", "424242")] == [RUNNING, HELD, ENDING]
 
 
 def test_qacct_unknown_job_is_none(fake_bin):
