@@ -36,13 +36,14 @@ def test_reference_run_finishes_with_contract_progress(reference):
 
 
 def test_sigkill_at_a_random_batch_and_during_a_save_resumes_bitwise(worker, reference):
-    kill_at = random.randint(3, MAX_STEPS - 8)
+    # Any batch after the first periodic checkpoint (step 4): seeing step 5 means it is written.
+    kill_at = random.randint(5, MAX_STEPS - 8)
     first = worker.start('killed', 'train.debug_batch_sleep=0.1')
     first.wait_for_step(kill_at)
     first.signal_group(signal.SIGKILL)
     assert first.wait() == -signal.SIGKILL or first.proc.returncode == 128 + signal.SIGKILL
     resume_at = checkpoint_step(first.run_dir)
-    assert resume_at <= max(first.steps())
+    assert 4 <= resume_at <= max(first.steps()), f'killed after step {kill_at}'
 
     # Second link: SIGKILLed in the middle of writing its next periodic checkpoint.
     torn_step = (resume_at // 4 + 1) * 4
