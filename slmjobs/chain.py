@@ -328,12 +328,14 @@ def end(run_dir: Path, link: int, rc: int, job_id: str | None = None) -> int:
     record(run_dir, "ended", link=link, job_id=job_id, how=how, exit_status=rc,
            checkpoint_step=step, step=read_progress(run_dir).get("step"))
     events = ledger.read(run_dir)
+    # Every outcome, the last link's included: qacct had not caught up with a killed
+    # predecessor when this link began, and a finished run has no later link to ask again.
+    record_late_accounting(run_dir, events)
     if how == FINISHED:
         mark_finished(run_dir, link, events)
         cancel_successors(run_dir, link, "the run finished")
         print(f"slmjobs.chain: link {link}: run finished at step {step}")
         return 0
-    record_late_accounting(run_dir, events)
     if stop_reason(events):
         cancel_successors(run_dir, link, f"the chain is stopped ({stop_reason(events)})")
         return 0

@@ -116,6 +116,20 @@ def test_accounting_that_lags_is_recorded_by_the_next_end(run_dir, sched):
     assert [(e["link"], e["wallclock"]) for e in events(run_dir, "accounted")] == [(1, 62.0)]
 
 
+def test_lagging_accounting_is_recorded_when_the_last_link_finishes(run_dir, sched):
+    """The CI failure of stop 5: the link after a hard kill finished the run, and no later
+    `end` was left to ask qacct again."""
+    launch(run_dir, sched)
+    run_link(run_dir, sched, 1, 75, 40, killed=True)
+    first = job_of(run_dir, 1)
+    job_id = job_of(run_dir, 2)
+    assert chain.begin(run_dir, 2, job_id=job_id) == chain.TRAIN
+    sched.accounted[first] = Job(job_id=first, state="ended", exit_status=137, wallclock=62.0)
+    set_progress(run_dir, 100, state="finished")
+    chain.end(run_dir, 2, 0, job_id=job_id)
+    assert [(e["link"], e["exit_status"]) for e in events(run_dir, "accounted")] == [(1, 137)]
+
+
 def test_crash_budget_stops_the_chain_and_leaves_nothing_queued(run_dir, sched, limits):
     launch(run_dir, sched)
     run_link(run_dir, sched, 1, 75, 20)      # a planned hand-off: not a crash
