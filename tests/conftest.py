@@ -20,22 +20,12 @@ import pytest
 from slmjobs.backends import ACTIVE_STATES, ENDED
 from slmjobs.backends.local import LocalBackend
 from slmjobs.backends.sge import SGEBackend
+from waiting import wait_until
 
 
-def _wait_until(predicate, timeout: float = 30.0, what: str = "condition", interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
-@pytest.fixture
-def wait_until():
-    return _wait_until
+@pytest.fixture(name="wait_until")
+def wait_until_fixture():
+    return wait_until
 
 
 @pytest.fixture(autouse=True)

@@ -273,7 +273,7 @@ def make_eval_interval(every: int, handoff):
 # ---------------------------------------------------------------------------------------------
 
 def train(cfg, plan: Plan) -> int:
-    from trainer.progress import Progress, eprint, fail_line, say
+    from trainer.progress import Progress, eprint, fail_line
 
     rank_zero = plan.rank == 0
     if rank_zero:
