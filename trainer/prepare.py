@@ -24,9 +24,11 @@ with --force (and then only once the new one is complete).
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -133,6 +135,31 @@ def _check_out(out: Path, force: bool) -> None:
                        f'choose an empty or new directory')
 
 
+def _scratch_prefix(out: Path) -> str:
+    """`.NAME.tmp-HOST-`: a preparation builds in `.NAME.tmp-HOST-PID` beside `out`."""
+    return f'.{out.name}.tmp-{socket.gethostname()}-'
+
+
+def _remove_abandoned_scratch(out: Path) -> None:
+    """Scratch directories of preparations killed on this host (SIGKILL runs no cleanup).
+    Other hosts' are left alone: on a shared filesystem their owner may still be writing."""
+    prefix = _scratch_prefix(out)
+    for path in out.parent.glob(glob.escape(prefix) + '*'):
+        pid = path.name[len(prefix):]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def _install(tmp: Path, out: Path) -> None:
     """Move the finished temporary directory into place; the old dataset (if any, --force) is
     removed only after the new one is there."""
@@ -166,7 +193,8 @@ def prepare(sources: list[str], out: Path, tokenizer: str = 'bytes', seq_len: in
         total = min(total, max_documents) if total is not None else max_documents
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f'.{out.name}.tmp-{os.getpid()}')
+    _remove_abandoned_scratch(out)
+    tmp = out.with_name(_scratch_prefix(out) + str(os.getpid()))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:

@@ -124,3 +124,8 @@ def test_killed_preparation_never_looks_finished(tmp_path):
     # The trainer refuses it; a new preparation (no --force needed) replaces the leftovers.
     refused = run_module('trainer.train', f'data.path={out}', cwd=tmp_path)
     assert refused.returncode == 2
+    again = run_module('trainer.prepare', '--source', 'builtin', '--tokenizer', 'bytes',
+                       '--max-documents', '20', '--out', str(out), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert (out / 'dataset.json').exists()
+    assert not list(tmp_path.glob('.ds.tmp-*')), 'the killed preparation left its scratch behind'
