@@ -7,9 +7,10 @@ uninterrupted reference run of the same training; each test then waits for its o
 compares the final weights with the reference, bit for bit. `train.debug_batch_sleep` makes each
 batch last longer without burning CPU, so the chains can share this 2-core machine.
 
-The scenarios (issue 4): planned hand-offs (SGE and local), a hard kill at h_rt (the worker gets
-no deadline: a margin "below zero"), a crash loop (a broken override), cancel mid-chain then
-resume, and a successor that starts after the run finished.
+The scenarios (issue 4): planned hand-offs (SGE with `--gpus 2`: two gloo ranks through
+`composer -n 2` on the consumable `gpus`, compared with a two-rank reference; and local with one),
+a hard kill at h_rt (the worker gets no deadline: a margin "below zero"), a crash loop (a broken
+override), cancel mid-chain then resume, and a successor that starts after the run finished.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class Campaign:
                     "SLMJOBS_CONFIG_DIR": str(root / "config"), "OMP_NUM_THREADS": "1"}
         for name in ("SLMJOBS_DEADLINE", "SLMJOBS_LINK", "SLMJOBS_JOB_START", "SLMJOBS_CLUSTER"):
             self.env.pop(name, None)
-        self.reference: subprocess.Popen | None = None
+        self.references: dict[int, subprocess.Popen] = {}
 
     def training(self) -> list[str]:
         return [f"data.path={self.data}", *TRAINING]
@@ -110,19 +111,22 @@ class Campaign:
         wait_until(lambda: chain.read_progress(run_dir).get("state") in ("training", "handed_off")
                    or settled(run_dir), 300, f"{run_dir.name} to start training", interval=0.5)
 
-    def start_reference(self) -> None:
-        """The same training, uninterrupted: one process, no deadline, same thread count."""
-        log = open(self.root / "reference.log", "w")
-        self.reference = subprocess.Popen(
-            [sys.executable, "-m", "trainer.train", "model=tiny", "run_name=reference",
-             f"run_dir={self.root / 'reference'}", *self.training()],
+    def start_reference(self, ranks: int) -> None:
+        """The same training, uninterrupted: no deadline, same thread count, `ranks` ranks
+        (two ranks each average half the batch: other arithmetic than one rank)."""
+        name = f"reference-{ranks}"
+        worker = ([str(Path(sys.executable).with_name("composer")), "-n", str(ranks)]
+                  if ranks > 1 else [sys.executable])
+        log = open(self.root / f"{name}.log", "w")
+        self.references[ranks] = subprocess.Popen(
+            [*worker, "-m", "trainer.train", "model=tiny", f"run_name={name}",
+             f"run_dir={self.root / name}", *self.training()],
             env=self.env, cwd=self.root, stdout=log, stderr=subprocess.STDOUT)
 
-    def reference_weights(self) -> dict:
-        assert self.reference is not None
-        rc = self.reference.wait(timeout=WAIT)
-        assert rc == 0, (self.root / "reference.log").read_text()[-3000:]
-        return final_weights(self.root / "reference")
+    def reference_weights(self, ranks: int = 1) -> dict:
+        rc = self.references[ranks].wait(timeout=WAIT)
+        assert rc == 0, (self.root / f"reference-{ranks}.log").read_text()[-3000:]
+        return final_weights(self.root / f"reference-{ranks}")
 
     def status(self, name: str) -> dict:
         (row,) = json.loads(self.cli("status", name, "--json").stdout)
@@ -227,23 +231,32 @@ def campaign(tmp_path_factory, sge_cluster):
     nodeadline = c.profile("sge-no-margin", sge_profile(env={"SLMJOBS_DEADLINE": ""}))
     local = c.profile("local-short", local_profile())
     c.chains = {}
-    for name, profile in (("planned", sge), ("cancel", sge), ("hardkill", nodeadline),
-                          ("local", local)):
-        c.chains[name] = c.launch(name, profile)
+    # planned 2 + cancel 1 + hardkill 1 = the test host's 4 `gpus`; the crash loop's links
+    # wait in the queue for a free one, as they would on a full cluster.
+    for name, profile, gpus in (("planned", sge, 2), ("cancel", sge, 1),
+                                ("hardkill", nodeadline, 1), ("local", local, 1)):
+        c.chains[name] = c.launch(name, profile, gpus=gpus)
         c.wait_training(c.chains[name])
     c.chains["crashloop"] = c.launch("crashloop", sge, "model.n_head=3")  # 64 % 3: never builds
-    c.start_reference()
+    c.start_reference(ranks=1)
+    c.start_reference(ranks=2)
     yield c
     for name, run_dir in c.chains.items():
         if not settled(run_dir):
             c.cli("cancel", name, check=False)
-    if c.reference and c.reference.poll() is None:
-        c.reference.kill()
+    for reference in c.references.values():
+        if reference.poll() is None:
+            reference.kill()
 
 
 @pytest.fixture(scope="module")
 def reference(campaign):
-    return campaign.reference_weights()
+    return campaign.reference_weights(ranks=1)
+
+
+@pytest.fixture(scope="module")
+def reference_two_ranks(campaign):
+    return campaign.reference_weights(ranks=2)
 
 
 # ------------------------------------------------------------------------------ the tests
@@ -293,7 +306,8 @@ def test_crash_loop_stops_after_the_crash_budget_with_nothing_left(campaign):
     assert not (run_dir / "DONE").exists()
 
 
-def test_planned_hand_offs_on_sge_give_the_uninterrupted_weights(campaign, reference):
+def test_planned_hand_offs_of_two_ranks_on_sge_give_the_uninterrupted_weights(
+        campaign, reference_two_ranks):
     run_dir = campaign.chains["planned"]
     evs = assert_finished_without_leftovers(run_dir, "sge")
     links = trained_links(evs)
@@ -304,8 +318,14 @@ def test_planned_hand_offs_on_sge_give_the_uninterrupted_weights(campaign, refer
     last = links[-1]["link"]
     assert [e["how"] for e in evs if e["event"] == "ended" and e["link"] == last + 1] == \
         ["cancelled"]
-    assert campaign.status("planned")["state"] == "finished"
-    assert_bitwise_equal(final_weights(run_dir), reference)
+    assert campaign.status("planned")["state"] == "finished"  # also settles the accounting
+    # Every link ran two ranks, and Grid Engine granted it two `gpus`.
+    accounted = {e["link"]: e for e in ledger.read(run_dir) if e["event"] == "accounted"}
+    for done in links:
+        script = (run_dir / "scripts" / f"link-{done['link']:03d}.sh").read_text()
+        assert "#$ -l gpus=2" in script and "composer -n 2 -m trainer.train" in script
+        assert accounted[done["link"]]["gpus"] == 2, accounted.get(done["link"])
+    assert_bitwise_equal(final_weights(run_dir), reference_two_ranks)
 
 
 def test_a_successor_starting_after_the_finish_exits_at_once(campaign):
