@@ -231,6 +231,9 @@ def save_run(run_dir, spec: dict) -> None:
     tmp = path.with_name(f".{RUN_FILE}.{os.getpid()}.tmp")
     tmp.write_text(yaml.safe_dump(spec, sort_keys=False, default_flow_style=False), encoding="utf-8")
     os.replace(tmp, path)
+    from slmjobs import monitor  # its digest: status reads 1,000 runs without loading YAML
+
+    monitor.write_run_summary(run_dir, monitor.summarize(spec))
 
 
 def set_walltime(run_dir, walltime: str) -> str:

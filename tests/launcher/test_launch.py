@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
 
-from slmjobs import launch, ledger
+from slmjobs import launch, ledger, monitor
 from slmjobs.backends import ACTIVE_STATES, get_backend
+from waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,16 +29,6 @@ def qsub_spy(tmp_path):
                                'echo "Unable to run job: shim refuses" >&2\nexit 1\n')
     (shim / "qsub").chmod(0o755)
     return {"PATH": f"{shim}:{os.environ['PATH']}", "called": tmp_path / "qsub-called"}
-
-
-def wait_for(predicate, timeout=60.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def bad_profile(tmp_path) -> str:
@@ -176,10 +166,14 @@ def _launch_and_watch(run_cli, cluster, name, runs_root, extra=()):
     assert (run_dir / "scripts" / "link-001.sh").read_text() == dry.stdout
     spec = launch.load_run(run_dir)
     assert spec["model"] == "tiny" and spec["cluster"]["name"] == cluster and spec["git_commit"]
+    digest = json.loads((run_dir / monitor.SUMMARY_FILE).read_text())  # status reads no YAML
+    assert digest["summary"] == monitor.summarize(spec)
+    assert digest["run_yaml"] == monitor.run_stamps(run_dir)[0]
     # the scheduler ran the script: its banner is in the link's log (written via -o ... -j y)
     log = run_dir / "logs" / "link-001.log"
-    wait_for(lambda: log.exists() and f"slmjobs: run {name} link 1 job {first['job_id']}" in log.read_text(),
-             what=f"the banner in {log}")
+    banner = f"slmjobs: run {name} link 1 job {first['job_id']}"
+    wait_until(lambda: log.exists() and banner in log.read_text(), 60, f"the banner in {log}",
+               interval=0.2)
     return run_dir, first["job_id"]
 
 
@@ -197,7 +191,7 @@ def _cancel_and_check(run_cli, run_dir, cluster):
         ids = [e["job_id"] for e in ledger.read(run_dir) if e["event"] == "submitted"]
         return all(job.state not in ACTIVE_STATES for job in backend.query(ids).values())
 
-    wait_for(nothing_active, what="every job of the run to leave the queue")
+    wait_until(nothing_active, 60, "every job of the run to leave the queue", interval=0.2)
     status = run_cli("status", str(run_dir), "--json")  # a run named by its path
     assert status.returncode == 0, status.stderr
     row = json.loads(status.stdout)[0]

@@ -244,18 +244,30 @@ def test_logs_of_something_that_is_not_a_run(tmp_path):
         monitor.follow_logs(tmp_path / "nope")
 
 
-def test_run_yaml_summaries_are_cached_until_the_file_changes(tmp_path, backends, monkeypatch):
+def test_run_yaml_is_read_through_its_json_digest_until_it_changes(tmp_path, backends,
+                                                                   monkeypatch):
     run = make_run(tmp_path, "r", gpus=2)
-    assert monitor.run_statuses([run])[0]["gpus"] == 2
     parsed = []
     real = monitor.read_run_yaml
     monkeypatch.setattr(monitor, "read_run_yaml", lambda d: parsed.append(d) or real(d))
     assert monitor.run_statuses([run])[0]["gpus"] == 2
-    assert parsed == []  # from the cache
+    assert parsed == [run]  # no digest yet (a run from an older slmjobs): built from the YAML
+    assert (run / monitor.SUMMARY_FILE).exists()
+    monkeypatch.setenv("SLMJOBS_CACHE_DIR", str(tmp_path / "cold"))  # no cached rows either
+    assert monitor.run_statuses([run])[0]["gpus"] == 2
+    assert parsed == [run]  # from the digest
     (run / "run.yaml").write_text(yaml.safe_dump({"model": "gpt2", "gpus": 4,
                                                   "scheduler": "sge"}))
     row = monitor.run_statuses([run])[0]
-    assert (row["gpus"], row["model"], parsed) == (4, "gpt2", [run])
+    assert (row["gpus"], row["model"], parsed) == (4, "gpt2", [run, run])
+
+
+def test_a_digest_that_cannot_be_written_only_costs_time(tmp_path, backends):
+    run = make_run(tmp_path, "r", gpus=2)
+    (run / monitor.SUMMARY_FILE).mkdir()  # in the way, as a read-only run would be (even to root)
+    for _ in range(2):
+        assert monitor.run_statuses([run])[0]["gpus"] == 2
+    assert not list(run.glob(f".{monitor.SUMMARY_FILE}.*"))  # no scratch left behind
 
 
 def test_cancel_with_the_scheduler_down_tries_and_fails_loudly(tmp_path, backends):
