@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_worker import worker_tokens_per_sec  # a script's own folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -79,19 +79,10 @@ def plain_loop(data: Path, steps: int, warmup: int, batch: int, compile_model: b
 
 
 def worker(data: Path, steps: int, warmup: int, batch: int, compile_model: bool, run_dir: Path) -> float:
-    cmd = [sys.executable, '-m', 'trainer.train', 'model=gpt2', f'data.path={data}',
-           f'train.max_steps={steps}', f'train.global_batch_size={batch}', f'train.microbatch_size={batch}',
-           'train.log_every=5', 'train.eval_every=0', 'train.eval_batches=1', 'data.num_workers=4',
-           f'train.compile={str(compile_model).lower()}', 'checkpoint.save_every_batches=0',
-           'checkpoint.save_every_seconds=0', 'wandb.enabled=false', f'run_dir={run_dir}']
-    out = subprocess.run(cmd, cwd=run_dir.parent, capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(REPO)))
-    if out.returncode != 0:
-        sys.exit(f'worker failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}')
-    rates = [(int(s), float(r.replace(',', ''))) for s, r in
-             re.findall(r'step (\d+)/\d+ .*?\| ([\d,]+) tok/s', out.stdout)]
-    timed = [r for s, r in rates if s > warmup]
-    return len(timed) / sum(1 / r for r in timed)
+    return worker_tokens_per_sec(run_dir, warmup, [
+        'model=gpt2', f'data.path={data}', f'train.max_steps={steps}',
+        f'train.global_batch_size={batch}', f'train.microbatch_size={batch}', 'train.log_every=5',
+        'train.eval_batches=1', 'data.num_workers=4', f'train.compile={str(compile_model).lower()}'])
 
 
 def main() -> None:

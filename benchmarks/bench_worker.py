@@ -77,21 +77,28 @@ def plain_loop(data: Path, steps: int, warmup: int, num_workers: int) -> float:
     return tokens / (time.perf_counter() - started)
 
 
-def worker(data: Path, steps: int, warmup: int, num_workers: int, run_dir: Path) -> float:
-    cmd = [sys.executable, '-m', 'trainer.train', 'model=tiny', f'data.path={data}',
-           f'train.max_steps={steps}', f'train.log_every={LOG_EVERY}', 'train.eval_every=0',
+def worker_tokens_per_sec(run_dir: Path, warmup: int, overrides: list[str]) -> float:
+    """The real `python -m trainer.train` with checkpoints and wandb off: tokens/s after
+    `warmup` steps, from its log lines. bench_gpu.py uses it too."""
+    cmd = [sys.executable, '-m', 'trainer.train', 'train.eval_every=0',
            'checkpoint.save_every_batches=0', 'checkpoint.save_every_seconds=0',
-           'wandb.enabled=false', f'data.num_workers={num_workers}', f'run_dir={run_dir}']
+           'wandb.enabled=false', f'run_dir={run_dir}', *overrides]
     out = subprocess.run(cmd, cwd=run_dir.parent, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(REPO)))
     if out.returncode != 0:
         sys.exit(f'worker failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}')
-    # Each log line reports tokens/s over the previous LOG_EVERY steps; skip the warmup windows.
+    # Each log line reports tokens/s over the previous log window; skip the warmup windows.
     rates = [(int(s), float(r.replace(',', ''))) for s, r in
              re.findall(r'step (\d+)/\d+ .*?\| ([\d,]+) tok/s', out.stdout)]
     timed = [r for s, r in rates if s > warmup]
     # Average the windows as time does: total tokens / total seconds.
     return len(timed) / sum(1 / r for r in timed)
+
+
+def worker(data: Path, steps: int, warmup: int, num_workers: int, run_dir: Path) -> float:
+    return worker_tokens_per_sec(run_dir, warmup, [
+        'model=tiny', f'data.path={data}', f'train.max_steps={steps}',
+        f'train.log_every={LOG_EVERY}', f'data.num_workers={num_workers}'])
 
 
 def main() -> None:
