@@ -20,7 +20,7 @@ import pytest
 from slmjobs.backends import ACTIVE_STATES, ENDED
 from slmjobs.backends.local import LocalBackend
 from slmjobs.backends.sge import SGEBackend
-from waiting import wait_until
+from support import wait_until
 
 
 @pytest.fixture(name="wait_until")

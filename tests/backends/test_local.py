@@ -13,14 +13,7 @@ import pytest
 from slmjobs.backends import ENDED, HELD, RUNNING, UNKNOWN
 from slmjobs.backends.local import job_options
 from slmjobs.errors import UsageError
-
-
-def job_script(directory: Path, name: str, body: str, *options: str) -> Path:
-    lines = ["#!/bin/bash", f"#$ -N {name}", f"#$ -o {directory}/{name}.out", "#$ -j y",
-             *[f"#$ {o}" for o in options], body, ""]
-    path = directory / f"{name}.sh"
-    path.write_text("\n".join(lines))
-    return path
+from support import job_script
 
 
 def ended(backend, job_id):

@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from slmjobs.backends import ENDED, ENDING, HELD, QUEUED, RUNNING
-
-
-def job_script(directory: Path, name: str, body: str, *options: str) -> Path:
-    lines = ["#!/bin/bash", f"#$ -N {name}", f"#$ -o {directory}/{name}.out", "#$ -j y",
-             *[f"#$ {o}" for o in options], body, ""]
-    path = directory / f"{name}.sh"
-    path.write_text("\n".join(lines))
-    return path
+from support import job_script
 
 
 def state_of(backend, job_id):

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from slmjobs import chain, ledger
-from waiting import wait_until
+from support import wait_until
 
 pytestmark = pytest.mark.timeout(1500)
 
@@ -217,6 +217,17 @@ def assert_no_batch_recomputed_at_hand_offs(run_dir: Path, evs: list[dict]) -> N
     assert trained == MAX_STEPS, f"{trained} batches trained for {MAX_STEPS} steps"
 
 
+def assert_planned_chain_completed(run_dir: Path, kind: str) -> tuple[list[dict], list[dict]]:
+    """It finished by itself over 3 links or more, each handing off until the last, and no
+    batch was computed twice. Returns the ledger and the trained links."""
+    evs = assert_finished_without_leftovers(run_dir, kind)
+    links = trained_links(evs)
+    assert len(links) >= 3, links
+    assert [e["how"] for e in links] == ["handed_off"] * (len(links) - 1) + ["finished"]
+    assert_no_batch_recomputed_at_hand_offs(run_dir, evs)
+    return evs, links
+
+
 # ------------------------------------------------------------------------------ the campaign
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory, sge_cluster):
@@ -309,11 +320,7 @@ def test_crash_loop_stops_after_the_crash_budget_with_nothing_left(campaign):
 def test_planned_hand_offs_of_two_ranks_on_sge_give_the_uninterrupted_weights(
         campaign, reference_two_ranks):
     run_dir = campaign.chains["planned"]
-    evs = assert_finished_without_leftovers(run_dir, "sge")
-    links = trained_links(evs)
-    assert len(links) >= 3, links
-    assert [e["how"] for e in links] == ["handed_off"] * (len(links) - 1) + ["finished"]
-    assert_no_batch_recomputed_at_hand_offs(run_dir, evs)
+    evs, links = assert_planned_chain_completed(run_dir, "sge")
     # the successor held on the last link was removed when the run finished
     last = links[-1]["link"]
     assert [e["how"] for e in evs if e["event"] == "ended" and e["link"] == last + 1] == \
@@ -369,9 +376,5 @@ def test_hard_kill_at_h_rt_continues_from_the_last_checkpoint(campaign, referenc
 def test_planned_hand_offs_on_the_local_backend(campaign, reference, monkeypatch):
     monkeypatch.setenv("SLMJOBS_LOCAL_STATE", campaign.env["SLMJOBS_LOCAL_STATE"])
     run_dir = campaign.chains["local"]
-    evs = assert_finished_without_leftovers(run_dir, "local")
-    links = trained_links(evs)
-    assert len(links) >= 3, links
-    assert [e["how"] for e in links] == ["handed_off"] * (len(links) - 1) + ["finished"]
-    assert_no_batch_recomputed_at_hand_offs(run_dir, evs)
+    assert_planned_chain_completed(run_dir, "local")
     assert_bitwise_equal(final_weights(run_dir), reference)

@@ -15,7 +15,7 @@ import pytest
 
 from slmjobs import launch, ledger, monitor
 from slmjobs.backends import ACTIVE_STATES, get_backend
-from waiting import wait_until
+from support import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,8 +1,9 @@
-"""Polling instead of fixed sleeps, for every test that waits on a scheduler or a worker."""
+"""Helpers shared by test modules: polling instead of fixed sleeps, and small job scripts."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,3 +18,12 @@ def wait_until(predicate, timeout: float = 30.0, what: str = "condition", interv
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+def job_script(directory: Path, name: str, body: str, *options: str) -> Path:
+    """A minimal Grid Engine job script (`#$` options), for the backends' own tests."""
+    lines = ["#!/bin/bash", f"#$ -N {name}", f"#$ -o {directory}/{name}.out", "#$ -j y",
+             *[f"#$ {o}" for o in options], body, ""]
+    path = directory / f"{name}.sh"
+    path.write_text("\n".join(lines))
+    return path
