@@ -19,6 +19,11 @@ PROGRESS_FIELDS = (
     'steps_per_sec', 'checkpoint_step', 'checkpoint_path', 'checkpoint_time', 'last_save_seconds',
     'link_started_at', 'first_step_at', 'deadline', 'wandb_id', 'updated_at')
 
+# The run's last measured loss and speed, carried over from the previous link's heartbeat so
+# that status is not blank while this link starts up. Display only: the checkpoint fields are
+# never carried (the chain reads them, and a hard kill can leave them behind the checkpoints).
+CARRIED_FIELDS = ('loss', 'tokens_per_sec', 'steps_per_sec')
+
 
 def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
@@ -53,6 +58,7 @@ class Progress:
             step=0, max_steps=max_steps, tokens_seen=0,
             link_started_at=float(started) if started else time.time(),
             deadline=deadline, wandb_id=wandb_id)
+        self.data.update(_previous_measurements(path, run_name))
         self.last_write = 0.0
 
     def update(self, **fields) -> None:
@@ -70,6 +76,16 @@ class Progress:
     def write_if_due(self, every_seconds: float) -> None:
         if time.time() - self.last_write >= every_seconds:
             self.write()
+
+
+def _previous_measurements(path: Path, run_name: str) -> dict:
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(previous, dict) or previous.get('run_name') != run_name:
+        return {}
+    return {key: previous.get(key) for key in CARRIED_FIELDS}
 
 
 def make_progress_callback(progress: Progress, log_every: int, progress_every_seconds: float,
