@@ -217,6 +217,19 @@ def assert_no_batch_recomputed_at_hand_offs(run_dir: Path, evs: list[dict]) -> N
     assert trained == MAX_STEPS, f"{trained} batches trained for {MAX_STEPS} steps"
 
 
+def wait_accounted(campaign: "Campaign", name: str, job_ids: list[str]) -> dict[str, dict]:
+    """job id -> its `accounted` event, once there is one for each. `slmjobs status` asks qacct
+    about jobs that left the queue and records the answer; qacct lags the job's end."""
+    run_dir = campaign.chains[name]
+
+    def every_job_accounted():
+        campaign.status(name)
+        accounted = {e["job_id"]: e for e in ledger.read(run_dir) if e["event"] == "accounted"}
+        return accounted if set(job_ids) <= set(accounted) else None
+
+    return wait_until(every_job_accounted, 60, f"qacct to know the jobs of {name}", interval=2.0)
+
+
 def assert_planned_chain_completed(run_dir: Path, kind: str) -> tuple[list[dict], list[dict]]:
     """It finished by itself over 3 links or more, each handing off until the last, and no
     batch was computed twice. Returns the ledger and the trained links."""
@@ -325,13 +338,13 @@ def test_planned_hand_offs_of_two_ranks_on_sge_give_the_uninterrupted_weights(
     last = links[-1]["link"]
     assert [e["how"] for e in evs if e["event"] == "ended" and e["link"] == last + 1] == \
         ["cancelled"]
-    assert campaign.status("planned")["state"] == "finished"  # also settles the accounting
+    assert campaign.status("planned")["state"] == "finished"
     # Every link ran two ranks, and Grid Engine granted it two `gpus`.
-    accounted = {e["link"]: e for e in ledger.read(run_dir) if e["event"] == "accounted"}
+    accounted = wait_accounted(campaign, "planned", [done["job_id"] for done in links])
     for done in links:
         script = (run_dir / "scripts" / f"link-{done['link']:03d}.sh").read_text()
         assert "#$ -l gpus=2" in script and "composer -n 2 -m trainer.train" in script
-        assert accounted[done["link"]]["gpus"] == 2, accounted.get(done["link"])
+        assert accounted[done["job_id"]]["gpus"] == 2, accounted[done["job_id"]]
     assert_bitwise_equal(final_weights(run_dir), reference_two_ranks)
 
 
@@ -366,8 +379,7 @@ def test_hard_kill_at_h_rt_continues_from_the_last_checkpoint(campaign, referenc
         assert 0 <= dead["step"] - dead["checkpoint_step"] <= SAVE_EVERY, dead
     # A link killed just as the run finished has no later link to ask qacct for it;
     # `slmjobs status` records what the chain could not.
-    campaign.status("hardkill")
-    accounted = {e["job_id"]: e for e in ledger.read(run_dir) if e["event"] == "accounted"}
+    accounted = wait_accounted(campaign, "hardkill", [dead["job_id"] for dead in killed])
     for dead in killed:  # Grid Engine itself says h_rt killed it
         assert accounted[dead["job_id"]]["exit_status"] == 137, accounted.get(dead["job_id"])
     assert_bitwise_equal(final_weights(run_dir), reference)
