@@ -297,6 +297,12 @@ def _never_started(entry: dict) -> bool:
     return "started" not in entry and entry.get("ended", {}).get("how") == "cancelled"
 
 
+def _found_nothing_to_do(entry: dict) -> bool:
+    """A link whose `chain begin` found the run finished or stopped and exited at once."""
+    ended = entry.get("ended", {})
+    return "started" in entry and ended.get("how") == "cancelled" and ended.get("exit_status") == 0
+
+
 def _accounting_overdue(entry: dict) -> bool:
     """The latest thing the ledger knows about the job (its end, else its start, else its
     submission) is so long past that its accounting record must be lost."""
@@ -404,8 +410,8 @@ def _current_link(info: RunInfo, jobs: dict) -> dict | None:
         job = jobs.get((info.kind, entry["job_id"]))
         if job is not None and job.state == "running":
             return entry
-    for entry in reversed(info.links):  # a successor deleted before it started is no link
-        if not _never_started(entry):
+    for entry in reversed(info.links):  # nor is one deleted before it started, or one that
+        if not (_never_started(entry) or _found_nothing_to_do(entry)):  # found the run done
             return entry
     return info.links[-1]
 

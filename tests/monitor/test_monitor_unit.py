@@ -303,6 +303,22 @@ def test_a_starting_link_shows_the_step_the_ledger_knows_and_deleted_successors_
     assert row["previous_link"] == "handed off"
 
 
+def test_a_link_that_found_the_run_finished_is_not_the_runs_link(tmp_path, backends):
+    run = make_run(tmp_path, "r", events=[
+        submitted(1, "7"), {"event": "started", "link": 1, "job_id": "7"},
+        submitted(2, "8", hold_on="7"),
+        {"event": "ended", "link": 1, "job_id": "7", "how": "finished", "exit_status": 0,
+         "step": 200, "checkpoint_step": 200},
+        {"event": "stopped", "reason": "finished"},
+        {"event": "ended", "link": 2, "job_id": "8", "how": "cancelled", "exit_status": None},
+        submitted(3, "9"),  # resubmitted by hand after the finish: starts, does nothing
+        {"event": "started", "link": 3, "job_id": "9"},
+        {"event": "ended", "link": 3, "job_id": "9", "how": "cancelled", "exit_status": 0}],
+        progress={"state": "finished", "step": 200, "max_steps": 200, "checkpoint_step": 200})
+    row = monitor.run_statuses([run])[0]
+    assert (row["link"], row["job_id"], row["state"]) == (1, "7", "finished")
+
+
 def test_a_settled_run_is_not_reread_until_one_of_its_files_changes(tmp_path, backends,
                                                                     monkeypatch):
     run = make_run(tmp_path, "r", events=[
