@@ -190,10 +190,7 @@ def analyse(run_dir: Path) -> list[dict]:
     ended = chain.ended_links(events)
     accounted = {str(e.get("job_id")): e for e in events if e.get("event") == "accounted"}
     samples = samples_by_link(run_dir)
-    # links that ran the worker (not those that found the run finished or stopped)
-    trained = [k for k in sorted(chain.started_links(events))
-               if not (ended.get(k, {}).get("how") == "cancelled"
-                       and ended.get(k, {}).get("exit_status") == 0)]
+    trained = chain.trained_links(events)  # not those that found the run finished or stopped
     rows = []
     for link, start in sorted(chain.started_links(events).items()):
         end = ended.get(link, {})

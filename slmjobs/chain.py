@@ -131,6 +131,18 @@ def started_links(events: list[dict]) -> dict[int, dict]:
     return {e["link"]: e for e in of_kind(events, "started") if isinstance(e.get("link"), int)}
 
 
+def found_nothing_to_do(ended: dict) -> bool:
+    """An `ended` event of a link whose `begin` found the run finished or stopped and exited at
+    once: it never ran the worker (`begin`'s nothing_to_do writes exactly this)."""
+    return ended.get("how") == CANCELLED and ended.get("exit_status") == 0
+
+
+def trained_links(events: list[dict]) -> list[int]:
+    """The links that ran the worker, in order: started, and did not find nothing to do."""
+    ended = ended_links(events)
+    return [k for k in sorted(started_links(events)) if not found_nothing_to_do(ended.get(k, {}))]
+
+
 def finished_in_ledger(events: list[dict]) -> bool:
     return any(e.get("reason") == FINISHED for e in of_kind(events, "stopped"))
 

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from slmjobs import ledger
+from slmjobs.chain import found_nothing_to_do
 from slmjobs.backends import (ACTIVE_STATES, ENDED, ENDING, UNKNOWN, Job, SchedulerError,
                               get_backend)
 from slmjobs.errors import UsageError
@@ -297,12 +298,6 @@ def _never_started(entry: dict) -> bool:
     return "started" not in entry and entry.get("ended", {}).get("how") == "cancelled"
 
 
-def _found_nothing_to_do(entry: dict) -> bool:
-    """A link whose `chain begin` found the run finished or stopped and exited at once."""
-    ended = entry.get("ended", {})
-    return "started" in entry and ended.get("how") == "cancelled" and ended.get("exit_status") == 0
-
-
 def _accounting_overdue(entry: dict) -> bool:
     """The latest thing the ledger knows about the job (its end, else its start, else its
     submission) is so long past that its accounting record must be lost."""
@@ -410,8 +405,10 @@ def _current_link(info: RunInfo, jobs: dict) -> dict | None:
         job = jobs.get((info.kind, entry["job_id"]))
         if job is not None and job.state == "running":
             return entry
-    for entry in reversed(info.links):  # nor is one deleted before it started, or one that
-        if not (_never_started(entry) or _found_nothing_to_do(entry)):  # found the run done
+    # Else the latest link, skipping successors deleted before they started and links that
+    # found the run finished or stopped (they never ran the worker).
+    for entry in reversed(info.links):
+        if not (_never_started(entry) or found_nothing_to_do(entry.get("ended", {}))):
             return entry
     return info.links[-1]
 

@@ -183,9 +183,8 @@ def assert_bitwise_equal(weights: dict, reference: dict) -> None:
 def trained_links(evs: list[dict]) -> list[dict]:
     """`ended` events of the links that ran the worker, in link order (not those that found
     nothing to do, nor successors removed before they started)."""
-    started = chain.started_links(evs)
-    return [e for k, e in sorted(chain.ended_links(evs).items())
-            if k in started and not (e.get("how") == "cancelled" and e.get("exit_status") == 0)]
+    ended = chain.ended_links(evs)
+    return [ended[k] for k in chain.trained_links(evs) if k in ended]
 
 
 _RESUMED = re.compile(r"resumed from \S+ at step (\d+)/")
