@@ -55,9 +55,11 @@ _BATCH_IN_NAME = re.compile(r"-ba(\d+)-")
 def read_progress(run_dir: Path) -> dict:
     """The trainer's heartbeat, or {} when there is none (yet) or it is unreadable."""
     try:
-        return json.loads((Path(run_dir) / "progress.json").read_text())
+        with open(os.path.join(run_dir, "progress.json"), "rb") as handle:
+            data = json.loads(handle.read())
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def checkpoint_step(run_dir: Path) -> int | None:
@@ -244,10 +246,16 @@ def record_accounting(run_dir: Path, link: int, job_id: str | None) -> bool:
         return False
     if job is None:
         return False
-    record(run_dir, "accounted", link=link, job_id=str(job_id), wallclock=job.wallclock,
-           exit_status=job.exit_status, failed=job.failed, reason=job.reason, gpus=job.gpus,
-           slots=job.slots)
+    ledger.append(run_dir, accounted_event(link, str(job_id), job))
     return True
+
+
+def accounted_event(link: int | None, job_id: str, job) -> dict:
+    """The ledger's record of what the scheduler's accounting says about a job (GPU-hours,
+    exit status); written by the chain for killed links and by `slmjobs status` for the rest."""
+    return {"event": "accounted", "link": link, "job_id": job_id, "wallclock": job.wallclock,
+            "exit_status": job.exit_status, "failed": job.failed, "reason": job.reason,
+            "gpus": job.gpus, "slots": job.slots}
 
 
 def record_late_accounting(run_dir: Path, events: list[dict]) -> None:

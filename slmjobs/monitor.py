@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from slmjobs import ledger
-from slmjobs.chain import found_nothing_to_do
+from slmjobs.chain import accounted_event, found_nothing_to_do, read_progress
 from slmjobs.backends import (ACTIVE_STATES, ENDED, ENDING, UNKNOWN, Job, SchedulerError,
                               get_backend)
 from slmjobs.errors import UsageError
@@ -53,15 +53,6 @@ def read_run_yaml(run_dir: Path) -> dict:
     try:
         data = yaml.load(text, Loader=loader)
     except yaml.YAMLError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def read_progress(run_dir: Path) -> dict:
-    try:
-        with open(os.path.join(run_dir, "progress.json"), "rb") as handle:
-            data = json.loads(handle.read())
-    except (FileNotFoundError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -311,9 +302,7 @@ def _accounting_overdue(entry: dict) -> bool:
 
 
 def _record_accounted(info: RunInfo, entry: dict, job: Job) -> None:
-    event = {"event": "accounted", "link": entry.get("link"), "job_id": entry["job_id"],
-             "wallclock": job.wallclock, "exit_status": job.exit_status, "failed": job.failed,
-             "reason": job.reason, "gpus": job.gpus, "slots": job.slots}
+    event = accounted_event(entry.get("link"), entry["job_id"], job)
     try:
         entry["accounted"] = ledger.append(info.dir, event)
         info.appended = True
