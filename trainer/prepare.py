@@ -4,46 +4,63 @@
     python -m trainer.prepare --source HuggingFaceFW/fineweb-edu --hf-config sample-10BT \\
         --tokenizer gpt2 --out $SLMJOBS_DATA_ROOT/fineweb-edu --max-documents 1000000
 
-Layout of the result:
+Layout of a finished dataset:
 
-    OUT/dataset.json     tokenizer (kind, vocab_size, eos_id), seq_len, bytes_per_token, counts.
-                         Written last: its presence marks a finished dataset.
-    OUT/tokenizer.json   the BPE tokenizer (bpe-builtin, gpt2) to decode samples
-    OUT/train/, OUT/val/ MDS shards, column `tokens`: seq_len + 1 token ids per sample
+    OUT/dataset.json       tokenizer (kind, vocab_size, eos_id, file), seq_len, bytes_per_token,
+                           counts, the recorded arguments. Written last: its presence marks a
+                           finished dataset.
+    OUT/tokenizer.json     the tokenizer in Hugging Face `tokenizers` format, for every kind but
+                           bytes (ids 0..255 are the bytes, 256 end-of-text): decodes offline
+    OUT/train/, OUT/val/   MDS: index.json over piece-NNNNNN/shard.*.mds, column `tokens`:
+                           seq_len + 1 token ids per sample
+    OUT/pieces.jsonl       the journal: line 1 the arguments, then one line per finished piece
 
-Documents are joined with the end-of-text token into one stream that is cut into windows of
-seq_len + 1 tokens overlapping by one, so every token is a target exactly once; the last partial
-window is padded with end-of-text. Nothing is thrown away. Document i goes to the validation
-split when i % round(1 / val_fraction) == 0.
+Documents are joined with the end-of-text token into one stream per split that is cut into
+windows of seq_len + 1 tokens overlapping by one, so every token is a target exactly once; the
+last partial window is padded with end-of-text. Nothing is thrown away. Document i (counting
+non-empty ones) goes to the validation split when i % round(1 / val_fraction) == 0.
 
-The dataset is built in a hidden temporary directory beside OUT and renamed to OUT at the end,
-so a killed preparation never looks finished. An existing finished dataset is only replaced
-with --force (and then only once the new one is complete).
+Parallel and resumable: the document stream is cut into pieces of about --piece-chars characters
+(whole documents, so the cut does not depend on the number of workers); --workers processes
+tokenize pieces, a bounded number in flight; this process cuts windows and writes each piece's
+shards in piece order, so the dataset is byte-identical for any --workers. A piece is recorded
+in the journal only after its shards are fsynced and renamed into place, with what resuming
+needs: the source position after it and the tokens left over for the next window. The work is
+done in `.NAME.partial` beside OUT (locked while a preparation runs), renamed to OUT once
+dataset.json is written. Killed at any moment, the same command continues from the last recorded
+piece; a different one is refused with what differs (--force discards the unfinished one). An
+existing finished dataset is only replaced with --force, and only once the new one is complete.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
+import fcntl
 import json
 import os
 import shutil
-import socket
 import sys
 import time
+from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
 from trainer.errors import BadInput
 
 DATASET_FILE = 'dataset.json'
+JOURNAL_FILE = 'pieces.jsonl'
 FORMAT_VERSION = 1
 DEFAULT_SEQ_LEN = 256
 DEFAULT_VAL_FRACTION = 0.01
+DEFAULT_PIECE_CHARS = 8 << 20  # ~8 MB of text: ~2M GPT-2 tokens, a few seconds per worker
 SHARD_SIZE_LIMIT = 1 << 26  # 64 MiB per shard
-ENCODE_CHUNK = 64  # documents per tokenizer call
+SPLITS = ('train', 'val')
+# Testing aid only: SLMJOBS_PREPARE_HOLD_PIECE=K stops (sleeps) while piece K is half written
+# (train shards on disk, val not yet, nothing renamed), so a test can SIGKILL it mid-write.
+HOLD_ENV = 'SLMJOBS_PREPARE_HOLD_PIECE'
 
 
 def data_root() -> Path:
@@ -60,69 +77,255 @@ def read_dataset_info(path: Path) -> dict:
     return json.loads((path / DATASET_FILE).read_text())
 
 
-class SplitWriter:
-    """Concatenates documents (each followed by end-of-text) and writes fixed windows."""
-
-    def __init__(self, out: Path, seq_len: int, eos_id: int, vocab_size: int):
-        from streaming import MDSWriter
-        dtype = 'uint16' if vocab_size <= 1 << 16 else 'uint32'
-        self.np_dtype = np.dtype(dtype)
-        self.writer = MDSWriter(out=str(out), columns={'tokens': f'ndarray:{dtype}'},
-                                size_limit=SHARD_SIZE_LIMIT, progress_bar=False)
-        self.window = seq_len + 1
-        self.stride = seq_len
-        self.eos_id = eos_id
-        self.pending = np.zeros(0, dtype=self.np_dtype)
-        self.documents = self.tokens = self.windows = self.bytes = 0
-
-    def add(self, ids: np.ndarray, n_bytes: int) -> None:
-        self.documents += 1
-        self.tokens += len(ids) + 1
-        self.bytes += n_bytes
-        doc = np.empty(len(ids) + 1, dtype=self.np_dtype)
-        doc[:-1] = ids
-        doc[-1] = self.eos_id
-        self.pending = np.concatenate([self.pending, doc])
-        self._flush(final=False)
-
-    def _flush(self, final: bool) -> None:
-        n_full = max(0, (len(self.pending) - 1) // self.stride)
-        for i in range(n_full):
-            self.writer.write({'tokens': self.pending[i * self.stride:i * self.stride + self.window]})
-        self.windows += n_full
-        # Keep the last token of the last window: it is the first input of the next one.
-        self.pending = self.pending[n_full * self.stride:]
-        if final and len(self.pending) > 1:
-            tail = np.full(self.window, self.eos_id, dtype=self.np_dtype)
-            tail[:len(self.pending)] = self.pending
-            self.writer.write({'tokens': tail})
-            self.windows += 1
-
-    def finish(self) -> dict:
-        self._flush(final=True)
-        self.writer.finish()
-        shards = len(json.loads((Path(self.writer.local) / 'index.json').read_text())['shards'])
-        return {'documents': self.documents, 'tokens': self.tokens, 'windows': self.windows,
-                'bytes': self.bytes, 'shards': shards}
+def default_workers() -> int:
+    """The CPUs this process may use (its affinity: what a batch scheduler's cgroup or binding
+    allows), capped by $SLMJOBS_CPUS (the job script sets it to the slots it was granted)."""
+    cpus = len(os.sched_getaffinity(0))
+    cap = os.environ.get('SLMJOBS_CPUS')
+    if cap is not None:
+        if not cap.strip().isdigit() or int(cap) < 1:
+            raise BadInput(f'SLMJOBS_CPUS={cap!r}: must be a positive whole number of CPUs')
+        cpus = min(cpus, int(cap))
+    return cpus
 
 
-def _progress(total: Optional[int]):
-    from tqdm import tqdm
-    return tqdm(total=total, unit='doc', desc='tokenizing', file=sys.stderr,
-                mininterval=1.0, dynamic_ncols=True)
+# --- pieces: cut in the reading process, tokenized by the workers -----------------------------
+
+class Piece:
+    def __init__(self, index: int, first_document: int, texts: list[str], position):
+        self.index = index
+        self.first_document = first_document  # global index of texts[0]: decides the split
+        self.texts = texts
+        self.position = position  # the source's position after the last of them
 
 
-def _chunks(docs: Iterable[str], size: int) -> Iterable[list[str]]:
-    chunk: list[str] = []
-    for d in docs:
-        if d:
-            chunk.append(d)
-            if len(chunk) == size:
-                yield chunk
-                chunk = []
-    if chunk:
-        yield chunk
+def cut_pieces(source, position, index: int, documents: int, piece_chars: int,
+               max_documents: Optional[int]) -> Iterator[Piece]:
+    """Whole non-empty documents, about piece_chars characters per piece, from `position` on."""
+    if max_documents is not None and documents >= max_documents:
+        return
+    texts: list[str] = []
+    chars = 0
+    for text in source.documents(position):
+        if not text:
+            continue
+        texts.append(text)
+        chars += len(text)
+        documents += 1
+        last = max_documents is not None and documents >= max_documents
+        if chars >= piece_chars or last:
+            yield Piece(index, documents - len(texts), texts, source.position())
+            index, texts, chars = index + 1, [], 0
+            if last:
+                return
+    if texts:
+        yield Piece(index, documents - len(texts), texts, source.position())
 
+
+def tokenize_piece(tok, texts: list[str], first_document: int, val_every: int, dtype: str) -> dict:
+    """-> {split: (token stream with end-of-text after each document, documents, UTF-8 bytes)}."""
+    ids = tok.encode(texts)
+    eos = np.array([tok.eos_id], dtype=dtype)
+    parts: dict = {s: [] for s in SPLITS}
+    counts = {s: [0, 0] for s in SPLITS}
+    for i, (text, doc) in enumerate(zip(texts, ids)):
+        split = 'val' if (first_document + i) % val_every == 0 else 'train'
+        parts[split] += [doc.astype(dtype, copy=False), eos]
+        counts[split][0] += 1
+        counts[split][1] += len(text.encode('utf-8'))
+    return {s: (np.concatenate(parts[s]) if parts[s] else np.zeros(0, dtype), *counts[s]) for s in SPLITS}
+
+
+_worker_tokenizer = None
+
+
+def _start_worker(tok) -> None:
+    global _worker_tokenizer
+    os.environ['TOKENIZERS_PARALLELISM'] = 'false'  # one process per core already
+    _worker_tokenizer = tok
+
+
+def _tokenize_in_worker(texts, first_document, val_every, dtype):
+    return tokenize_piece(_worker_tokenizer, texts, first_document, val_every, dtype)
+
+
+def tokenized(pieces: Iterator[Piece], tok, workers: int, val_every: int, dtype: str):
+    """(piece, tokenize_piece result) in piece order; at most 2 * workers pieces in flight, so
+    memory stays bounded however long the stream."""
+    if workers == 1:  # in this process, one thread: the baseline the pool is measured against
+        os.environ['TOKENIZERS_PARALLELISM'] = 'false'
+        for piece in pieces:
+            yield piece, tokenize_piece(tok, piece.texts, piece.first_document, val_every, dtype)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    # spawn: a forked child of a process that already ran Rust threads (BPE training) can hang
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'),
+                               initializer=_start_worker, initargs=(tok,))
+    try:
+        in_flight: deque = deque()
+        for piece in pieces:
+            in_flight.append((piece, pool.submit(_tokenize_in_worker, piece.texts, piece.first_document,
+                                                 val_every, dtype)))
+            if len(in_flight) >= 2 * workers:
+                done, future = in_flight.popleft()
+                yield done, future.result()
+        while in_flight:
+            done, future = in_flight.popleft()
+            yield done, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --- windows and shards: written by this process, piece by piece, in order --------------------
+
+def cut_windows(stream: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """-> (the full windows, the rest). Windows overlap by one token; the rest keeps the last
+    token of the last window: it is the first input of the next one."""
+    stride = window - 1
+    n = max(0, (len(stream) - 1) // stride)
+    if n == 0:
+        return np.zeros((0, window), stream.dtype), stream
+    windows = np.lib.stride_tricks.sliding_window_view(stream, window)[::stride][:n]
+    return windows, stream[n * stride:]
+
+
+def write_shards(out: Path, windows: np.ndarray, dtype: str) -> int:
+    """MDS shards of `windows` into `out`; -> how many shards."""
+    from streaming import MDSWriter
+    writer = MDSWriter(out=str(out), columns={'tokens': f'ndarray:{dtype}'},
+                       size_limit=SHARD_SIZE_LIMIT, progress_bar=False)
+    for row in windows:
+        writer.write({'tokens': row})
+    writer.finish()
+    return len(json.loads((out / 'index.json').read_text())['shards'])
+
+
+def piece_name(index: int) -> str:
+    return f'piece-{index:06d}'
+
+
+def write_piece(work: Path, index: int, streams: dict, state: dict, window: int, dtype: str,
+                final: bool = False) -> dict:
+    """Append one piece's tokens to each split; write its full windows (with final: the padded
+    last one too) as durable shards; -> the state after it, ready to be recorded."""
+    state = json.loads(json.dumps(state))  # the recorded state stays as it was until we are done
+    written = []
+    for split in SPLITS:
+        tokens, documents, n_bytes = streams[split]
+        stream = np.concatenate([np.asarray(state['carry'][split], dtype=dtype), tokens])
+        windows, rest = cut_windows(stream, window)
+        if final and len(rest) > 1:
+            windows = np.full((1, window), state['eos_id'], dtype=dtype)
+            windows[0, :len(rest)] = rest
+            rest = rest[:0]
+        counts = state['splits'][split]
+        counts['documents'] += documents
+        counts['tokens'] += len(tokens)
+        counts['bytes'] += n_bytes
+        counts['windows'] += len(windows)
+        state['carry'][split] = rest.tolist()
+        if len(windows):
+            tmp = work / split / f'{piece_name(index)}.tmp'
+            counts['shards'] += write_shards(tmp, windows, dtype)
+            written.append(tmp)
+        if split == 'train' and os.environ.get(HOLD_ENV) == str(index):
+            print(f'holding in piece {index} ({HOLD_ENV})', file=sys.stderr, flush=True)
+            time.sleep(3600)
+    for tmp in written:
+        make_durable(tmp, tmp.with_name(piece_name(index)))
+    state['pieces'] = index + 1
+    return state
+
+
+def make_durable(tmp: Path, final: Path) -> None:
+    """fsync a directory's files and the directory, then rename it to `final`."""
+    for f in tmp.iterdir():
+        _fsync(f)
+    _fsync(tmp)
+    tmp.rename(final)
+    _fsync(final.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def merge_index(split_dir: Path) -> None:
+    """One index.json over the pieces' shards, in piece order (what StreamingDataset reads)."""
+    split_dir.mkdir(exist_ok=True)
+    shards = []
+    for piece in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+        for shard in json.loads((piece / 'index.json').read_text())['shards']:
+            for key in ('raw_data', 'zip_data'):
+                if shard.get(key):
+                    shard[key]['basename'] = f'{piece.name}/{shard[key]["basename"]}'
+            shards.append(shard)
+    (split_dir / 'index.json').write_text(json.dumps({'version': 2, 'shards': shards}, sort_keys=True))
+
+
+# --- the journal: what a resumed preparation continues from ------------------------------------
+
+class Journal:
+    """pieces.jsonl: line 1 {"command": ..., "tokenizer": ...}, then the state after each piece.
+    Each line is fsynced before the next piece counts as done; a torn last line (killed while
+    appending) is dropped."""
+
+    def __init__(self, work: Path):
+        self.path = work / JOURNAL_FILE
+
+    def read(self) -> tuple[Optional[dict], Optional[dict]]:
+        """-> (the header, the last state), or (None, None) for a fresh start."""
+        if not self.path.is_file():
+            return None, None
+        lines, good = [], 0
+        with self.path.open('rb') as f:
+            for raw in f:
+                try:
+                    if not raw.endswith(b'\n'):
+                        raise ValueError('torn line')
+                    lines.append(json.loads(raw))
+                except ValueError:
+                    break
+                good += len(raw)
+        os.truncate(self.path, good)
+        if not lines:
+            return None, None
+        return lines[0], (lines[-1] if len(lines) > 1 else None)
+
+    def start(self, header: dict) -> None:
+        self.path.write_text('')
+        self.append(header)
+
+    def append(self, record: dict) -> None:
+        with self.path.open('a') as f:
+            f.write(json.dumps(record, sort_keys=True) + '\n')
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def fresh_state(eos_id: int) -> dict:
+    return {'pieces': 0, 'documents': 0, 'position': None, 'eos_id': eos_id, 'final': False,
+            'carry': {s: [] for s in SPLITS},
+            'splits': {s: {'documents': 0, 'tokens': 0, 'windows': 0, 'bytes': 0, 'shards': 0} for s in SPLITS}}
+
+
+def differences(recorded: dict, wanted: dict) -> str:
+    keys = sorted(set(recorded) | set(wanted))
+    return '; '.join(f'{k}: {_short(recorded.get(k))} there, {_short(wanted.get(k))} now'
+                     for k in keys if recorded.get(k) != wanted.get(k))
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 120 else text[:117] + '...'
+
+
+# --- the work directory and the finished dataset -----------------------------------------------
 
 def _check_out(out: Path, force: bool) -> None:
     if is_finished_dataset(out) and not force:
@@ -135,119 +338,183 @@ def _check_out(out: Path, force: bool) -> None:
                        f'choose an empty or new directory')
 
 
-def _scratch_prefix(out: Path) -> str:
-    """`.NAME.tmp-HOST-`: a preparation builds in `.NAME.tmp-HOST-PID` beside `out`."""
-    return f'.{out.name}.tmp-{socket.gethostname()}-'
+def work_dir(out: Path) -> Path:
+    return out.with_name(f'.{out.name}.partial')
 
 
-def _remove_abandoned_scratch(out: Path) -> None:
-    """Scratch directories of preparations killed on this host (SIGKILL runs no cleanup).
-    Other hosts' are left alone: on a shared filesystem their owner may still be writing."""
-    prefix = _scratch_prefix(out)
-    for path in out.parent.glob(glob.escape(prefix) + '*'):
-        pid = path.name[len(prefix):]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
+@contextmanager
+def locked(work: Path, out: Path):
+    """Only one preparation at a time in `work` (flock; where the filesystem has none, no guard)."""
+    work.mkdir(parents=True, exist_ok=True)
+    fd = os.open(work, os.O_RDONLY)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BadInput(f'--out {out}: another preparation is writing it now (it holds {work})') from None
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)
 
 
-def _install(tmp: Path, out: Path) -> None:
-    """Move the finished temporary directory into place; the old dataset (if any, --force) is
+def _empty(work: Path) -> None:
+    for child in work.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def _forget_unrecorded(work: Path, pieces: int) -> None:
+    """Shards a killed preparation wrote after its last recorded piece."""
+    for split in SPLITS:
+        for d in (work / split).glob('piece-*'):
+            if d.suffix == '.tmp' or int(d.name.split('-')[1]) >= pieces:
+                shutil.rmtree(d)
+
+
+def _install(work: Path, out: Path) -> None:
+    """Move the finished work directory into place; the old dataset (if any, --force) is
     removed only after the new one is there."""
     old = None
     if out.exists():
         old = out.with_name(f'.{out.name}.old-{os.getpid()}')
         out.rename(old)
-    tmp.rename(out)
+    work.rename(out)
     if old is not None:
         shutil.rmtree(old)
+
+
+def _progress(total: Optional[int], done: int):
+    from tqdm import tqdm
+    return tqdm(total=total, initial=done, unit='doc', desc='tokenizing', file=sys.stderr,
+                mininterval=1.0, dynamic_ncols=True)
 
 
 def prepare(sources: list[str], out: Path, tokenizer: str = 'bytes', seq_len: int = DEFAULT_SEQ_LEN,
             val_fraction: float = DEFAULT_VAL_FRACTION, force: bool = False,
             max_documents: Optional[int] = None, text_field: str = 'text',
-            hf_config: Optional[str] = None, hf_split: str = 'train', quiet: bool = False) -> dict:
-    """Prepare a dataset at `out`; returns its dataset.json contents. Raises BadInput."""
+            hf_config: Optional[str] = None, hf_split: str = 'train', quiet: bool = False,
+            workers: Optional[int] = None, piece_chars: int = DEFAULT_PIECE_CHARS, source=None) -> dict:
+    """Prepare (or resume preparing) a dataset at `out`; returns its dataset.json contents.
+    Raises BadInput. `source`: an already opened trainer.corpus source (tests)."""
     from trainer.corpus import open_source
-    from trainer.tokenizer import make_tokenizer
+    from trainer.tokenizer import describe
 
     out = Path(out).absolute()
     if seq_len < 1:
         raise BadInput(f'--seq-len {seq_len}: must be a positive number of tokens')
     if not 0 < val_fraction <= 0.5:
         raise BadInput(f'--val-fraction {val_fraction}: allowed range is (0, 0.5]')
+    if max_documents is not None and max_documents < 1:
+        raise BadInput(f'--max-documents {max_documents}: must be at least 1')
+    if piece_chars < 1:
+        raise BadInput(f'--piece-chars {piece_chars}: must be a positive number of characters')
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise BadInput(f'--workers {workers}: must be at least 1 (default: the CPUs this process may use)')
     _check_out(out, force)
-    started = time.time()
-    tok = make_tokenizer(tokenizer)
-    docs, total, description = open_source(sources, text_field, hf_config, hf_split)
-    if max_documents is not None:
-        total = min(total, max_documents) if total is not None else max_documents
-
+    source = source or open_source(sources, text_field, hf_config, hf_split)
+    command = {'format': FORMAT_VERSION, **source.fingerprint, 'tokenizer': describe(tokenizer),
+               'seq_len': seq_len, 'val_fraction': val_fraction, 'max_documents': max_documents,
+               'piece_chars': piece_chars}
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_scratch(out)
-    tmp = out.with_name(_scratch_prefix(out) + str(os.getpid()))
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        val_every = max(1, round(1 / val_fraction))
-        writers = {name: SplitWriter(tmp / name, seq_len, tok.eos_id, tok.vocab_size)
-                   for name in ('train', 'val')}
-        tokenizing_started = time.time()  # after the imports (~8 s) and any tokenizer training
-        index = 0
-        bar = None
-        for chunk in _chunks(docs, ENCODE_CHUNK):
-            if bar is None and not quiet:
-                bar = _progress(total)  # only once there is text: an empty corpus is one error line
-            if max_documents is not None:
-                chunk = chunk[:max_documents - index]
-            for text, ids in zip(chunk, tok.encode_batch(chunk)):
-                split = 'val' if index % val_every == 0 else 'train'
-                writers[split].add(ids, len(text.encode('utf-8')))
-                index += 1
+    work = work_dir(out)
+    with locked(work, out):
+        journal = Journal(work)
+        header, state = journal.read()
+        if header is not None and header['command'] != command:
+            if not force:
+                raise BadInput(f'--out {out}: an unfinished preparation with other arguments is in {work} '
+                               f'({differences(header["command"], command)}); run its command again to '
+                               f'resume it, or add --force to start over')
+            header = state = None
+        if header is not None and is_finished_dataset(work):  # killed between marker and rename
+            _install(work, out)
+            return read_dataset_info(out)
+        try:
+            info = _build(work, journal, header, state, source, command, tokenizer, workers, quiet)
+        except BadInput:
+            shutil.rmtree(work, ignore_errors=True)  # bad input: nothing of it is worth resuming
+            raise
+        _install(work, out)
+    return info
+
+
+def _build(work: Path, journal: Journal, header: Optional[dict], state: Optional[dict], source,
+           command: dict, tokenizer: str, workers: int, quiet: bool) -> dict:
+    from trainer.tokenizer import TOKENIZER_FILE, make_tokenizer
+
+    started = time.time()
+    if header is None:
+        _empty(work)
+        tok = make_tokenizer(tokenizer)
+        file = tok.save(work)
+        if file:
+            _fsync(work / file)
+        header = {'command': command,
+                  'tokenizer': {'kind': tok.kind, 'vocab_size': tok.vocab_size, 'eos_id': tok.eos_id, 'file': file}}
+        journal.start(header)
+    else:
+        tok = make_tokenizer(tokenizer, saved=work / TOKENIZER_FILE)
+        tok.eos_id = header['tokenizer']['eos_id']  # as first chosen (a hub name's own eos_token)
+    state = state or fresh_state(tok.eos_id)
+    resumed_at = state['pieces']
+    _forget_unrecorded(work, state['pieces'])
+    seq_len = command['seq_len']
+    dtype = 'uint16' if tok.vocab_size <= 1 << 16 else 'uint32'
+    val_every = max(1, round(1 / command['val_fraction']))
+    import streaming  # noqa: F401  (~5 s of imports: before the clock of the tokenizing rate starts)
+    tokenizing_started = time.time()  # after the imports and any tokenizer training
+    tokens_before = sum(s['tokens'] for s in state['splits'].values())
+    if not state['final']:
+        pieces = cut_pieces(source, state['position'], state['pieces'], state['documents'],
+                            command['piece_chars'], command['max_documents'])
+        bar = None if quiet else _progress(source.total if command['max_documents'] is None
+                                           else command['max_documents'], state['documents'])
+        for piece, streams in tokenized(pieces, tok, workers, val_every, dtype):
+            state = write_piece(work, piece.index, streams, state, seq_len + 1, dtype)
+            state['documents'] += len(piece.texts)
+            state['position'] = piece.position
+            journal.append(state)
             if bar is not None:
-                bar.update(len(chunk))
-                bar.set_postfix(tokens=writers['train'].tokens + writers['val'].tokens, refresh=False)
-            if max_documents is not None and index >= max_documents:
-                break
+                bar.update(len(piece.texts))
         if bar is not None:
             bar.close()
-        splits = {name: w.finish() for name, w in writers.items()}
-        if index == 0:
-            raise BadInput(f'--source {" ".join(sources)}: the corpus is empty (no non-empty documents)')
-        if splits['train']['windows'] == 0:
-            raise BadInput(f'--source {" ".join(sources)}: only {index} document(s); need at least 2 '
-                           f'(one goes to the validation split)')
-        total_tokens = sum(s['tokens'] for s in splits.values())
-        total_bytes = sum(s['bytes'] for s in splits.values())
-        tok.save(tmp)
-        info = {
-            'format': FORMAT_VERSION,
-            'source': description,
-            'tokenizer': {'kind': tok.kind, 'vocab_size': tok.vocab_size, 'eos_id': tok.eos_id},
-            'seq_len': seq_len,
-            'window': seq_len + 1,
-            # UTF-8 bytes per stored token (end-of-text included): turns nats/token into bits/byte.
-            'bytes_per_token': total_bytes / total_tokens,
-            'val_fraction': val_fraction,
-            'splits': splits,
-            'seconds': round(time.time() - started, 3),
-            'tokenize_seconds': round(time.time() - tokenizing_started, 3),
-            'created_at': time.time(),
-        }
-        (tmp / DATASET_FILE).write_text(json.dumps(info, indent=1) + '\n')  # the completion marker
-        _install(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if state['documents'] == 0:
+            raise BadInput(f'--source {source.description}: the corpus is empty (no non-empty documents)')
+        nothing = {s: (np.zeros(0, dtype), 0, 0) for s in SPLITS}
+        state = write_piece(work, state['pieces'], nothing, state, seq_len + 1, dtype, final=True)
+        state['final'] = True
+        journal.append(state)
+    splits = state['splits']
+    if splits['train']['windows'] == 0:
+        raise BadInput(f'--source {source.description}: only {state["documents"]} document(s); need at '
+                       f'least 2 (one goes to the validation split)')
+    for split in SPLITS:
+        merge_index(work / split)
+    total_tokens = sum(s['tokens'] for s in splits.values())
+    info = {
+        'format': FORMAT_VERSION,
+        'source': source.description,
+        'tokenizer': header['tokenizer'],
+        'seq_len': seq_len,
+        'window': seq_len + 1,
+        # UTF-8 bytes per stored token (end-of-text included): turns nats/token into bits/byte.
+        'bytes_per_token': sum(s['bytes'] for s in splits.values()) / total_tokens,
+        'val_fraction': command['val_fraction'],
+        'splits': splits,
+        'pieces': state['pieces'],
+        'command': command,
+        # This run's own: how it was made, not what it holds.
+        'workers': workers,
+        'resumed_at_piece': resumed_at,
+        'tokens_this_run': total_tokens - tokens_before,
+        'seconds': round(time.time() - started, 3),
+        'tokenize_seconds': round(time.time() - tokenizing_started, 3),
+        'created_at': time.time(),
+    }
+    (work / DATASET_FILE).write_text(json.dumps(info, indent=1) + '\n')  # the completion marker
+    _fsync(work / DATASET_FILE)
     return info
 
 
@@ -266,11 +533,13 @@ def summary(out: Path, info: dict) -> str:
     tr, va = info['splits']['train'], info['splits']['val']
     docs = tr['documents'] + va['documents']
     tokens = tr['tokens'] + va['tokens']
-    rate = tokens / max(info['tokenize_seconds'], 1e-9)
+    rate = info.get('tokens_this_run', tokens) / max(info['tokenize_seconds'], 1e-9)
+    resumed = f', resumed at piece {info["resumed_at_piece"]}' if info.get('resumed_at_piece') else ''
     return (f'prepared {out}: {docs} documents, {tokens} tokens ({info["tokenizer"]["kind"]}, '
             f'{info["bytes_per_token"]:.3f} bytes/token), {tr["windows"]} train + {va["windows"]} val '
             f'windows of {info["window"]} tokens in {tr["shards"] + va["shards"]} shards, '
-            f'{info["seconds"]:.1f} s in all ({rate:,.0f} tokens/s tokenizing and writing)')
+            f'{info["seconds"]:.1f} s in all ({rate:,.0f} tokens/s tokenizing and writing, '
+            f'{info.get("workers", 1)} workers{resumed})')
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -278,7 +547,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument('--source', nargs='+', required=True,
                    help='builtin | a Hugging Face dataset name | text/jsonl/parquet files or directories')
     p.add_argument('--tokenizer', default=None,
-                   help='bytes | bpe-builtin | gpt2 (default: bytes for builtin, gpt2 otherwise)')
+                   help='bytes | bpe-builtin | gpt2 | PATH/gpt2.tiktoken | PATH/tokenizer.json | a Hugging Face '
+                        'tokenizer name or directory (default: bytes for builtin, gpt2 otherwise)')
     p.add_argument('--out', default=None,
                    help='output directory (default: $SLMJOBS_DATA_ROOT/builtin or ./data/builtin for builtin)')
     p.add_argument('--seq-len', type=int, default=DEFAULT_SEQ_LEN, help='tokens per training sequence')
@@ -287,7 +557,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument('--text-field', default='text', help='the text column of jsonl/parquet/hub records')
     p.add_argument('--hf-config', default=None, help='hub dataset configuration (e.g. sample-10BT)')
     p.add_argument('--hf-split', default='train')
-    p.add_argument('--force', action='store_true', help='replace a finished dataset at --out')
+    p.add_argument('--workers', type=int, default=None,
+                   help='tokenizing processes (default: the CPUs this process may use, at most $SLMJOBS_CPUS)')
+    p.add_argument('--piece-chars', type=int, default=DEFAULT_PIECE_CHARS,
+                   help='characters of text per piece, the unit of parallel work and of resuming')
+    p.add_argument('--force', action='store_true',
+                   help='replace a finished dataset at --out, or discard an unfinished one with other arguments')
     return p.parse_args(argv)
 
 
@@ -305,7 +580,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         info = prepare(args.source, out, tokenizer=tokenizer, seq_len=args.seq_len,
                        val_fraction=args.val_fraction, force=args.force,
                        max_documents=args.max_documents, text_field=args.text_field,
-                       hf_config=args.hf_config, hf_split=args.hf_split)
+                       hf_config=args.hf_config, hf_split=args.hf_split, workers=args.workers,
+                       piece_chars=args.piece_chars)
     except BadInput as e:
         print(f'error: {e}', file=sys.stderr)
         return e.exit_code
