@@ -1,39 +1,191 @@
-"""Data-preparation throughput on the built-in offline corpus (~5 MB of text).
+"""Data-preparation throughput: workers against the tokenizer's own limit, and kill + resume.
 
-    .venv/bin/python benchmarks/bench_prepare.py [--tokenizers bytes bpe-builtin]
+    .venv/bin/python benchmarks/bench_prepare.py [--tokenizers bpe-builtin gpt2] [--mb 24]
 
-For each tokenizer: one fresh `python -m trainer.prepare --source builtin` process; prints its
-summary line, i.e. documents, tokens, shards, the tokens/s of tokenizing + writing shards, and the
-whole command's wall time (which includes ~8 s of imports, and the BPE training for bpe-builtin).
+Two corpora: `stdlib` (the standard library's own .py files as JSONL, the first --mb MB, sorted
+by path; site-packages left out) and `builtin` (the offline corpus, ~5 MB). For each tokenizer:
+
+- `prepare -w N`: a fresh `python -m trainer.prepare --workers N` process (1: one process, one
+  thread, TOKENIZERS_PARALLELISM=false); its tokens/s of tokenizing + writing shards (imports and
+  BPE training excluded) and its wall time.
+- `limit`: the tokenizer alone on the same text in memory, nothing written, best of: one thread;
+  its own threaded batch (`tokenizers` encode_batch with TOKENIZERS_PARALLELISM=true, tiktoken's
+  encode_ordinary_batch) on the CPUs this process may use; a spawn pool of that many processes
+  over the same pieces (warmed up first).
+- `kill+resume` (stdlib only): the 2-worker run SIGKILLed (its whole process group) once half of
+  its pieces are journaled, then the same command again; both walls against the full run's.
+
+Targets (issue 13): -w 2 >= 1.6x -w 1; -w 2 >= 80% of the limit on the same cores.
+Other people's load skews everything: read `uptime` (printed first and last).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+PIECE_CHARS = 1 << 20  # 1 MB pieces: tens of pieces even on the ~5 MB corpus
+
+
+def stdlib_jsonl(path: Path, mb: int) -> int:
+    root = Path(sysconfig.get_paths()['stdlib'])
+    budget, n = mb * 1_000_000, 0
+    with path.open('w') as f:
+        for py in sorted(root.rglob('*.py')):
+            if 'site-packages' in py.parts or budget <= 0:
+                continue
+            text = py.read_text(encoding='utf-8', errors='replace')
+            f.write(json.dumps({'text': text}) + '\n')
+            budget -= len(text)
+            n += 1
+    return n
+
+
+def prepare_cmd(source: str, tok: str, out: Path, workers: int) -> list[str]:
+    return [sys.executable, '-m', 'trainer.prepare', '--source', source, '--tokenizer', tok,
+            '--out', str(out), '--workers', str(workers), '--piece-chars', str(PIECE_CHARS)]
+
+
+def env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(REPO))
+
+
+def run_prepare(source: str, tok: str, out: Path, workers: int) -> tuple[float, dict]:
+    started = time.perf_counter()
+    proc = subprocess.run(prepare_cmd(source, tok, out, workers), capture_output=True, text=True, env=env())
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.exit(f'prepare {source} {tok} -w {workers} failed:\n{proc.stderr[-2000:]}')
+    return wall, json.loads((out / 'dataset.json').read_text())
+
+
+def rate(info: dict) -> float:
+    return info['tokens_this_run'] / info['tokenize_seconds']
+
+
+def limit(source: str, tok_spec: str, cpus: int) -> dict:
+    """tokens/s of the tokenizer alone on the corpus held in memory."""
+    from trainer.corpus import open_source
+    from trainer.prepare import cut_pieces
+    from trainer.tokenizer import make_tokenizer
+    src = open_source([source])
+    pieces = [p.texts for p in cut_pieces(src, None, 0, 0, PIECE_CHARS, None)]
+    texts = [t for p in pieces for t in p]
+    tok = make_tokenizer(tok_spec)
+    result = {}
+    os.environ['TOKENIZERS_PARALLELISM'] = 'false'
+    result['1 thread'] = _timed(lambda: sum(len(ids) for ids in tok.encode(texts)))
+    os.environ['TOKENIZERS_PARALLELISM'] = 'true'
+    if hasattr(tok, 'enc'):  # tiktoken
+        result[f'batch {cpus} threads'] = _timed(
+            lambda: sum(map(len, tok.enc.encode_ordinary_batch(texts, num_threads=cpus))))
+    else:
+        result[f'batch {cpus} threads'] = _timed(
+            lambda: sum(len(e.ids) for e in tok.tok.encode_batch(texts, add_special_tokens=False)))
+    os.environ['TOKENIZERS_PARALLELISM'] = 'false'
+    result[f'pool {cpus} processes'] = _pool_rate(tok, pieces, cpus)
+    return result
+
+
+def _timed(count) -> float:
+    started = time.perf_counter()
+    n = count()
+    return n / (time.perf_counter() - started)
+
+
+def _pool_rate(tok, pieces: list[list[str]], cpus: int) -> float:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from trainer.prepare import _start_worker, _tokenize_in_worker
+    with ProcessPoolExecutor(cpus, mp_context=multiprocessing.get_context('spawn'),
+                             initializer=_start_worker, initargs=(tok,)) as pool:
+        list(pool.map(_tokenize_in_worker, [['warm up']] * cpus, [0] * cpus, [100] * cpus, ['uint32'] * cpus))
+        started = time.perf_counter()
+        results = pool.map(_tokenize_in_worker, pieces, [0] * len(pieces), [100] * len(pieces),
+                           ['uint32'] * len(pieces))
+        n = sum(len(r['train'][0]) + len(r['val'][0]) for r in results)
+        return n / (time.perf_counter() - started)
+
+
+def kill_and_resume(source: str, tok: str, out: Path, pieces: int) -> tuple[float, float]:
+    """-> (wall until the kill, wall of the resumed run)."""
+    journal = out.with_name(f'.{out.name}.partial') / 'pieces.jsonl'
+    started = time.perf_counter()
+    proc = subprocess.Popen(prepare_cmd(source, tok, out, 2), env=env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while _lines(journal) < 1 + pieces // 2:  # line 1 is the header
+        if proc.poll() is not None:
+            sys.exit('the run to be killed finished first')
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = time.perf_counter() - started
+    resumed, info = run_prepare(source, tok, out, 2)
+    assert info['resumed_at_piece'] >= pieces // 2, info['resumed_at_piece']
+    return killed_at, resumed
+
+
+def _lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b'\n')
+    except FileNotFoundError:
+        return 0
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--tokenizers', nargs='+', default=['bytes', 'bpe-builtin'])
+    p.add_argument('--tokenizers', nargs='+', default=['bpe-builtin', 'gpt2'])
+    p.add_argument('--mb', type=int, default=24, help='MB of standard-library source for the stdlib corpus')
+    p.add_argument('--corpora', nargs='+', default=['stdlib', 'builtin'])
     args = p.parse_args()
+    cpus = min(2, len(os.sched_getaffinity(0)))
+    print(f'uptime: {os.getloadavg()} (load averages), {cpus} CPUs used', flush=True)
     with tempfile.TemporaryDirectory(prefix='bench-prepare-') as tmp:
-        for tok in args.tokenizers:
-            started = time.perf_counter()
-            out = subprocess.run([sys.executable, '-m', 'trainer.prepare', '--source', 'builtin',
-                                  '--tokenizer', tok, '--out', str(Path(tmp) / tok)],
-                                 capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
-            wall = time.perf_counter() - started
-            if out.returncode != 0:
-                sys.exit(f'prepare --tokenizer {tok} failed:\n{out.stderr[-2000:]}')
-            print(f'{tok:12s} wall {wall:5.1f} s | {out.stdout.strip()}', flush=True)
+        tmp = Path(tmp)
+        sources = {'builtin': 'builtin'}
+        if 'stdlib' in args.corpora:
+            n = stdlib_jsonl(tmp / 'stdlib.jsonl', args.mb)
+            sources['stdlib'] = str(tmp / 'stdlib.jsonl')
+            print(f'stdlib corpus: {n} files, {(tmp / "stdlib.jsonl").stat().st_size / 1e6:.1f} MB of JSONL', flush=True)
+        for corpus in args.corpora:
+            source = sources[corpus]
+            for tok in args.tokenizers:
+                runs = {w: run_prepare(source, tok, tmp / f'{corpus}-{tok}-w{w}', w) for w in (1, cpus)}
+                same = _same_shards(tmp / f'{corpus}-{tok}-w1', tmp / f'{corpus}-{tok}-w{cpus}')
+                lim = limit(source, tok, cpus)
+                best = max(lim.values())
+                (w1, i1), (wn, i_n) = runs[1], runs[cpus]
+                tokens = i1['splits']['train']['tokens'] + i1['splits']['val']['tokens']
+                print(f'{corpus:7s} {tok:11s} {tokens / 1e6:5.1f}M tokens {i1["pieces"]:3d} pieces | '
+                      f'-w 1 {rate(i1):10,.0f} tok/s (wall {w1:4.1f} s) | -w {cpus} {rate(i_n):10,.0f} tok/s '
+                      f'(wall {wn:4.1f} s) = {rate(i_n) / rate(i1):.2f}x | limit {best:10,.0f} tok/s '
+                      f'({", ".join(f"{k} {v:,.0f}" for k, v in lim.items())}) -> -w {cpus} at '
+                      f'{rate(i_n) / best:.0%} of it | shards identical: {same}', flush=True)
+                if corpus == 'stdlib':
+                    out = tmp / f'{corpus}-{tok}-killed'
+                    killed_at, resumed = kill_and_resume(source, tok, out, i_n['pieces'])
+                    print(f'{"":7s} {tok:11s} kill+resume -w {cpus}: killed at {killed_at:4.1f} s + resumed '
+                          f'{resumed:4.1f} s = {killed_at + resumed:4.1f} s against a full run of {wn:4.1f} s '
+                          f'({(killed_at + resumed) / wn:.2f}x); identical: '
+                          f'{_same_shards(out, tmp / f"{corpus}-{tok}-w{cpus}")}', flush=True)
+    print(f'uptime: {os.getloadavg()} (load averages)')
+
+
+def _same_shards(a: Path, b: Path) -> bool:
+    files = sorted(str(f.relative_to(a)) for f in a.rglob('*') if f.is_file() and f.name != 'dataset.json')
+    return files == sorted(str(f.relative_to(b)) for f in b.rglob('*') if f.is_file() and f.name != 'dataset.json') \
+        and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
 
 
 if __name__ == '__main__':

@@ -38,7 +38,7 @@ def builtin_document_count() -> int:
 
 
 class BuiltinSource:
-    description = 'builtin'
+    description = named = 'builtin'
 
     def __init__(self):
         self.total = builtin_document_count()
@@ -61,8 +61,9 @@ class FileSource:
     """Plain text files are one document each; jsonl/json lines and parquet rows are one
     document per record (the `text_field` column). The position is (file, byte offset, line)."""
 
-    def __init__(self, files: list[Path], text_field: str):
+    def __init__(self, files: list[Path], text_field: str, named: str):
         self.files = files
+        self.named = named  # as given to --source, for messages
         self.text_field = text_field
         self.total = None
         self.description = f'{len(files)} files'
@@ -148,6 +149,7 @@ class HubSource:
         self.data_files = data_files  # a local builder ('json', 'text') with files: for tests
         self.total = None
         self.description = f'hf:{name}'
+        self.named = name
         self.fingerprint = {'source': 'hf', 'name': name, 'config': config, 'split': split,
                             'text_field': text_field, 'data_files': data_files}
         self._stream = None
@@ -202,6 +204,6 @@ def open_source(sources: list[str], text_field: str = 'text', hf_config: Optiona
         files = resolve_files(sources)
         if not files:
             raise BadInput(f'--source {" ".join(sources)}: no text/jsonl/parquet files there')
-        return FileSource(files, text_field)
+        return FileSource(files, text_field, ' '.join(sources))
     return HubSource(sources[0], hf_config, hf_split, text_field)
 

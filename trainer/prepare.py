@@ -149,13 +149,13 @@ def _tokenize_in_worker(texts, first_document, val_every, dtype):
     return tokenize_piece(_worker_tokenizer, texts, first_document, val_every, dtype)
 
 
-def tokenized(pieces: Iterator[Piece], tok, workers: int, val_every: int, dtype: str):
-    """(piece, tokenize_piece result) in piece order; at most 2 * workers pieces in flight, so
-    memory stays bounded however long the stream."""
-    if workers == 1:  # in this process, one thread: the baseline the pool is measured against
-        os.environ['TOKENIZERS_PARALLELISM'] = 'false'
-        for piece in pieces:
-            yield piece, tokenize_piece(tok, piece.texts, piece.first_document, val_every, dtype)
+@contextmanager
+def worker_pool(tok, workers: int):
+    """A spawn pool of `workers` tokenizing processes, all started (so the tokenizing rate does
+    not count their start-up); None for one worker: it runs in this process."""
+    if workers == 1:
+        os.environ['TOKENIZERS_PARALLELISM'] = 'false'  # one thread: the baseline the pool is measured against
+        yield None
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -163,18 +163,33 @@ def tokenized(pieces: Iterator[Piece], tok, workers: int, val_every: int, dtype:
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'),
                                initializer=_start_worker, initargs=(tok,))
     try:
-        in_flight: deque = deque()
-        for piece in pieces:
-            in_flight.append((piece, pool.submit(_tokenize_in_worker, piece.texts, piece.first_document,
-                                                 val_every, dtype)))
-            if len(in_flight) >= 2 * workers:
-                done, future = in_flight.popleft()
-                yield done, future.result()
-        while in_flight:
-            done, future = in_flight.popleft()
-            yield done, future.result()
+        list(pool.map(_worker_ready, range(workers)))
+        yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _worker_ready(_) -> int:
+    return os.getpid()
+
+
+def tokenized(pieces: Iterator[Piece], tok, pool, workers: int, val_every: int, dtype: str):
+    """(piece, tokenize_piece result) in piece order; at most 2 * workers pieces in flight, so
+    memory stays bounded however long the stream."""
+    if pool is None:
+        for piece in pieces:
+            yield piece, tokenize_piece(tok, piece.texts, piece.first_document, val_every, dtype)
+        return
+    in_flight: deque = deque()
+    for piece in pieces:
+        in_flight.append((piece, pool.submit(_tokenize_in_worker, piece.texts, piece.first_document,
+                                             val_every, dtype)))
+        if len(in_flight) >= 2 * workers:
+            done, future = in_flight.popleft()
+            yield done, future.result()
+    while in_flight:
+        done, future = in_flight.popleft()
+        yield done, future.result()
 
 
 # --- windows and shards: written by this process, piece by piece, in order --------------------
@@ -387,7 +402,7 @@ def _install(work: Path, out: Path) -> None:
 def _progress(total: Optional[int], done: int):
     from tqdm import tqdm
     return tqdm(total=total, initial=done, unit='doc', desc='tokenizing', file=sys.stderr,
-                mininterval=1.0, dynamic_ncols=True)
+                mininterval=1.0, dynamic_ncols=True, disable=None)  # None: only on a terminal
 
 
 def prepare(sources: list[str], out: Path, tokenizer: str = 'bytes', seq_len: int = DEFAULT_SEQ_LEN,
@@ -461,34 +476,23 @@ def _build(work: Path, journal: Journal, header: Optional[dict], state: Optional
     resumed_at = state['pieces']
     _forget_unrecorded(work, state['pieces'])
     seq_len = command['seq_len']
-    dtype = 'uint16' if tok.vocab_size <= 1 << 16 else 'uint32'
-    val_every = max(1, round(1 / command['val_fraction']))
+    dtype = shard_dtype(tok)
     import streaming  # noqa: F401  (~5 s of imports: before the clock of the tokenizing rate starts)
-    tokenizing_started = time.time()  # after the imports and any tokenizer training
     tokens_before = sum(s['tokens'] for s in state['splits'].values())
+    tokenizing_started = time.time()
     if not state['final']:
-        pieces = cut_pieces(source, state['position'], state['pieces'], state['documents'],
-                            command['piece_chars'], command['max_documents'])
-        bar = None if quiet else _progress(source.total if command['max_documents'] is None
-                                           else command['max_documents'], state['documents'])
-        for piece, streams in tokenized(pieces, tok, workers, val_every, dtype):
-            state = write_piece(work, piece.index, streams, state, seq_len + 1, dtype)
-            state['documents'] += len(piece.texts)
-            state['position'] = piece.position
-            journal.append(state)
-            if bar is not None:
-                bar.update(len(piece.texts))
-        if bar is not None:
-            bar.close()
+        with worker_pool(tok, workers) as pool:
+            tokenizing_started = time.time()  # after the imports, tokenizer training and pool start-up
+            state = _write_pieces(work, journal, state, source, command, tok, pool, workers, quiet)
         if state['documents'] == 0:
-            raise BadInput(f'--source {source.description}: the corpus is empty (no non-empty documents)')
+            raise BadInput(f'--source {source.named}: the corpus is empty (no non-empty documents)')
         nothing = {s: (np.zeros(0, dtype), 0, 0) for s in SPLITS}
         state = write_piece(work, state['pieces'], nothing, state, seq_len + 1, dtype, final=True)
         state['final'] = True
         journal.append(state)
     splits = state['splits']
     if splits['train']['windows'] == 0:
-        raise BadInput(f'--source {source.description}: only {state["documents"]} document(s); need at '
+        raise BadInput(f'--source {source.named}: only {state["documents"]} document(s); need at '
                        f'least 2 (one goes to the validation split)')
     for split in SPLITS:
         merge_index(work / split)
@@ -516,6 +520,33 @@ def _build(work: Path, journal: Journal, header: Optional[dict], state: Optional
     (work / DATASET_FILE).write_text(json.dumps(info, indent=1) + '\n')  # the completion marker
     _fsync(work / DATASET_FILE)
     return info
+
+
+def _write_pieces(work: Path, journal: Journal, state: dict, source, command: dict, tok, pool,
+                  workers: int, quiet: bool) -> dict:
+    """Tokenize and write every piece from the recorded state on; -> the state after the last."""
+    dtype = shard_dtype(tok)
+    val_every = max(1, round(1 / command['val_fraction']))
+    pieces = cut_pieces(source, state['position'], state['pieces'], state['documents'],
+                        command['piece_chars'], command['max_documents'])
+    total = source.total if command['max_documents'] is None else command['max_documents']
+    bar = None
+    for piece, streams in tokenized(pieces, tok, pool, workers, val_every, dtype):
+        if bar is None and not quiet:
+            bar = _progress(total, state['documents'])  # only once there is text: an empty corpus is one error line
+        state = write_piece(work, piece.index, streams, state, command['seq_len'] + 1, dtype)
+        state['documents'] += len(piece.texts)
+        state['position'] = piece.position
+        journal.append(state)
+        if bar is not None:
+            bar.update(len(piece.texts))
+    if bar is not None:
+        bar.close()
+    return state
+
+
+def shard_dtype(tok) -> str:
+    return 'uint16' if tok.vocab_size <= 1 << 16 else 'uint32'
 
 
 def prepare_builtin(out_dir, tokenizer: str = 'bytes', seq_len: int = DEFAULT_SEQ_LEN,
