@@ -111,21 +111,20 @@ def test_prepare_refuses_to_overwrite_a_finished_dataset(tmp_path):
 def test_killed_preparation_never_looks_finished(tmp_path):
     out = tmp_path / 'ds'
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([PYTHON, '-m', 'trainer.prepare', '--source', 'builtin', '--tokenizer', 'bytes',
-                             '--out', str(out)], cwd=tmp_path, env=env,
+    args = ['--source', 'builtin', '--tokenizer', 'bytes', '--out', str(out), '--piece-chars', '200000']
+    proc = subprocess.Popen([PYTHON, '-m', 'trainer.prepare', *args], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not list(tmp_path.glob('.ds.tmp-*/train')):
+    while time.time() < deadline and not list(tmp_path.glob('.ds.partial/train')):
         time.sleep(0.01)
-    assert list(tmp_path.glob('.ds.tmp-*')), 'the preparation never started writing'
+    assert list(tmp_path.glob('.ds.partial')), 'the preparation never started writing'
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / 'dataset.json').exists()
-    # The trainer refuses it; a new preparation (no --force needed) replaces the leftovers.
+    # The trainer refuses it; the same command again (no --force needed) resumes and finishes it.
     refused = run_module('trainer.train', f'data.path={out}', cwd=tmp_path)
     assert refused.returncode == 2
-    again = run_module('trainer.prepare', '--source', 'builtin', '--tokenizer', 'bytes',
-                       '--max-documents', '20', '--out', str(out), cwd=tmp_path)
+    again = run_module('trainer.prepare', *args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert (out / 'dataset.json').exists()
-    assert not list(tmp_path.glob('.ds.tmp-*')), 'the killed preparation left its scratch behind'
+    assert not list(tmp_path.glob('.ds.*')), 'the killed preparation left its work directory behind'
