@@ -49,6 +49,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from trainer.errors import BadInput
+from trainer.mds import write_shards
 
 DATASET_FILE = 'dataset.json'
 JOURNAL_FILE = 'pieces.jsonl'
@@ -205,17 +206,6 @@ def cut_windows(stream: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray
     return windows, stream[n * stride:]
 
 
-def write_shards(out: Path, windows: np.ndarray, dtype: str) -> int:
-    """MDS shards of `windows` into `out`; -> how many shards."""
-    from streaming import MDSWriter
-    writer = MDSWriter(out=str(out), columns={'tokens': f'ndarray:{dtype}'},
-                       size_limit=SHARD_SIZE_LIMIT, progress_bar=False)
-    for row in windows:
-        writer.write({'tokens': row})
-    writer.finish()
-    return len(json.loads((out / 'index.json').read_text())['shards'])
-
-
 def piece_name(index: int) -> str:
     return f'piece-{index:06d}'
 
@@ -242,7 +232,7 @@ def write_piece(work: Path, index: int, streams: dict, state: dict, window: int,
         state['carry'][split] = rest.tolist()
         if len(windows):
             tmp = work / split / f'{piece_name(index)}.tmp'
-            counts['shards'] += write_shards(tmp, windows, dtype)
+            counts['shards'] += write_shards(tmp, windows, SHARD_SIZE_LIMIT)
             written.append(tmp)
         if split == 'train' and os.environ.get(HOLD_ENV) == str(index):
             print(f'holding in piece {index} ({HOLD_ENV})', file=sys.stderr, flush=True)
@@ -477,7 +467,6 @@ def _build(work: Path, journal: Journal, header: Optional[dict], state: Optional
     _forget_unrecorded(work, state['pieces'])
     seq_len = command['seq_len']
     dtype = shard_dtype(tok)
-    import streaming  # noqa: F401  (~5 s of imports: before the clock of the tokenizing rate starts)
     tokens_before = sum(s['tokens'] for s in state['splits'].values())
     tokenizing_started = time.time()
     if not state['final']:

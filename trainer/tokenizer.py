@@ -52,11 +52,11 @@ class ByteTokenizer:
 class HFTokenizer:
     """A `tokenizers.Tokenizer` (Rust). Picklable, so it travels to worker processes."""
 
-    def __init__(self, kind: str, tok, eos_token: Optional[str] = None):
+    def __init__(self, kind: str, tok, eos_token: Optional[str] = None, spec: str = ''):
         self.kind = kind
         self.tok = tok
         self.vocab_size = tok.get_vocab_size()
-        self.eos_id = _eos_id(tok, eos_token)
+        self.eos_id = _eos_id(tok, eos_token, spec or kind)
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:
         # encode_batch threads over all cores unless TOKENIZERS_PARALLELISM=false (see prepare).
@@ -101,12 +101,12 @@ def gpt2_to_hf(vocab: Path):
                              additional_special_tokens=[EOT]).converted()
 
 
-def _eos_id(tok, preferred: Optional[str]) -> int:
+def _eos_id(tok, preferred: Optional[str], spec: str) -> int:
     for name in ((preferred,) if preferred else ()) + END_TOKENS:
         eos = tok.token_to_id(name)
         if eos is not None:
             return eos
-    raise BadInput(f'--tokenizer: the tokenizer has no end-of-text token (looked for '
+    raise BadInput(f'--tokenizer {spec}: the tokenizer has no end-of-text token (looked for '
                    f'{", ".join(END_TOKENS)}); documents are joined with one')
 
 
@@ -142,7 +142,7 @@ def tokenizer_file(path: Path, kind: str = 'hf') -> HFTokenizer:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # not JSON, not a tokenizer, unreadable: the message says which
         raise BadInput(f'--tokenizer {path}: does not load as a tokenizers tokenizer.json ({e})') from e
-    return HFTokenizer(kind, tok)
+    return HFTokenizer(kind, tok, spec=str(path))
 
 
 def hf_named(name: str) -> HFTokenizer:
@@ -155,7 +155,7 @@ def hf_named(name: str) -> HFTokenizer:
                        f'allowed: {ALLOWED}') from e
     if not getattr(fast, 'is_fast', False):
         raise BadInput(f'--tokenizer {name!r}: has no fast (tokenizers) version to save as tokenizer.json')
-    return HFTokenizer('hf', fast.backend_tokenizer, fast.eos_token)
+    return HFTokenizer('hf', fast.backend_tokenizer, fast.eos_token, spec=name)
 
 
 def make_tokenizer(spec: str, saved: Optional[Path] = None):
