@@ -6,9 +6,13 @@ Two corpora: `stdlib` (the standard library's own .py files as JSONL, the first 
 by path; site-packages left out) and `builtin` (the offline corpus, ~5 MB). For each tokenizer:
 
 - `prepare -w N`: a fresh `python -m trainer.prepare --workers N` process (1: one process, one
-  thread, TOKENIZERS_PARALLELISM=false); its tokens/s of tokenizing + writing shards (imports and
-  BPE training excluded) and its wall time.
-- `limit`: the tokenizer alone on the same text in memory, nothing written, best of: one thread;
+  thread, TOKENIZERS_PARALLELISM=false); its tokens/s of tokenizing + writing shards (imports,
+  BPE training and pool start-up excluded), the whole command's wall time, and its tokens per CPU
+  second (its own CPU time plus its workers' on their pieces): that one does not depend on other
+  people's load, so `N x (tok/CPU-s at -w N) / (tok/CPU-s at -w 1)` is the speed-up N idle cores
+  give, as long as the writing process (its share is printed) is not the bottleneck.
+- `limit`: the tokenizer alone on the same text in memory, nothing written, per wall second and
+  per CPU second, best of: one thread;
   its own threaded batch (`tokenizers` encode_batch with TOKENIZERS_PARALLELISM=true, tiktoken's
   encode_ordinary_batch) on the CPUs this process may use; a spawn pool of that many processes
   over the same pieces (warmed up first).
@@ -73,8 +77,15 @@ def rate(info: dict) -> float:
     return info['tokens_this_run'] / info['tokenize_seconds']
 
 
+def cpu_rate(info: dict) -> float:
+    """tokens per CPU second (this process and its workers' tasks): other people's load does not
+    change it, so on N idle cores the wall rate is about N times this."""
+    return info['tokens_this_run'] / info['tokenize_cpu_seconds']
+
+
 def limit(source: str, tok_spec: str, cpus: int) -> dict:
-    """tokens/s of the tokenizer alone on the corpus held in memory."""
+    """{way: (tokens per wall second, tokens per CPU second)} of the tokenizer alone on the
+    corpus held in memory."""
     from trainer.corpus import open_source
     from trainer.prepare import cut_pieces
     from trainer.tokenizer import make_tokenizer
@@ -97,10 +108,10 @@ def limit(source: str, tok_spec: str, cpus: int) -> dict:
     return result
 
 
-def _timed(count) -> float:
-    started = time.perf_counter()
+def _timed(count) -> tuple[float, float]:
+    started, cpu = time.perf_counter(), time.process_time()  # process_time: all threads
     n = count()
-    return n / (time.perf_counter() - started)
+    return n / (time.perf_counter() - started), n / (time.process_time() - cpu)
 
 
 def _pool_rate(tok, pieces: list[list[str]], cpus: int) -> float:
@@ -112,10 +123,11 @@ def _pool_rate(tok, pieces: list[list[str]], cpus: int) -> float:
                              initializer=_start_worker, initargs=(tok,)) as pool:
         list(pool.map(_tokenize_in_worker, [['warm up']] * cpus, [0] * cpus, [100] * cpus, ['uint32'] * cpus))
         started = time.perf_counter()
-        results = pool.map(_tokenize_in_worker, pieces, [0] * len(pieces), [100] * len(pieces),
-                           ['uint32'] * len(pieces))
-        n = sum(len(r['train'][0]) + len(r['val'][0]) for r in results)
-        return n / (time.perf_counter() - started)
+        results = list(pool.map(_tokenize_in_worker, pieces, [0] * len(pieces), [100] * len(pieces),
+                                ['uint32'] * len(pieces)))
+        wall = time.perf_counter() - started
+        n = sum(len(r['train'][0]) + len(r['val'][0]) for r, _ in results)
+        return n / wall, n / sum(cpu for _, cpu in results)
 
 
 def kill_and_resume(source: str, tok: str, out: Path, pieces: int) -> tuple[float, float]:
@@ -164,14 +176,22 @@ def main() -> None:
                 runs = {w: run_prepare(source, tok, tmp / f'{corpus}-{tok}-w{w}', w) for w in (1, cpus)}
                 same = _same_shards(tmp / f'{corpus}-{tok}-w1', tmp / f'{corpus}-{tok}-w{cpus}')
                 lim = limit(source, tok, cpus)
-                best = max(lim.values())
+                best_wall = max(w for w, _ in lim.values())
+                best_cpu = max(c for _, c in lim.values())
                 (w1, i1), (wn, i_n) = runs[1], runs[cpus]
                 tokens = i1['splits']['train']['tokens'] + i1['splits']['val']['tokens']
-                print(f'{corpus:7s} {tok:11s} {tokens / 1e6:5.1f}M tokens {i1["pieces"]:3d} pieces | '
-                      f'-w 1 {rate(i1):10,.0f} tok/s (wall {w1:4.1f} s) | -w {cpus} {rate(i_n):10,.0f} tok/s '
-                      f'(wall {wn:4.1f} s) = {rate(i_n) / rate(i1):.2f}x | limit {best:10,.0f} tok/s '
-                      f'({", ".join(f"{k} {v:,.0f}" for k, v in lim.items())}) -> -w {cpus} at '
-                      f'{rate(i_n) / best:.0%} of it | shards identical: {same}', flush=True)
+                main_share = i_n['tokenize_main_cpu_seconds'] / i_n['tokenize_cpu_seconds']
+                print(f'{corpus:7s} {tok:11s} {tokens / 1e6:5.1f}M tokens {i1["pieces"]:3d} pieces, '
+                      f'shards identical at -w 1 and -w {cpus}: {same}\n'
+                      f'   wall: -w 1 {rate(i1):10,.0f} tok/s (whole command {w1:4.1f} s) | -w {cpus} '
+                      f'{rate(i_n):10,.0f} tok/s ({wn:4.1f} s) = {rate(i_n) / rate(i1):.2f}x | limit '
+                      f'{best_wall:10,.0f} tok/s -> -w {cpus} at {rate(i_n) / best_wall:.0%}\n'
+                      f'   CPU:  -w 1 {cpu_rate(i1):10,.0f} tok/CPU-s | -w {cpus} {cpu_rate(i_n):10,.0f} tok/CPU-s '
+                      f'(the writing process {main_share:.0%} of it) -> {cpus} idle cores: '
+                      f'{cpus * cpu_rate(i_n) / cpu_rate(i1):.2f}x | limit {best_cpu:10,.0f} tok/CPU-s -> '
+                      f'-w {cpus} at {cpu_rate(i_n) / best_cpu:.0%}\n'
+                      f'   limit ways (tok/s, tok/CPU-s): '
+                      f'{"; ".join(f"{k} {w:,.0f}, {c:,.0f}" for k, (w, c) in lim.items())}', flush=True)
                 if corpus == 'stdlib':
                     out = tmp / f'{corpus}-{tok}-killed'
                     killed_at, resumed = kill_and_resume(source, tok, out, i_n['pieces'])

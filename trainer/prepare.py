@@ -146,8 +146,11 @@ def _start_worker(tok) -> None:
     _worker_tokenizer = tok
 
 
-def _tokenize_in_worker(texts, first_document, val_every, dtype):
-    return tokenize_piece(_worker_tokenizer, texts, first_document, val_every, dtype)
+def _tokenize_in_worker(texts, first_document, val_every, dtype) -> tuple[dict, float]:
+    """-> (tokenize_piece's result, the CPU seconds it took)."""
+    cpu = time.process_time()
+    result = tokenize_piece(_worker_tokenizer, texts, first_document, val_every, dtype)
+    return result, time.process_time() - cpu
 
 
 @contextmanager
@@ -175,11 +178,11 @@ def _worker_ready(_) -> int:
 
 
 def tokenized(pieces: Iterator[Piece], tok, pool, workers: int, val_every: int, dtype: str):
-    """(piece, tokenize_piece result) in piece order; at most 2 * workers pieces in flight, so
-    memory stays bounded however long the stream."""
+    """(piece, tokenize_piece's result, a worker's CPU seconds on it) in piece order; at most
+    2 * workers pieces in flight, so memory stays bounded however long the stream."""
     if pool is None:
-        for piece in pieces:
-            yield piece, tokenize_piece(tok, piece.texts, piece.first_document, val_every, dtype)
+        for piece in pieces:  # in this process: its CPU time is this process's
+            yield piece, tokenize_piece(tok, piece.texts, piece.first_document, val_every, dtype), 0.0
         return
     in_flight: deque = deque()
     for piece in pieces:
@@ -187,10 +190,10 @@ def tokenized(pieces: Iterator[Piece], tok, pool, workers: int, val_every: int, 
                                              val_every, dtype)))
         if len(in_flight) >= 2 * workers:
             done, future = in_flight.popleft()
-            yield done, future.result()
+            yield (done, *future.result())
     while in_flight:
         done, future = in_flight.popleft()
-        yield done, future.result()
+        yield (done, *future.result())
 
 
 # --- windows and shards: written by this process, piece by piece, in order --------------------
@@ -468,11 +471,12 @@ def _build(work: Path, journal: Journal, header: Optional[dict], state: Optional
     seq_len = command['seq_len']
     dtype = shard_dtype(tok)
     tokens_before = sum(s['tokens'] for s in state['splits'].values())
-    tokenizing_started = time.time()
+    seconds = main_cpu = workers_cpu = 0.0
     if not state['final']:
         with worker_pool(tok, workers) as pool:
-            tokenizing_started = time.time()  # after the imports, tokenizer training and pool start-up
-            state = _write_pieces(work, journal, state, source, command, tok, pool, workers, quiet)
+            started_at, main_started = time.time(), time.process_time()  # after all start-up
+            state, workers_cpu = _write_pieces(work, journal, state, source, command, tok, pool, workers, quiet)
+            seconds, main_cpu = time.time() - started_at, time.process_time() - main_started
         if state['documents'] == 0:
             raise BadInput(f'--source {source.named}: the corpus is empty (no non-empty documents)')
         nothing = {s: (np.zeros(0, dtype), 0, 0) for s in SPLITS}
@@ -503,7 +507,11 @@ def _build(work: Path, journal: Journal, header: Optional[dict], state: Optional
         'resumed_at_piece': resumed_at,
         'tokens_this_run': total_tokens - tokens_before,
         'seconds': round(time.time() - started, 3),
-        'tokenize_seconds': round(time.time() - tokenizing_started, 3),
+        # Tokenizing and writing: wall time; CPU time of this process and the workers' tasks (per
+        # token it does not depend on other people's load), of this process alone
+        'tokenize_seconds': round(seconds, 3),
+        'tokenize_cpu_seconds': round(main_cpu + workers_cpu, 3),
+        'tokenize_main_cpu_seconds': round(main_cpu, 3),
         'created_at': time.time(),
     }
     (work / DATASET_FILE).write_text(json.dumps(info, indent=1) + '\n')  # the completion marker
@@ -512,15 +520,18 @@ def _build(work: Path, journal: Journal, header: Optional[dict], state: Optional
 
 
 def _write_pieces(work: Path, journal: Journal, state: dict, source, command: dict, tok, pool,
-                  workers: int, quiet: bool) -> dict:
-    """Tokenize and write every piece from the recorded state on; -> the state after the last."""
+                  workers: int, quiet: bool) -> tuple[dict, float]:
+    """Tokenize and write every piece from the recorded state on; -> (the state after the last,
+    the CPU seconds the pool's workers spent on them)."""
     dtype = shard_dtype(tok)
     val_every = max(1, round(1 / command['val_fraction']))
     pieces = cut_pieces(source, state['position'], state['pieces'], state['documents'],
                         command['piece_chars'], command['max_documents'])
     total = source.total if command['max_documents'] is None else command['max_documents']
     bar = None
-    for piece, streams in tokenized(pieces, tok, pool, workers, val_every, dtype):
+    workers_cpu = 0.0
+    for piece, streams, cpu in tokenized(pieces, tok, pool, workers, val_every, dtype):
+        workers_cpu += cpu
         if bar is None and not quiet:
             bar = _progress(total, state['documents'])  # only once there is text: an empty corpus is one error line
         state = write_piece(work, piece.index, streams, state, command['seq_len'] + 1, dtype)
@@ -531,7 +542,7 @@ def _write_pieces(work: Path, journal: Journal, state: dict, source, command: di
             bar.update(len(piece.texts))
     if bar is not None:
         bar.close()
-    return state
+    return state, workers_cpu
 
 
 def shard_dtype(tok) -> str:

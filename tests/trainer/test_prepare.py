@@ -57,7 +57,8 @@ from trainer.corpus import builtin_documents
 from trainer.tokenizer import GPT2_VOCAB, gpt2_to_hf, make_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
-RUN_FIELDS = ('workers', 'resumed_at_piece', 'tokens_this_run', 'seconds', 'tokenize_seconds', 'created_at')
+RUN_FIELDS = ('workers', 'resumed_at_piece', 'tokens_this_run', 'seconds', 'tokenize_seconds',
+              'tokenize_cpu_seconds', 'tokenize_main_cpu_seconds', 'created_at')
 
 
 def corpus_jsonl(path: Path, documents: int = 120) -> Path:
