@@ -8,14 +8,15 @@ by path; site-packages left out) and `builtin` (the offline corpus, ~5 MB). For 
 - `prepare -w N`: a fresh `python -m trainer.prepare --workers N` process (1: one process, one
   thread, TOKENIZERS_PARALLELISM=false); its tokens/s of tokenizing + writing shards (imports,
   BPE training and pool start-up excluded), the whole command's wall time, and its tokens per CPU
-  second (its own CPU time plus its workers' on their pieces): that one does not depend on other
-  people's load, so `N x (tok/CPU-s at -w N) / (tok/CPU-s at -w 1)` is the speed-up N idle cores
-  give, as long as the writing process (its share is printed) is not the bottleneck.
+  second (its own CPU time plus its workers' after their start-up, pickling included), which
+  other people's load disturbs much less than wall time (but does: two busy processes on two
+  shared vCPUs each burn more CPU per token than one alone, hence the per-shape comparison).
 - `limit`: the tokenizer alone on the same text in memory, nothing written, per wall second and
-  per CPU second, best of: one thread;
+  per CPU second, each of: one thread;
   its own threaded batch (`tokenizers` encode_batch with TOKENIZERS_PARALLELISM=true, tiktoken's
   encode_ordinary_batch) on the CPUs this process may use; a spawn pool of that many processes
-  over the same pieces (warmed up first).
+  over the same pieces (warmed up first). The wall limit is the best of the three; per CPU
+  second, -w 1 is compared with one thread and -w 2 with the pool.
 - `kill+resume` (stdlib only): the 2-worker run SIGKILLed (its whole process group) once half of
   its pieces are journaled, then the same command again; both walls against the full run's.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -100,7 +102,7 @@ def limit(source: str, tok_spec: str, cpus: int) -> dict:
     if hasattr(tok, 'enc'):  # tiktoken
         result[f'batch {cpus} threads'] = _timed(
             lambda: sum(map(len, tok.enc.encode_ordinary_batch(texts, num_threads=cpus))))
-    else:
+    elif hasattr(tok, 'tok'):  # tokenizers (bytes has no threaded way)
         result[f'batch {cpus} threads'] = _timed(
             lambda: sum(len(e.ids) for e in tok.tok.encode_batch(texts, add_special_tokens=False)))
     os.environ['TOKENIZERS_PARALLELISM'] = 'false'
@@ -118,16 +120,23 @@ def _pool_rate(tok, pieces: list[list[str]], cpus: int) -> float:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from trainer.prepare import _start_worker, _tokenize_in_worker
+    from trainer.prepare import _start_worker, _worker_ready
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
     with ProcessPoolExecutor(cpus, mp_context=multiprocessing.get_context('spawn'),
                              initializer=_start_worker, initargs=(tok,)) as pool:
-        list(pool.map(_tokenize_in_worker, [['warm up']] * cpus, [0] * cpus, [100] * cpus, ['uint32'] * cpus))
+        startup_cpu = sum(dict(pool.map(_worker_ready, range(cpus))).values())
         started = time.perf_counter()
-        results = list(pool.map(_tokenize_in_worker, pieces, [0] * len(pieces), [100] * len(pieces),
-                                ['uint32'] * len(pieces)))
+        n = sum(pool.map(_encode_only, pieces))
         wall = time.perf_counter() - started
-        n = sum(len(r['train'][0]) + len(r['val'][0]) for r, _ in results)
-        return n / wall, n / sum(cpu for _, cpu in results)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime - reaped.ru_utime - reaped.ru_stime - startup_cpu
+    return n / wall, n / cpu
+
+
+def _encode_only(texts: list[str]) -> int:
+    """In a pool worker: encode a piece, return only its token count (the limit writes nothing)."""
+    import trainer.prepare
+    return sum(len(ids) for ids in trainer.prepare._worker_tokenizer.encode(texts))
 
 
 def kill_and_resume(source: str, tok: str, out: Path, pieces: int) -> tuple[float, float]:
@@ -177,19 +186,19 @@ def main() -> None:
                 same = _same_shards(tmp / f'{corpus}-{tok}-w1', tmp / f'{corpus}-{tok}-w{cpus}')
                 lim = limit(source, tok, cpus)
                 best_wall = max(w for w, _ in lim.values())
-                best_cpu = max(c for _, c in lim.values())
                 (w1, i1), (wn, i_n) = runs[1], runs[cpus]
                 tokens = i1['splits']['train']['tokens'] + i1['splits']['val']['tokens']
                 main_share = i_n['tokenize_main_cpu_seconds'] / i_n['tokenize_cpu_seconds']
+                one, pool = lim['1 thread'][1], lim[f'pool {cpus} processes'][1]
                 print(f'{corpus:7s} {tok:11s} {tokens / 1e6:5.1f}M tokens {i1["pieces"]:3d} pieces, '
                       f'shards identical at -w 1 and -w {cpus}: {same}\n'
                       f'   wall: -w 1 {rate(i1):10,.0f} tok/s (whole command {w1:4.1f} s) | -w {cpus} '
                       f'{rate(i_n):10,.0f} tok/s ({wn:4.1f} s) = {rate(i_n) / rate(i1):.2f}x | limit '
                       f'{best_wall:10,.0f} tok/s -> -w {cpus} at {rate(i_n) / best_wall:.0%}\n'
-                      f'   CPU:  -w 1 {cpu_rate(i1):10,.0f} tok/CPU-s | -w {cpus} {cpu_rate(i_n):10,.0f} tok/CPU-s '
-                      f'(the writing process {main_share:.0%} of it) -> {cpus} idle cores: '
-                      f'{cpus * cpu_rate(i_n) / cpu_rate(i1):.2f}x | limit {best_cpu:10,.0f} tok/CPU-s -> '
-                      f'-w {cpus} at {cpu_rate(i_n) / best_cpu:.0%}\n'
+                      f'   CPU:  -w 1 {cpu_rate(i1):10,.0f} tok/CPU-s = {cpu_rate(i1) / one:.0%} of the tokenizer '
+                      f'alone in 1 thread | -w {cpus} {cpu_rate(i_n):10,.0f} tok/CPU-s (the writing process '
+                      f'{main_share:.0%} of the CPU) = {cpu_rate(i_n) / pool:.0%} of the tokenizer alone in '
+                      f'{cpus} pool processes\n'
                       f'   limit ways (tok/s, tok/CPU-s): '
                       f'{"; ".join(f"{k} {w:,.0f}, {c:,.0f}" for k, (w, c) in lim.items())}', flush=True)
                 if corpus == 'stdlib':

@@ -131,10 +131,12 @@ def tokenize_piece(tok, texts: list[str], first_document: int, val_every: int, d
     counts = {s: [0, 0] for s in SPLITS}
     for i, (text, doc) in enumerate(zip(texts, ids)):
         split = 'val' if (first_document + i) % val_every == 0 else 'train'
-        parts[split] += [doc.astype(dtype, copy=False), eos]
+        parts[split] += [doc, eos]
         counts[split][0] += 1
-        counts[split][1] += len(text.encode('utf-8'))
-    return {s: (np.concatenate(parts[s]) if parts[s] else np.zeros(0, dtype), *counts[s]) for s in SPLITS}
+        counts[split][1] += len(text) if text.isascii() else len(text.encode('utf-8'))  # isascii: O(1)
+    # One pass: concatenating and narrowing to the shard dtype at once (ids fit: vocab_size).
+    return {s: (np.concatenate(parts[s], dtype=dtype, casting='unsafe') if parts[s] else np.zeros(0, dtype),
+                *counts[s]) for s in SPLITS}
 
 
 _worker_tokenizer = None
@@ -146,54 +148,65 @@ def _start_worker(tok) -> None:
     _worker_tokenizer = tok
 
 
-def _tokenize_in_worker(texts, first_document, val_every, dtype) -> tuple[dict, float]:
-    """-> (tokenize_piece's result, the CPU seconds it took)."""
-    cpu = time.process_time()
-    result = tokenize_piece(_worker_tokenizer, texts, first_document, val_every, dtype)
-    return result, time.process_time() - cpu
+def _worker_ready(_) -> tuple[int, float]:
+    return os.getpid(), time.process_time()  # its start-up's CPU time
 
 
-@contextmanager
-def worker_pool(tok, workers: int):
-    """A spawn pool of `workers` tokenizing processes, all started (so the tokenizing rate does
-    not count their start-up); None for one worker: it runs in this process."""
-    if workers == 1:
-        os.environ['TOKENIZERS_PARALLELISM'] = 'false'  # one thread: the baseline the pool is measured against
-        yield None
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    # spawn: a forked child of a process that already ran Rust threads (BPE training) can hang
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'),
-                               initializer=_start_worker, initargs=(tok,))
-    try:
-        list(pool.map(_worker_ready, range(workers)))
-        yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+def _tokenize_in_worker(texts, first_document, val_every, dtype) -> dict:
+    return tokenize_piece(_worker_tokenizer, texts, first_document, val_every, dtype)
 
 
-def _worker_ready(_) -> int:
-    return os.getpid()
+class Workers:
+    """A spawn pool of `n` tokenizing processes, all started on entry (so the tokenizing rate does
+    not count their start-up). After exit, `cpu` is the CPU time they spent after starting: their
+    pieces, pickling included. n == 1: no pool, pieces are tokenized in this process."""
 
+    def __init__(self, tok, n: int):
+        self.tok, self.n, self.pool, self.cpu = tok, n, None, 0.0
 
-def tokenized(pieces: Iterator[Piece], tok, pool, workers: int, val_every: int, dtype: str):
-    """(piece, tokenize_piece's result, a worker's CPU seconds on it) in piece order; at most
-    2 * workers pieces in flight, so memory stays bounded however long the stream."""
-    if pool is None:
-        for piece in pieces:  # in this process: its CPU time is this process's
-            yield piece, tokenize_piece(tok, piece.texts, piece.first_document, val_every, dtype), 0.0
-        return
-    in_flight: deque = deque()
-    for piece in pieces:
-        in_flight.append((piece, pool.submit(_tokenize_in_worker, piece.texts, piece.first_document,
-                                             val_every, dtype)))
-        if len(in_flight) >= 2 * workers:
+    def __enter__(self) -> 'Workers':
+        if self.n == 1:
+            os.environ['TOKENIZERS_PARALLELISM'] = 'false'  # one thread: the baseline the pool is measured against
+            return self
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        self.reaped_cpu = _children_cpu()
+        # spawn: a forked child of a process that already ran Rust threads (BPE training) can hang
+        self.pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context('spawn'),
+                                        initializer=_start_worker, initargs=(self.tok,))
+        # A worker that answered twice keeps its start-up in `cpu`: an overcount, never an under.
+        self.startup_cpu = sum(dict(self.pool.map(_worker_ready, range(self.n))).values())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.cpu = _children_cpu() - self.reaped_cpu - self.startup_cpu
+
+    def tokenized(self, pieces: Iterator[Piece], val_every: int, dtype: str):
+        """(piece, tokenize_piece's result) in piece order; at most 2 * n pieces in flight, so
+        memory stays bounded however long the stream."""
+        if self.pool is None:
+            for piece in pieces:
+                yield piece, tokenize_piece(self.tok, piece.texts, piece.first_document, val_every, dtype)
+            return
+        in_flight: deque = deque()
+        for piece in pieces:
+            in_flight.append((piece, self.pool.submit(_tokenize_in_worker, piece.texts, piece.first_document,
+                                                      val_every, dtype)))
+            if len(in_flight) >= 2 * self.n:
+                done, future = in_flight.popleft()
+                yield done, future.result()
+        while in_flight:
             done, future = in_flight.popleft()
-            yield (done, *future.result())
-    while in_flight:
-        done, future = in_flight.popleft()
-        yield (done, *future.result())
+            yield done, future.result()
+
+
+def _children_cpu() -> float:
+    """User + system CPU time of this process's reaped children."""
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --- windows and shards: written by this process, piece by piece, in order --------------------
@@ -473,10 +486,11 @@ def _build(work: Path, journal: Journal, header: Optional[dict], state: Optional
     tokens_before = sum(s['tokens'] for s in state['splits'].values())
     seconds = main_cpu = workers_cpu = 0.0
     if not state['final']:
-        with worker_pool(tok, workers) as pool:
+        with Workers(tok, workers) as pool:
             started_at, main_started = time.time(), time.process_time()  # after all start-up
-            state, workers_cpu = _write_pieces(work, journal, state, source, command, tok, pool, workers, quiet)
+            state = _write_pieces(work, journal, state, source, command, tok, pool, quiet)
             seconds, main_cpu = time.time() - started_at, time.process_time() - main_started
+        workers_cpu = pool.cpu
         if state['documents'] == 0:
             raise BadInput(f'--source {source.named}: the corpus is empty (no non-empty documents)')
         nothing = {s: (np.zeros(0, dtype), 0, 0) for s in SPLITS}
@@ -507,8 +521,8 @@ def _build(work: Path, journal: Journal, header: Optional[dict], state: Optional
         'resumed_at_piece': resumed_at,
         'tokens_this_run': total_tokens - tokens_before,
         'seconds': round(time.time() - started, 3),
-        # Tokenizing and writing: wall time; CPU time of this process and the workers' tasks (per
-        # token it does not depend on other people's load), of this process alone
+        # Tokenizing and writing: wall time; CPU time of this process and its workers after their
+        # start-up (per token it does not depend on other people's load); of this process alone
         'tokenize_seconds': round(seconds, 3),
         'tokenize_cpu_seconds': round(main_cpu + workers_cpu, 3),
         'tokenize_main_cpu_seconds': round(main_cpu, 3),
@@ -519,19 +533,16 @@ def _build(work: Path, journal: Journal, header: Optional[dict], state: Optional
     return info
 
 
-def _write_pieces(work: Path, journal: Journal, state: dict, source, command: dict, tok, pool,
-                  workers: int, quiet: bool) -> tuple[dict, float]:
-    """Tokenize and write every piece from the recorded state on; -> (the state after the last,
-    the CPU seconds the pool's workers spent on them)."""
+def _write_pieces(work: Path, journal: Journal, state: dict, source, command: dict, tok,
+                  pool: Workers, quiet: bool) -> dict:
+    """Tokenize and write every piece from the recorded state on; -> the state after the last."""
     dtype = shard_dtype(tok)
     val_every = max(1, round(1 / command['val_fraction']))
     pieces = cut_pieces(source, state['position'], state['pieces'], state['documents'],
                         command['piece_chars'], command['max_documents'])
     total = source.total if command['max_documents'] is None else command['max_documents']
     bar = None
-    workers_cpu = 0.0
-    for piece, streams, cpu in tokenized(pieces, tok, pool, workers, val_every, dtype):
-        workers_cpu += cpu
+    for piece, streams in pool.tokenized(pieces, val_every, dtype):
         if bar is None and not quiet:
             bar = _progress(total, state['documents'])  # only once there is text: an empty corpus is one error line
         state = write_piece(work, piece.index, streams, state, command['seq_len'] + 1, dtype)
@@ -542,7 +553,7 @@ def _write_pieces(work: Path, journal: Journal, state: dict, source, command: di
             bar.update(len(piece.texts))
     if bar is not None:
         bar.close()
-    return state, workers_cpu
+    return state
 
 
 def shard_dtype(tok) -> str:
