@@ -25,7 +25,7 @@ from support import wait_until
 from test_prepare import REPO, corpus_jsonl, dataset_files, run_prepare
 
 SEQ_LEN = '64'
-PIECE_CHARS = '50000'  # ~60 pieces of the ~3 MB corpus
+PIECE_CHARS = '20000'  # ~150 pieces of the ~3 MB corpus, each fsynced: not over before a poll sees it
 
 
 @pytest.fixture(scope='module')
@@ -96,7 +96,8 @@ def test_killed_at_random_points_and_rerun_equals_an_uninterrupted_run(corpus, r
     kills = 1
     for target in sorted(rng.sample(range(hold + 2, pieces - 6), 3)):
         prep = Preparation(args, tmp_path / f'kill-{target}.log')
-        wait_until(lambda: journal_lines(out) > target or not prep.running(), 120, f'piece {target}')
+        wait_until(lambda: journal_lines(out) > target or not prep.running(), 120, f'piece {target}',
+                   interval=0.002)
         time.sleep(rng.uniform(0, 0.05))
         if prep.running():
             prep.kill()
