@@ -20,6 +20,7 @@ by path; site-packages left out) and `builtin` (the offline corpus, ~5 MB). For 
 - `kill+resume` (stdlib only): the 2-worker run SIGKILLed (its whole process group) once half of
   its pieces are journaled, then the same command again; both walls against the full run's.
 
+Each measurement is repeated (--repeat, interleaved) and the best kept: the least disturbed.
 Targets (issue 13): -w 2 >= 1.6x -w 1; -w 2 >= 80% of the limit on the same cores.
 Other people's load skews everything: read `uptime` (printed first and last).
 """
@@ -30,6 +31,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -169,6 +171,7 @@ def main() -> None:
     p.add_argument('--tokenizers', nargs='+', default=['bpe-builtin', 'gpt2'])
     p.add_argument('--mb', type=int, default=24, help='MB of standard-library source for the stdlib corpus')
     p.add_argument('--corpora', nargs='+', default=['stdlib', 'builtin'])
+    p.add_argument('--repeat', type=int, default=2, help='interleaved runs of each; the best counts')
     args = p.parse_args()
     cpus = min(2, len(os.sched_getaffinity(0)))
     print(f'uptime: {os.getloadavg()} (load averages), {cpus} CPUs used', flush=True)
@@ -182,9 +185,15 @@ def main() -> None:
         for corpus in args.corpora:
             source = sources[corpus]
             for tok in args.tokenizers:
-                runs = {w: run_prepare(source, tok, tmp / f'{corpus}-{tok}-w{w}', w) for w in (1, cpus)}
+                runs, lim = {}, {}
+                for attempt in range(args.repeat):  # interleaved, best of each: the least disturbed
+                    for w in (1, cpus):
+                        out = tmp / f'{corpus}-{tok}-w{w}'
+                        shutil.rmtree(out, ignore_errors=True)
+                        runs[w] = _best(runs.get(w), run_prepare(source, tok, out, w))
+                    for way, rates in limit(source, tok, cpus).items():
+                        lim[way] = tuple(max(a, b) for a, b in zip(lim.get(way, (0, 0)), rates))
                 same = _same_shards(tmp / f'{corpus}-{tok}-w1', tmp / f'{corpus}-{tok}-w{cpus}')
-                lim = limit(source, tok, cpus)
                 best_wall = max(w for w, _ in lim.values())
                 (w1, i1), (wn, i_n) = runs[1], runs[cpus]
                 tokens = i1['splits']['train']['tokens'] + i1['splits']['val']['tokens']
@@ -209,6 +218,19 @@ def main() -> None:
                           f'({(killed_at + resumed) / wn:.2f}x); identical: '
                           f'{_same_shards(out, tmp / f"{corpus}-{tok}-w{cpus}")}', flush=True)
     print(f'uptime: {os.getloadavg()} (load averages)')
+
+
+def _best(kept, new):
+    """(wall, info) with the best wall rate, and the best CPU rate, of two runs."""
+    if kept is None:
+        return new
+    (wall, info), (new_wall, new_info) = kept, new
+    faster, slower = (info, new_info) if rate(info) >= rate(new_info) else (new_info, info)
+    best = dict(faster)
+    if cpu_rate(slower) > cpu_rate(best):
+        best['tokenize_cpu_seconds'] = slower['tokenize_cpu_seconds']
+        best['tokenize_main_cpu_seconds'] = slower['tokenize_main_cpu_seconds']
+    return min(wall, new_wall), best
 
 
 def _same_shards(a: Path, b: Path) -> bool:
