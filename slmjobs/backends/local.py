@@ -30,8 +30,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from slmjobs.backends import (ENDED, HELD, QUEUED, RUNNING, UNKNOWN, Backend, Job,
-                              directives, parse_duration)
+from slmjobs.backends.core import (ENDED, HELD, QUEUED, RUNNING, UNKNOWN, Backend, Job,
+                                   directives, parse_duration)
 from slmjobs.errors import UsageError
 
 POLL_SECONDS = 0.2  # how often a held job looks at its predecessor

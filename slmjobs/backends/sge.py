@@ -16,8 +16,8 @@ import xml.etree.ElementTree as ET
 from datetime import datetime
 from pathlib import Path
 
-from slmjobs.backends import (ENDED, ENDING, HELD, QUEUED, RUNNING, Backend, Job,
-                              SchedulerError)
+from slmjobs.backends.core import (ENDED, ENDING, HELD, QUEUED, RUNNING, Backend, Job,
+                                   SchedulerError)
 from slmjobs.errors import UsageError
 
 COMMAND_TIMEOUT = 60  # seconds; a qmaster that does not answer in a minute is down
