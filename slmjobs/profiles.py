@@ -188,6 +188,22 @@ def config_dir() -> Path:
     return Path(base) / "slmjobs"
 
 
+def cache_dir() -> Path:
+    """Status rows of settled runs and compiled templates: $SLMJOBS_CACHE_DIR, else the XDG
+    cache home's slmjobs/. Only ever a speed-up: anything in it may be deleted."""
+    if os.environ.get("SLMJOBS_CACHE_DIR"):
+        return Path(os.environ["SLMJOBS_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "slmjobs"
+
+
+def project_of(flag: str | None, profile: dict) -> str | None:
+    """The scheduler project, first found: --project, $SLMJOBS_PROJECT, the user config's
+    `project:`, the profile's. (Checked against the profile by the launcher.)"""
+    return (flag or os.environ.get("SLMJOBS_PROJECT") or user_config().get("project")
+            or profile["project"])
+
+
 def user_config() -> dict:
     """`<config dir>/config.yaml`: optional `cluster:` (default profile) and `project:`."""
     path = config_dir() / "config.yaml"

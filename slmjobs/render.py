@@ -66,9 +66,7 @@ def _environment(user_dir: str):
 def _bytecode_cache(jinja2):
     """Compiled templates cached on disk: compiling base.sh.j2 costs ~0.15 s, loading it ~1 ms.
     Jinja keys the cache on the template source, so an edited template is recompiled."""
-    base = os.environ.get("SLMJOBS_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "slmjobs")
-    directory = os.path.join(base, "jinja")
+    directory = os.path.join(profiles.cache_dir(), "jinja")
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError:
