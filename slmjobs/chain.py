@@ -25,7 +25,6 @@ every job, before and after the worker, and must cost well under a second.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import sys
 import time
@@ -134,11 +133,36 @@ def ensure_successor(run: Run, link: int, job_id: str | None) -> str | None:
     return submit.submit_link(run.dir, link + 1, hold_on=job_id)
 
 
+def successor_at_begin(run: Run, link: int, job_id: str | None) -> str | None:
+    """The successor held on this job, submitted before the worker starts so that any death of
+    this link still continues the chain. Never an unheld one: it would train beside this link
+    on the same checkpoints. What cannot be submitted now is recorded (`not_submitted`) and
+    `end` submits it once the worker is done, whatever the cause."""
+    if not run.kind.chains or events.is_submitted(run.events(), link + 1):
+        return None
+    if job_id is None:
+        detail = (f"the {run.backend.kind} scheduler did not tell this job its id "
+                  f"({run.backend.JOB_ID_VARIABLE or 'no variable'} unset): a successor held on it "
+                  "cannot be made, and an unheld one would train beside this link")
+        return not_submitted(run, link + 1, "job_id_unknown", detail)
+    try:
+        return ensure_successor(run, link, job_id)
+    except Exception as exc:  # train anyway: `end` tries again, the work of this link counts
+        return not_submitted(run, link + 1, "submit_failed", str(exc))
+
+
+def not_submitted(run: Run, link: int, reason: str, detail: str) -> None:
+    run.record(events.not_submitted(link, reason, detail))
+    print(f"slmjobs.chain: link {link} not submitted yet ({reason}): {detail}; "
+          f"link {link - 1}'s end will submit it", file=sys.stderr)
+    return None
+
+
 # ----------------------------------------------------------------- the hooks
 def begin(run_dir: Path, link: int, job_id: str | None = None) -> int:
     """Inside link `link`, before the worker: returns TRAIN (0) or NOTHING (3)."""
     run = Run(run_dir)
-    job_id = job_id if job_id is not None else os.environ.get("JOB_ID")
+    job_id = job_id if job_id is not None else run.backend.current_job_id()
     close_killed_predecessor(run, link, run.events())
     before = run.events()  # what the guards judge: this link's own start excluded
     run.record(events.started(link, job_id, socket.gethostname()))
@@ -160,12 +184,7 @@ def begin(run_dir: Path, link: int, job_id: str | None = None) -> int:
         run.record(events.stopped(*verdict))
         return nothing_to_do(f"guard {verdict[0]}: {verdict[1]}")
 
-    try:
-        successor = ensure_successor(run, link, job_id)
-    except Exception as exc:  # train anyway: `end` tries again, the work of this link counts
-        print(f"slmjobs.chain: link {link}: could not submit link {link + 1}: {exc}",
-              file=sys.stderr)
-        successor = None
+    successor = successor_at_begin(run, link, job_id)
     # `slmjobs cancel` may have listed the run's jobs just before our submission landed.
     if events.stop_reason(run.events()):
         return nothing_to_do("the chain was cancelled while this link was starting")
@@ -182,7 +201,7 @@ def how_it_ended(rc: int) -> str:
 def end(run_dir: Path, link: int, rc: int, job_id: str | None = None) -> int:
     """Inside link `link`, after the worker exited with `rc`. Always returns 0."""
     run = Run(run_dir)
-    job_id = job_id if job_id is not None else os.environ.get("JOB_ID")
+    job_id = job_id if job_id is not None else run.backend.current_job_id()
     how = how_it_ended(rc)
     progress = run.progress()
     # `step` (last step reached, from the heartbeat) beside the durable progress shows the work

@@ -38,6 +38,12 @@ def ended(link: int, job_id: str | None, how: str, exit_status: int | None,
     return event
 
 
+def not_submitted(link: int, reason: str, detail: str) -> dict:
+    """Link `link` could not be submitted when it should have been (`reason`: job_id_unknown,
+    submit_failed); the one rule: the current link's `end` submits it."""
+    return {"event": "not_submitted", "link": link, "reason": reason, "detail": detail}
+
+
 def stopped(reason: str, detail: str) -> dict:
     return {"event": "stopped", "reason": reason, "detail": detail}
 
@@ -56,7 +62,7 @@ def accounted(link: int | None, job_id: str, job) -> dict:
             "gpus": job.gpus, "slots": job.slots}
 
 
-EVENTS = ("submitted", "started", "ended", "stopped", "resumed", "accounted")
+EVENTS = ("submitted", "not_submitted", "started", "ended", "stopped", "resumed", "accounted")
 
 
 # ------------------------------------------------------------------ predicates

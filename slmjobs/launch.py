@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from slmjobs import profiles, rundir, submit
+from slmjobs.backends import get_backend
 from slmjobs.errors import UsageError
 
 RESERVED_OVERRIDES = ("model", "run_name", "run_dir")
@@ -78,12 +79,13 @@ def check_gpus(gpus: int, profile: dict) -> None:
                          f"allowed is 1 to {profile['max_gpus']}")
 
 
-def check_walltime(walltime: str, profile: dict) -> str:
+def check_walltime(walltime: str, profile: dict, gpus: int) -> str:
     seconds = profiles.parse_walltime(walltime, "--walltime")
-    maximum = profiles.parse_walltime(profile["walltime_max"])
-    if seconds > maximum:
-        raise UsageError(f"--walltime {walltime} is over the maximum of cluster {profile['name']!r}: "
-                         f"allowed is up to {profile['walltime_max']}")
+    maximum = profiles.walltime_max(profile, gpus)
+    if seconds > profiles.parse_walltime(maximum):
+        kind = "a GPU job" if gpus else "a CPU-only job"
+        raise UsageError(f"--walltime {walltime} is over the maximum for {kind} on cluster "
+                         f"{profile['name']!r}: allowed is up to {maximum}")
     if seconds <= profile["handoff_margin"]:
         raise UsageError(f"--walltime {walltime} is not longer than the hand-off margin of cluster "
                          f"{profile['name']!r} ({profile['handoff_margin']} s): allowed is more than that")
@@ -92,7 +94,7 @@ def check_walltime(walltime: str, profile: dict) -> str:
 
 def resolve_project(flag: str | None, profile: dict) -> str | None:
     project = profiles.project_of(flag, profile)
-    if profile["scheduler"] == "local":
+    if not get_backend(profile["scheduler"]).USES_PROJECT:
         return None
     if project is None and profile["project_required"]:
         raise UsageError(f"cluster {profile['name']!r} requires a project: allowed is --project P, "
@@ -127,13 +129,13 @@ def resolve(model: str, gpus: int = 1, cluster: str | None = None, walltime: str
     profile = profiles.load(cluster)
     check_model(model)
     check_gpus(gpus, profile)
-    walltime = check_walltime(walltime or profile["walltime_default"], profile)
+    walltime = check_walltime(walltime or profile["walltime_default"], profile, gpus)
     for override in overrides:
         check_override(override)
     project = resolve_project(project, profile)
     if max_links is not None and max_links < 1:
         raise UsageError(f"--max-links {max_links}: allowed is 1 or more")
-    profiles.pe_slots(profile, gpus)  # raises when no allowed size fits
+    get_backend(profile["scheduler"]).check_request(profile, gpus, model)
     root = profiles.runs_root(profile, project)
     if name is None:
         name = default_run_name(model, root)
@@ -207,7 +209,7 @@ def set_walltime(run_dir, walltime: str) -> str:
     """Change the walltime of the run's next links (`slmjobs resume --walltime`): checked against
     the run's own profile snapshot, written to run.yaml; returns it as HH:MM:SS."""
     spec = rundir.load_run(run_dir)
-    spec["walltime"] = check_walltime(walltime, spec["cluster"])
+    spec["walltime"] = check_walltime(walltime, spec["cluster"], spec["gpus"])
     rundir.save_run(run_dir, spec)
     return spec["walltime"]
 
@@ -233,21 +235,14 @@ def _is_active(run_dir: Path) -> bool:
         return False
 
 
-def check_scheduler_present(profile: dict) -> None:
-    if profile["scheduler"] == "sge" and shutil.which("qsub") is None:
-        raise UsageError(f"qsub not found on PATH: cluster {profile['name']!r} needs Grid Engine's "
-                         "client commands; allowed is a profile with scheduler: local (--cluster local)")
-
-
 def validate_with_scheduler(spec: dict, text: str) -> str:
-    """Ask the scheduler whether this script could ever run (`qsub -w v`); UsageError if not."""
-    from slmjobs.backends import get_backend
-
-    check_scheduler_present(spec["cluster"])
+    """Ask the scheduler whether this script could ever run; UsageError if not."""
+    backend = get_backend(spec["cluster"]["scheduler"])
+    backend.check_available(spec["cluster"])
     with tempfile.TemporaryDirectory(prefix="slmjobs-validate-") as tmp:
         path = Path(tmp) / "link-001.sh"
         path.write_text(text, encoding="utf-8")
-        ok, message = get_backend(spec["cluster"]["scheduler"]).validate(path)
+        ok, message = backend.validate(path)
     if not ok:
         raise UsageError(f"the scheduler rejects this request: {' / '.join(message.split(chr(10)))}")
     return message
@@ -266,7 +261,7 @@ def launch(model: str, gpus: int = 1, cluster: str | None = None, walltime: str 
         result["validation"] = validate_with_scheduler(spec, text)
     if dry_run:
         return result
-    check_scheduler_present(spec["cluster"])
+    get_backend(spec["cluster"]["scheduler"]).check_available(spec["cluster"])
     run_dir = Path(spec["run_dir"])
     refuse_existing(run_dir)
     try:

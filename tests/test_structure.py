@@ -97,3 +97,60 @@ def test_the_ledger_events_in_the_contracts_are_the_ones_the_code_constructs():
         event = constructor(**args)
         assert event["event"] == name
         assert set(event) - {"event"} <= documented_fields(name), name
+
+
+# ------------------------------------------------------------ schedulers stay in backends/
+SCHEDULER_WORDS = {"qsub", "qstat", "qacct", "qdel", "qconf", "JOB_ID", "NSLOTS"}
+
+
+def docstrings(tree: ast.AST) -> set[int]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                found.add(id(body[0].value))
+    return found
+
+
+def scheduler_leaks(path: Path) -> list[str]:
+    """Code (not prose) in `path` that names a scheduler's commands or variables, or compares
+    a value with a scheduler's name."""
+    from slmjobs.backends import REGISTRY
+
+    tree = ast.parse(path.read_text())
+    prose = docstrings(tree)
+    leaks = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose:
+            words = node.value.split()
+            if node.value in SCHEDULER_WORDS or node.value.startswith("SGE_") \
+                    or (words and words[0] in SCHEDULER_WORDS):
+                leaks.append(f"{path.name}:{node.lineno}: {node.value!r}")
+        if isinstance(node, ast.Compare):
+            for side in [node.left, *node.comparators]:
+                if isinstance(side, ast.Constant) and side.value in REGISTRY:
+                    leaks.append(f"{path.name}:{node.lineno}: compares with {side.value!r}")
+    return leaks
+
+
+def test_the_leak_finder_finds_leaks(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text('"""qsub in prose is fine."""\nimport os\n'
+                      'job = os.environ.get("JOB_ID")\nx = ["qsub", "-terse"]\n'
+                      'if kind == "sge":\n    pass\ny = os.environ["SGE_ROOT"]\n')
+    assert len(scheduler_leaks(sample)) == 4
+
+
+def test_no_scheduler_names_or_variables_outside_backends():
+    leaks = [leak for path in sorted(PACKAGE.rglob("*.py")) if "backends" not in path.parts
+             for leak in scheduler_leaks(path)]
+    assert not leaks, leaks
+
+
+def test_the_job_script_template_names_scheduler_variables_only_in_echo_lines():
+    for template in (PACKAGE / "templates").glob("base*.j2"):
+        for line in template.read_text().splitlines():
+            named = any(w in line for w in SCHEDULER_WORDS) or "SGE_" in line
+            if named:
+                assert line.lstrip().startswith(("echo", "#", "{#")), f"{template.name}: {line}"

@@ -5,6 +5,7 @@ scheduler's module imports only this one.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from dataclasses import asdict, dataclass
@@ -21,6 +22,10 @@ ENDED = "ended"      # left the queue and accounted: exit_status/failed are know
 UNKNOWN = "unknown"  # the scheduler could not be asked
 STATES = (QUEUED, HELD, RUNNING, ENDING, ENDED, UNKNOWN)
 ACTIVE_STATES = (QUEUED, HELD, RUNNING)
+
+# Values written into `#$` lines are not shell-quoted (Grid Engine is not a shell), so they are
+# restricted to characters that need no quoting anywhere.
+SAFE_WORD = re.compile(r"^[A-Za-z0-9_.,:=+@%/~-]+$")
 
 
 class SchedulerError(RuntimeError):
@@ -46,9 +51,51 @@ class Job:
 
 
 class Backend:
-    """The interface. Subclasses: backends.sge.SGEBackend, backends.local.LocalBackend."""
+    """The interface. Subclasses: backends.sge.SGEBackend, backends.local.LocalBackend.
+
+    Besides the job operations, a backend owns everything about its scheduler that the rest of
+    slmjobs would otherwise have to name: the environment a job sees (JOB_ID_VARIABLE,
+    SLOTS_VARIABLE), whether its commands are there (check_available), the profile keys it
+    understands (PROFILE_KEYS, check_profile), what a request may ask of it (check_request),
+    and its job script header (HEADER_TEMPLATE, header_context).
+    """
 
     kind = "abstract"
+    HEADER_TEMPLATE = "header-local.sh.j2"
+    JOB_ID_VARIABLE: str | None = None     # the environment variable with the job's own id
+    SLOTS_VARIABLE: str | None = None      # ... with the number of CPU slots it was granted
+    USES_PROJECT = False                    # does a request carry a scheduler project (-P)?
+    # key -> (allowed types, default, what is allowed), as profiles.SCHEMA
+    PROFILE_KEYS: dict[str, tuple] = {}
+
+    # ----------------------------------------------------------- the job's environment
+    def current_job_id(self, environ=None) -> str | None:
+        """The id of the job this process runs in, or None when it cannot be known."""
+        environ = os.environ if environ is None else environ
+        value = environ.get(self.JOB_ID_VARIABLE) if self.JOB_ID_VARIABLE else None
+        return value.strip() if value and value.strip() else None
+
+    def granted_slots(self, environ=None) -> int | None:
+        environ = os.environ if environ is None else environ
+        value = environ.get(self.SLOTS_VARIABLE) if self.SLOTS_VARIABLE else None
+        return int(value) if value and value.strip().isdigit() else None
+
+    # ----------------------------------------------------------- profiles and requests
+    def check_available(self, profile: dict) -> None:
+        """UsageError when this machine cannot submit to the scheduler (its commands missing)."""
+
+    def check_profile(self, profile: dict, fail) -> None:
+        """Check this backend's keys of a loaded profile; `fail(key, value, allowed)` makes the
+        error to raise."""
+
+    def check_request(self, profile: dict, gpus: int, model: str) -> None:
+        """UsageError when the profile cannot serve `gpus` GPUs for `model`."""
+
+    def header_context(self, profile: dict, spec: dict) -> dict:
+        """The values HEADER_TEMPLATE uses beyond the common ones."""
+        return {}
+
+    # ----------------------------------------------------------- jobs
 
     def submit(self, script: Path, hold_on: str | None = None) -> str:
         raise NotImplementedError

@@ -44,7 +44,7 @@ BAD_INPUTS = [
     (["launch", "tiny", "--gpus", "0"], "--gpus 0 is not allowed"),
     (["launch", "tiny", "--walltime", "12h"], "bad --walltime '12h': allowed is HH:MM:SS"),
     (["launch", "tiny", "--cluster", "scc", "--project", "p", "--walltime", "49:00:00"],
-     "--walltime 49:00:00 is over the maximum of cluster 'scc': allowed is up to 48:00:00"),
+     "--walltime 49:00:00 is over the maximum for a GPU job on cluster 'scc': allowed is up to 48:00:00"),
     (["launch", "tiny", "--name", "1st"], "bad run name '1st'"),
     (["launch", "tiny", "--name", "a:b"], "bad run name 'a:b'"),
     (["launch", "tiny", "--name", "a b"], "bad run name 'a b'"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from slmjobs import profiles
+from slmjobs.backends.sge import pe_slots
 from slmjobs.errors import UsageError
 
 
@@ -13,7 +14,7 @@ def test_shipped_profiles_load_and_resolve():
     scc = profiles.load("scc")
     assert scc["scheduler"] == "sge" and scc["shell"] == "/bin/bash -l"
     assert scc["project_required"] is True
-    assert scc["pe"] == "omp" and scc["pe_sizes"] == [1, 2, 3, 4, 8, 16, 28, 32, 36]
+    assert scc["pe"] == "omp" and scc["pe_sizes"] == [1, 2, 3, 4, 8, 16, 28, 36]  # no 32: buy-in
     assert scc["walltime_default"] == "12:00:00"
     assert profiles.load("sge")["project_required"] is False
     assert profiles.load("local")["scheduler"] == "local"
@@ -21,13 +22,13 @@ def test_shipped_profiles_load_and_resolve():
 
 @pytest.mark.parametrize("gpus, slots", [(1, 4), (2, 8), (3, 16), (4, 16)])
 def test_cpus_per_gpu_round_up_to_allowed_pe_sizes(gpus, slots):
-    assert profiles.pe_slots(profiles.load("scc"), gpus) == slots
+    assert pe_slots(profiles.load("scc"), gpus) == slots
 
 
 def test_pe_size_beyond_the_site_list_is_refused():
     profile = {**profiles.load("scc"), "cpus_per_gpu": 20}
     with pytest.raises(UsageError, match="sizes up to 36"):
-        profiles.pe_slots(profile, 2)
+        pe_slots(profile, 2)
 
 
 def test_default_profile_is_local_then_env_then_user_config(config_dir, monkeypatch):

@@ -12,41 +12,48 @@ import yaml
 
 from slmjobs import backends as registry, chain, ledger, logs, monitor, rundir, table
 from slmjobs.backends import ENDED, ENDING, HELD, QUEUED, RUNNING, Job, SchedulerError
+from slmjobs.backends.local import LocalBackend
+from slmjobs.backends.sge import SGEBackend
 from support import make_run_dir
 
 
-class FakeBackend:
-    def __init__(self, kind):
-        self.kind = kind
-        self.states: dict[str, Job] = {}
-        self.accounts: dict[str, Job] = {}
-        self.queries: list[list[str]] = []
-        self.accounting_calls: list[str] = []
-        self.cancelled: list[str] = []
-        self.on_cancel = None
-        self.fail = False
+def fake_backend(real: type):
+    """The real backend of a scheduler (its profile keys, header, environment) whose jobs are
+    whatever the test says."""
 
-    def query(self, job_ids):
-        if self.fail:
-            raise SchedulerError("qstat failed (exit 1): unable to contact qmaster")
-        self.queries.append(list(job_ids))
-        return {j: self.states.get(j, Job(job_id=j, state=ENDING)) for j in job_ids}
+    class FakeBackend(real):
+        def __init__(self):
+            self.states: dict[str, Job] = {}
+            self.accounts: dict[str, Job] = {}
+            self.queries: list[list[str]] = []
+            self.accounting_calls: list[str] = []
+            self.cancelled: list[str] = []
+            self.on_cancel = None
+            self.fail = False
 
-    def accounting(self, job_id):
-        self.accounting_calls.append(job_id)
-        return self.accounts.get(job_id)
+        def query(self, job_ids):
+            if self.fail:
+                raise SchedulerError("qstat failed (exit 1): unable to contact qmaster")
+            self.queries.append(list(job_ids))
+            return {j: self.states.get(j, Job(job_id=j, state=ENDING)) for j in job_ids}
 
-    def cancel(self, job_ids):
-        self.cancelled += list(job_ids)
-        for j in job_ids:
-            self.states.pop(j, None)
-        if self.on_cancel:
-            self.on_cancel()
+        def accounting(self, job_id):
+            self.accounting_calls.append(job_id)
+            return self.accounts.get(job_id)
+
+        def cancel(self, job_ids):
+            self.cancelled += list(job_ids)
+            for j in job_ids:
+                self.states.pop(j, None)
+            if self.on_cancel:
+                self.on_cancel()
+
+    return FakeBackend()
 
 
 @pytest.fixture
 def backends(monkeypatch):
-    fakes = {"sge": FakeBackend("sge"), "local": FakeBackend("local")}
+    fakes = {"sge": fake_backend(SGEBackend), "local": fake_backend(LocalBackend)}
     for kind, fake in fakes.items():
         monkeypatch.setitem(registry.REGISTRY, kind, lambda fake=fake: fake)
     return fakes
