@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from slmjobs import events, kinds, ledger, rundir, submit
-from slmjobs.events import CANCELLED, CRASHED, FINISHED, HANDED_OFF, KILLED
+from slmjobs.events import CANCELLED, CRASHED, FINISHED, HANDED_OFF, KILLED, SUBMIT_FAILED
 from slmjobs.errors import UsageError
 
 TRAIN = 0     # begin: go on and train
@@ -228,7 +228,14 @@ def end(run_dir: Path, link: int, rc: int, job_id: str | None = None) -> int:
         cancel_successors(run, link, f"guard {verdict[0]}")
         print(f"slmjobs.chain: link {link}: chain stopped by guard {verdict[0]}: {verdict[1]}")
         return 0
-    successor = ensure_successor(run, link, job_id)  # normally already there, from begin
+    try:
+        successor = ensure_successor(run, link, job_id)  # normally already there, from begin
+    except Exception as exc:  # the retries are spent: stop visibly, never silently
+        detail = f"link {link + 1} could not be submitted: {exc}"
+        run.record(events.stopped(SUBMIT_FAILED, detail))
+        print(f"slmjobs.chain: link {link}: chain stopped: {detail}; continue it with "
+              f"`slmjobs resume {run.dir.name}`", file=sys.stderr)
+        return 0
     print(f"slmjobs.chain: link {link}: {how} (exit {rc}) at {run.kind.progress_key} {progress}; "
           f"link {link + 1} continues" + (f" as job {successor}" if successor else ""))
     return 0

@@ -87,10 +87,13 @@ def test_one_query_per_scheduler_for_all_runs(tmp_path, backends):
 def test_accounting_is_asked_once_and_recorded(tmp_path, backends):
     run = make_run(tmp_path, "r", events=[
         submitted(1, "7"), {"event": "started", "link": 1, "job_id": "7"},
+        submitted(2, "8", hold_on="7"),
         {"event": "ended", "link": 1, "job_id": "7", "how": "handed_off", "exit_status": 75}])
     sge = backends["sge"]
+    sge.states["8"] = Job(job_id="8", state=QUEUED)
     # qacct lags qstat: gone from the queue, not accounted -> ending, nothing recorded
-    assert monitor.run_statuses([run])[0]["state"] == "handed off"
+    row = monitor.run_statuses([run])[0]
+    assert (row["state"], row["previous_link"]) == (QUEUED, "handed off")
     assert sge.accounting_calls == ["7"]
     assert not [e for e in ledger.read(run) if e["event"] == "accounted"]
     sge.accounts["7"] = Job(job_id="7", state=ENDED, exit_status=75, failed=True,
@@ -99,7 +102,7 @@ def test_accounting_is_asked_once_and_recorded(tmp_path, backends):
     assert row["gpu_hours"] == pytest.approx(1.0)
     row = monitor.run_statuses([run])[0]
     assert sge.accounting_calls == ["7", "7"]  # never asked again
-    assert sge.queries == [["7"], ["7"]]          # and no more queried once accounted
+    assert sge.queries == [["7", "8"], ["7", "8"], ["8"]]  # and no more queried once accounted
     assert row["gpu_hours"] == pytest.approx(1.0)
     assert len([e for e in ledger.read(run) if e["event"] == "accounted"]) == 1
 
@@ -108,7 +111,9 @@ def test_a_job_gone_from_the_queue_and_not_accounted_is_ending(tmp_path, backend
     run = make_run(tmp_path, "r", events=[submitted(1, "7"),
                                           {"event": "started", "link": 1, "job_id": "7"}])
     row = monitor.run_statuses([run])[0]
-    assert (row["state"], row["job_state"]) == (ENDING, ENDING)
+    assert row["job_state"] == ENDING  # neither finished nor lost: qacct may lag
+    # ... but with no successor queued, nothing will continue the run by itself
+    assert row["state"] == "broken" and "slmjobs resume r" in table.note(row)
 
 
 def test_long_lost_accounting_is_recorded_once_as_missing(tmp_path, backends):
@@ -156,7 +161,8 @@ def test_killed_link_without_its_end_hook(tmp_path, backends):
 
 @pytest.mark.parametrize("reason,state,note", [
     ("cancelled", "cancelled", ""), ("finished", "finished", ""),
-    ("crash_budget", "failed", "stopped: crash_budget"), ("max_links", "stopped", "stopped: max_links")])
+    ("crash_budget", "failed", "stopped: crash_budget (d); continue: slmjobs resume r"),
+    ("max_links", "stopped", "stopped: max_links (d); continue: slmjobs resume r")])
 def test_stopped_chains(tmp_path, backends, reason, state, note):
     run = make_run(tmp_path, "r", events=[
         submitted(1, "7"), {"event": "stopped", "reason": reason, "detail": "d"}])
