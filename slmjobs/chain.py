@@ -122,7 +122,7 @@ def record_accounting(run: Run, link: int, job_id: str | None) -> bool:
 def mark_finished(run: Run, link: int, run_events: list[dict]) -> None:
     rundir.mark_done(run.dir, f"finished at link {link}, {time.ctime()}\n")
     if not events.finished_in_ledger(run_events):
-        run.record(events.stopped(FINISHED, f"max duration reached at {run.kind.progress_key} "
+        run.record(events.stopped(FINISHED, f"max duration reached at {run.kind.progress_name} "
                                             f"{run.progress()} (link {link})"))
 
 
@@ -216,7 +216,7 @@ def end(run_dir: Path, link: int, rc: int, job_id: str | None = None) -> int:
     if how == FINISHED:
         mark_finished(run, link, run_events)
         cancel_successors(run, link, "the run finished")
-        print(f"slmjobs.chain: link {link}: run finished at {run.kind.progress_key} {progress}")
+        print(f"slmjobs.chain: link {link}: run finished at {run.kind.progress_name} {progress}")
         return 0
     reason = events.stop_reason(run_events)
     if reason:
@@ -236,7 +236,7 @@ def end(run_dir: Path, link: int, rc: int, job_id: str | None = None) -> int:
         print(f"slmjobs.chain: link {link}: chain stopped: {detail}; continue it with "
               f"`slmjobs resume {run.dir.name}`", file=sys.stderr)
         return 0
-    print(f"slmjobs.chain: link {link}: {how} (exit {rc}) at {run.kind.progress_key} {progress}; "
+    print(f"slmjobs.chain: link {link}: {how} (exit {rc}) at {run.kind.progress_name} {progress}; "
           f"link {link + 1} continues" + (f" as job {successor}" if successor else ""))
     return 0
 
