@@ -31,13 +31,16 @@ import time
 from pathlib import Path
 
 from slmjobs import events, kinds, ledger, rundir, submit
-from slmjobs.events import CANCELLED, CRASHED, FINISHED, HANDED_OFF, KILLED, SUBMIT_FAILED
+from slmjobs.events import (BAD_CONFIG, CANCELLED, CRASHED, FINISHED, HANDED_OFF, KILLED,
+                            SUBMIT_FAILED)
 from slmjobs.errors import UsageError
 
 TRAIN = 0     # begin: go on and train
 NOTHING = 3   # begin: nothing to do; the job script exits 0 without starting the worker
 
-EXIT_FINISHED, EXIT_HANDED_OFF = 0, 75
+# The worker's exit statuses (docs/CONTRACTS.md). 128 + 9: SIGKILL from outside the job (the
+# kernel's OOM killer, a node agent), which is a kill like h_rt, not a crash.
+EXIT_FINISHED, EXIT_BAD_CONFIG, EXIT_HANDED_OFF, EXIT_SIGKILL = 0, 2, 75, 137
 
 
 class Run:
@@ -195,7 +198,18 @@ def begin(run_dir: Path, link: int, job_id: str | None = None) -> int:
 
 
 def how_it_ended(rc: int) -> str:
-    return {EXIT_FINISHED: FINISHED, EXIT_HANDED_OFF: HANDED_OFF}.get(rc, CRASHED)
+    return {EXIT_FINISHED: FINISHED, EXIT_HANDED_OFF: HANDED_OFF,
+            EXIT_SIGKILL: KILLED}.get(rc, CRASHED)
+
+
+def worker_error(run: Run, link: int) -> str:
+    """The worker's own one-line reason (`error: ...`) from the link's log, the last one."""
+    try:
+        lines = rundir.log_path(run.dir, link).read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    said = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+    return said[-1] if said else "the worker exited 2 (bad configuration) without saying why"
 
 
 def end(run_dir: Path, link: int, rc: int, job_id: str | None = None) -> int:
@@ -217,6 +231,13 @@ def end(run_dir: Path, link: int, rc: int, job_id: str | None = None) -> int:
         mark_finished(run, link, run_events)
         cancel_successors(run, link, "the run finished")
         print(f"slmjobs.chain: link {link}: run finished at {run.kind.progress_name} {progress}")
+        return 0
+    if rc == EXIT_BAD_CONFIG:  # it will never change by itself: no more queue waits for it
+        detail = worker_error(run, link)
+        run.record(events.stopped(BAD_CONFIG, detail))
+        cancel_successors(run, link, "bad configuration")
+        print(f"slmjobs.chain: link {link}: chain stopped, bad configuration: {detail}",
+              file=sys.stderr)
         return 0
     reason = events.stop_reason(run_events)
     if reason:
@@ -269,9 +290,7 @@ def resume_run(run_dir, walltime: str | None = None) -> str:
     """`slmjobs resume`: restart a stopped or cancelled chain from its latest checkpoint;
     returns the new link's job id."""
     run = Run(run_dir)
-    run_events = run.events()
-    if not run_events:
-        raise UsageError(f"{run.dir} has no ledger ({rundir.LEDGER_FILE}): not a launched run")
+    run_events = run.events()  # none: a launch killed before it submitted link 1
     if run.is_finished(run_events):
         raise UsageError(f"run {run.dir.name} is already finished: nothing to resume")
     active = submit.active_jobs(run.dir, run_events, run.backend)

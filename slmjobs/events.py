@@ -13,7 +13,9 @@ FINISHED, HANDED_OFF, CRASHED, KILLED, CANCELLED = (
     "finished", "handed_off", "crashed", "killed", "cancelled")
 HOWS = (FINISHED, HANDED_OFF, CRASHED, KILLED, CANCELLED)
 SUBMIT_FAILED = "submit_failed"   # the next link could not be submitted, retries spent
-STOP_REASONS = (FINISHED, "max_links", "no_progress", "crash_budget", CANCELLED, SUBMIT_FAILED)
+BAD_CONFIG = "bad_config"         # the worker exited 2: its input can never train
+STOP_REASONS = (FINISHED, "max_links", "no_progress", "crash_budget", CANCELLED, SUBMIT_FAILED,
+                BAD_CONFIG)
 
 
 # ------------------------------------------------------------------ constructors

@@ -160,7 +160,8 @@ def status_row(info: RunInfo, answers: dict[tuple[str, str], Job]) -> dict:
     stop = events.stop_in_force(info.events)
     kind = kinds.KINDS.get(run["kind"]) or kinds.KINDS["train"]
     state = _run_state(info, current, job, stop)
-    if state not in TERMINAL and _orphaned(info, answers, kind):
+    if stop is None and state not in ("finished", "unreadable", "new") \
+            and _orphaned(info, answers, kind):
         state = BROKEN
     step, max_steps = kind.position(progress)
     step = _at_least_ledger(info, "step", step)
@@ -210,12 +211,13 @@ def _unreachable(info: RunInfo, answers: dict) -> bool:
 def _orphaned(info: RunInfo, answers: dict, kind) -> bool:
     """Not finished, not stopped, and the scheduler says none of its jobs is queued, held or
     running: nothing will ever continue it by itself (e.g. a link whose successor could not
-    be submitted was killed). A job newer than our query is not known dead."""
+    be submitted was killed). A job newer than our query is not known dead, and one that is
+    ENDING is given the second qacct needs before its run is called broken."""
     if not info.jobs or rundir.is_done(info.dir) or kind.finished_trace(info.dir):
         return False
     for job_id in info.unaccounted_job_ids():
         answer = answers.get((info.scheduler, job_id))
-        if answer is None or submit.is_alive(answer):
+        if answer is None or answer.state == ENDING or submit.is_alive(answer):
             return False
     return True
 

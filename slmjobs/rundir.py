@@ -49,13 +49,29 @@ def is_run_dir(path) -> bool:
     return (Path(path) / RUN_FILE).is_file()
 
 
-def create(run_dir: Path) -> None:
-    """The directory and its subdirectories; FileExistsError if the name is taken (exclusive:
-    two launches of one name cannot both get past this)."""
+def create(run_dir: Path, spec: dict) -> None:
+    """The run directory with its run.yaml, or FileExistsError if the name is taken.
+
+    Atomic for everyone who looks: a lock on the runs root directory is held from the check to
+    the last write, so a directory without run.yaml can only be what a launcher killed in the middle
+    left behind (its lock died with it), and it is taken over. Private (0700): run.yaml holds
+    the user's overrides and paths."""
+    import fcntl
+
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    run_dir.mkdir()
-    (run_dir / "scripts").mkdir()
-    (run_dir / "logs").mkdir()
+    root = os.open(run_dir.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(root, fcntl.LOCK_EX)  # released by close, or by the kernel when killed
+        if run_dir.exists() and not is_run_dir(run_dir) and not (run_dir / LEDGER_FILE).exists():
+            import shutil
+
+            shutil.rmtree(run_dir)  # a killed launch's half-made directory
+        run_dir.mkdir(mode=0o700)
+        save_run(run_dir, spec)
+        (run_dir / "scripts").mkdir()
+        (run_dir / "logs").mkdir()
+    finally:
+        os.close(root)
 
 
 # ------------------------------------------------------------------ atomic writes

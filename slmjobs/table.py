@@ -46,6 +46,8 @@ def note(row: dict) -> str:
     resume = f"continue: slmjobs resume {row.get('name')}"
     if row.get("state") == "broken":
         return f"broken: {row.get('stop_detail')}; {resume}"
+    if row.get("state") == "new":
+        return f"no link submitted yet; {resume}"
     if row.get("stop_reason") and row["stop_reason"] not in ("finished", "cancelled"):
         detail = f" ({row['stop_detail']})" if row.get("stop_detail") else ""
         return f"stopped: {row['stop_reason']}{detail}; {resume}"

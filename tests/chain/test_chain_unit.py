@@ -136,10 +136,10 @@ def test_crash_budget_stops_the_chain_and_leaves_nothing_queued(run_dir, sched, 
     run_link(run_dir, sched, 1, 75, 20)      # a planned hand-off: not a crash
     run_link(run_dir, sched, 2, 1, 30)       # crash 1: progress made, the chain goes on
     assert sched.pending() == [job_of(run_dir, 3)]
-    run_link(run_dir, sched, 3, 2, 30)       # crash 2 (bad config counts too) = budget
+    run_link(run_dir, sched, 3, 139, 30)     # crash 2 (a segfault) = budget
 
     (stopped,) = events(run_dir, "stopped")
-    assert stopped["reason"] == "crash_budget" and "exit 2" in stopped["detail"]
+    assert stopped["reason"] == "crash_budget" and "exit 139" in stopped["detail"]
     assert sched.pending() == [] and sched.cancelled == [job_of(run_dir, 4)]
     assert not (run_dir / "DONE").exists()
 
@@ -279,7 +279,7 @@ def submit_first(run_dir):
 
 
 @pytest.mark.parametrize("rc, how", [(0, "finished"), (75, "handed_off"), (1, "crashed"),
-                                     (2, "crashed"), (137, "crashed")])
+                                     (2, "crashed"), (137, "killed"), (139, "crashed")])
 def test_exit_status_meaning(rc, how):
     assert chain.how_it_ended(rc) == how
 
@@ -374,3 +374,24 @@ def test_a_scheduler_down_for_good_stops_the_chain_with_its_own_message(run_dir,
     sched.cancel([job_id])
     new_job = chain.resume_run(run_dir)  # once the scheduler is back
     assert job_of(run_dir, 2) == new_job
+
+
+# ------------------------------------------------------------------ what the worker said
+def test_a_bad_configuration_stops_the_chain_at_once_with_the_workers_words(run_dir, sched):
+    launch(run_dir, sched)
+    rundir.log_path(run_dir, 1).write_text(
+        "slmjobs: run r1 link 1 ...\nerror: data.path=gone: no prepared dataset (shards) at "
+        "/data/gone; allowed is a directory written by slmjobs prepare\n")
+    assert run_link(run_dir, sched, 1, 2, 0) == chain.TRAIN
+    (stopped,) = events(run_dir, "stopped")
+    assert stopped["reason"] == "bad_config"
+    assert stopped["detail"].startswith("data.path=gone: no prepared dataset")
+    assert sched.pending() == [] and sched.cancelled == [job_of(run_dir, 2)]
+
+
+def test_a_worker_killed_by_the_oom_killer_is_killed_not_crashed(run_dir, sched, limits):
+    launch(run_dir, sched)
+    for link in (1, 2, 3):  # more kills than the crash budget, each with progress
+        assert run_link(run_dir, sched, link, 137, 10 * link) == chain.TRAIN
+    assert [e["how"] for e in events(run_dir, "ended")] == ["killed"] * 3
+    assert events(run_dir, "stopped") == []

@@ -94,8 +94,8 @@ def test_a_job_gone_from_qstat_but_not_in_qacct_is_ending_never_finished(sge, tm
                 elif row["state"] == "ending":
                     assert not accounted and row["job_state"] == "ending"
                     seen_ending += 1
-                else:  # exit 0 and no chain hooks: "ended", and only once accounted
-                    assert row["state"] == "ended" and len(accounted) == 1
+                else:  # exit 0, no chain hooks, nothing queued: broken, once accounted
+                    assert row["state"] == "broken" and len(accounted) == 1
                     assert accounted[0]["exit_status"] == 0
                     final.add(run)
         if seen_ending:
