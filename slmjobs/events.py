@@ -14,8 +14,9 @@ FINISHED, HANDED_OFF, CRASHED, KILLED, CANCELLED = (
 HOWS = (FINISHED, HANDED_OFF, CRASHED, KILLED, CANCELLED)
 SUBMIT_FAILED = "submit_failed"   # the next link could not be submitted, retries spent
 BAD_CONFIG = "bad_config"         # the worker exited 2: its input can never train
+DISK_FULL = "disk_full"           # the worker exited 74: a save failed for lack of space/quota
 STOP_REASONS = (FINISHED, "max_links", "no_progress", "crash_budget", CANCELLED, SUBMIT_FAILED,
-                BAD_CONFIG)
+                BAD_CONFIG, DISK_FULL)
 
 
 # ------------------------------------------------------------------ constructors

@@ -157,7 +157,7 @@ def status_row(info: RunInfo, answers: dict[tuple[str, str], Job]) -> dict:
     run, progress = info.run, info.progress
     current = _current_link(info, answers)
     job = answers.get((info.scheduler, current["job_id"])) if current else None
-    stop = events.stop_in_force(info.events)
+    stop = events.stop_in_force(info.events) or _unrecorded_stop(info)
     kind = kinds.KINDS.get(run["kind"]) or kinds.KINDS["train"]
     state = _run_state(info, current, job, stop)
     if stop is None and state not in ("finished", "unreadable", "new") \
@@ -200,6 +200,24 @@ def status_row(info: RunInfo, answers: dict[tuple[str, str], Job]) -> dict:
         "stop_detail": stop.get("detail") if stop else (_why_broken(info) if state == BROKEN
                                                          else None),
     }
+
+
+def _unrecorded_stop(info: RunInfo) -> dict | None:
+    """A stop the chain could not write down: a link whose worker exited 74 (disk full), told by
+    its `ended` event or the scheduler's accounting when the ledger had no room for more."""
+    for entry in info.jobs:
+        for source in (entry.get("ended"), entry.get("accounted")):
+            if source and source.get("exit_status") == 74 \
+                    and source.get("time", 0) >= _last_resume_time(info):
+                return {"event": "stopped", "reason": events.DISK_FULL,
+                        "detail": f"link {entry.get('link')} could not save a checkpoint (exit 74; "
+                                  f"see logs/link-{entry.get('link'):03d}.log)"}
+    return None
+
+
+def _last_resume_time(info: RunInfo) -> float:
+    resumed = events.of_kind(info.events, "resumed")
+    return resumed[-1].get("time", 0) if resumed else 0
 
 
 def _unreachable(info: RunInfo, answers: dict) -> bool:

@@ -218,3 +218,44 @@ def is_done(run_dir) -> bool:
 
 def mark_done(run_dir, text: str) -> None:
     atomic_write(Path(run_dir) / DONE_FILE, text)
+
+
+# ------------------------------------------------------------------ room on the disk
+def filesystem_of(path) -> tuple[str, str]:
+    """(mount point, filesystem type) of the filesystem `path` is on, from /proc/mounts."""
+    path = os.path.realpath(path)
+    best = ("/", "unknown")
+    try:
+        with open("/proc/mounts") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) > 2 and (path == fields[1] or path.startswith(fields[1].rstrip("/") + "/")) \
+                        and len(fields[1]) >= len(best[0]):
+                    best = (fields[1], fields[2])
+    except OSError:
+        pass
+    return best
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def no_room_for_a_checkpoint(run_dir) -> str | None:
+    """Why the run cannot save its next checkpoint (the newest one's size twice over: the new
+    file is written before the old one goes), or None when there is room."""
+    folder = checkpoints_dir(run_dir)
+    target = folder / (latest_checkpoint_name(run_dir) or "")
+    size = target.stat().st_size if target.is_file() else 0
+    needed = max(2 * size, 1 << 20)
+    where = folder if folder.is_dir() else Path(run_dir)
+    stat = os.statvfs(where)
+    free = stat.f_bavail * stat.f_frsize
+    if free >= needed:
+        return None
+    mount, kind = filesystem_of(where)
+    return (f"no room for a checkpoint in {where}: {human_bytes(free)} free on {mount} ({kind}), "
+            f"a checkpoint needs about {human_bytes(needed)}; free some space or raise the quota")
