@@ -8,8 +8,9 @@ the jobs, meet the failures.
   uninterrupted run's weights, bit for bit;
 - down: qsub fails for good: link 1 trains, then the chain stops with `submit_failed` and the
   scheduler's own message, nothing queued; once qsub works, `slmjobs resume` finishes the run;
-- orphan: link 1 could not submit its successor and is then killed (qdel: SIGKILL): status
-  shows the run as broken with the command that continues it, and resume finishes it.
+- orphan: link 1 could not submit its successor and is then killed (qdel: SIGKILL, as soon as
+  it trained past a checkpoint): status shows the run as broken with the command that
+  continues it, and resume finishes it.
 
 The links are short (TRAINING needs two of them whatever the machine's speed) and the retry
 budget is the profile's `submit_retry_seconds: 6`.
@@ -84,12 +85,14 @@ def faults(tmp_path_factory, sge_cluster):
     root = tmp_path_factory.mktemp("faults")
     c = Campaign(root, prepare_data(root, documents=40, seq_len=64), TRAINING, SLOW, WAIT)
     c.qsub = {}
-    for name, failures in (("retry", 2), ("down", "always"), ("orphan", "always")):
+    for name, failures in (("orphan", "always"), ("retry", 2), ("down", "always")):
         shim = c.qsub[name] = FailingQsub(root / f"shim-{name}")
         shim.set(failures)
         profile = c.profile(name, sge_profile(WALLTIME, MARGIN, LIMITS, submit_retry_seconds=6,
                                               env_setup=[f'export PATH="{shim.dir}:$PATH"']))
         c.wait_training(c.launch(name, profile))
+        if name == "orphan":
+            kill_while_training_without_a_successor(c.chains[name])
     c.start_reference(ranks=1)
     yield c
     c.close()
@@ -98,6 +101,15 @@ def faults(tmp_path_factory, sge_cluster):
 @pytest.fixture(scope="module")
 def reference(faults):
     return faults.reference_weights(ranks=1)
+
+
+def kill_while_training_without_a_successor(run_dir: Path) -> None:
+    """qdel (a SIGKILL) link 1 once it trains past a checkpoint, its successor not submitted."""
+    wait_until(lambda: events_of(run_dir, "not_submitted")
+               and (rundir.read_progress(run_dir).get("checkpoint_step") or 0) >= 10,
+               WAIT, "link 1 to train past a checkpoint without a successor", interval=0.5)
+    (first,) = events_of(run_dir, "submitted")
+    subprocess.run(["qdel", first["job_id"]], check=True, capture_output=True)
 
 
 def finished_without_leftovers(c: Campaign, name: str) -> list[dict]:
@@ -138,12 +150,7 @@ def test_qsub_down_for_good_stops_the_chain_visibly_and_resume_finishes(faults, 
 
 def test_a_link_killed_after_its_successor_failed_leaves_a_broken_run_that_resume_continues(
         faults, reference):
-    run_dir, shim = faults.chains["orphan"], faults.qsub["orphan"]
-    wait_until(lambda: events_of(run_dir, "not_submitted")
-               and (rundir.read_progress(run_dir).get("checkpoint_step") or 0) >= 10,
-               WAIT, "link 1 to train past a checkpoint without a successor", interval=1.0)
-    (first,) = events_of(run_dir, "submitted")
-    subprocess.run(["qdel", first["job_id"]], check=True, capture_output=True)  # SIGKILL
+    run_dir, shim = faults.chains["orphan"], faults.qsub["orphan"]  # killed by the fixture
 
     def broken():
         row = faults.status("orphan")
