@@ -30,9 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-from slmjobs import events, kinds, ledger, rundir, submit
+from slmjobs import checkpoints, events, kinds, ledger, rundir, submit
 from slmjobs.events import (BAD_CONFIG, CANCELLED, CRASHED, DISK_FULL, FINISHED, HANDED_OFF,
-                            KILLED, SUBMIT_FAILED)
+                            KILLED, NO_INTACT_CHECKPOINT, SUBMIT_FAILED)
 from slmjobs.errors import UsageError
 
 TRAIN = 0     # begin: go on and train
@@ -190,6 +190,8 @@ def begin(run_dir: Path, link: int, job_id: str | None = None) -> int:
     reason = events.stop_reason(before)
     if reason:
         return nothing_to_do(f"the chain is stopped ({reason})")
+    if not checkpoint_to_resume_from(run, link):
+        return nothing_to_do("no intact checkpoint to resume from")
     verdict = run.verdict(before)
     if verdict:
         run.record(events.stopped(*verdict))
@@ -203,6 +205,25 @@ def begin(run_dir: Path, link: int, job_id: str | None = None) -> int:
         print(f"slmjobs.chain: link {link}: link {link + 1} submitted as job {successor}, "
               f"held on job {job_id}")
     return TRAIN
+
+
+def checkpoint_to_resume_from(run: Run, link: int) -> bool:
+    """Set damaged checkpoints aside so the worker resumes from the newest intact one; False
+    (and the chain stopped) when none is left: a loop of crashes on it would teach nothing."""
+    check = checkpoints.ensure_intact_latest(run.dir)
+    for path, step, why in check.set_aside:
+        run.record(events.checkpoint_set_aside(link, path, step, why, check.latest_step))
+        print(f"slmjobs.chain: link {link}: checkpoint {path} (step {step}) is damaged: {why}; "
+              f"set aside as {path}{checkpoints.DAMAGED_SUFFIX}", file=sys.stderr)
+    if check.none_intact:
+        run.record(events.stopped(NO_INTACT_CHECKPOINT, (
+            "no intact checkpoint is left to resume from (damaged ones are set aside as "
+            f"*{checkpoints.DAMAGED_SUFFIX} in {rundir.checkpoints_dir(run.dir)}); remove "
+            "latest-rank0.pt to start the training over")))
+        return False
+    if check.set_aside:
+        print(f"slmjobs.chain: link {link}: resuming from step {check.latest_step}")
+    return True
 
 
 def how_it_ended(rc: int) -> str:

@@ -15,8 +15,9 @@ HOWS = (FINISHED, HANDED_OFF, CRASHED, KILLED, CANCELLED)
 SUBMIT_FAILED = "submit_failed"   # the next link could not be submitted, retries spent
 BAD_CONFIG = "bad_config"         # the worker exited 2: its input can never train
 DISK_FULL = "disk_full"           # the worker exited 74: a save failed for lack of space/quota
+NO_INTACT_CHECKPOINT = "no_intact_checkpoint"  # every checkpoint to resume from is damaged
 STOP_REASONS = (FINISHED, "max_links", "no_progress", "crash_budget", CANCELLED, SUBMIT_FAILED,
-                BAD_CONFIG, DISK_FULL)
+                BAD_CONFIG, DISK_FULL, NO_INTACT_CHECKPOINT)
 
 
 # ------------------------------------------------------------------ constructors
@@ -48,6 +49,14 @@ def not_submitted(link: int, reason: str, detail: str) -> dict:
     return {"event": "not_submitted", "link": link, "reason": reason, "detail": detail}
 
 
+def checkpoint_set_aside(link: int, path: str, step: int, reason: str,
+                         resumes_from: int | None) -> dict:
+    """Link `link` found the checkpoint it was to resume from damaged and renamed it
+    `*.damaged`; it resumes from step `resumes_from` (None: no intact one was left)."""
+    return {"event": "checkpoint_set_aside", "link": link, "path": path, "step": step,
+            "reason": reason, "resumes_from": resumes_from}
+
+
 def stopped(reason: str, detail: str) -> dict:
     return {"event": "stopped", "reason": reason, "detail": detail}
 
@@ -66,7 +75,8 @@ def accounted(link: int | None, job_id: str, job) -> dict:
             "gpus": job.gpus, "slots": job.slots}
 
 
-EVENTS = ("submitted", "not_submitted", "started", "ended", "stopped", "resumed", "accounted")
+EVENTS = ("submitted", "not_submitted", "started", "checkpoint_set_aside", "ended", "stopped",
+          "resumed", "accounted")
 
 
 # ------------------------------------------------------------------ predicates

@@ -33,12 +33,13 @@ class Train:
     chains = True
 
     def durable_progress(self, run_dir) -> int | None:
-        """progress.json's checkpoint step, else the step in `latest-rank0.pt`'s target."""
-        step = rundir.read_progress(run_dir).get("checkpoint_step")
-        if isinstance(step, int):
-            return step
+        """The step of the checkpoint `latest-rank0.pt` points at (what the next link resumes
+        from, after any damaged one was set aside), else progress.json's checkpoint step."""
         match = _BATCH_IN_NAME.search(rundir.latest_checkpoint_name(run_dir) or "")
-        return int(match.group(1)) if match else None
+        if match:
+            return int(match.group(1))
+        step = rundir.read_progress(run_dir).get("checkpoint_step")
+        return step if isinstance(step, int) else None
 
     def finished_trace(self, run_dir) -> bool:
         progress = rundir.read_progress(run_dir)

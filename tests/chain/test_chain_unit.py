@@ -252,13 +252,13 @@ def test_resume_changes_the_walltime_of_the_next_links(run_dir, sched):
     assert "#$ -l h_rt=02:00:00" in rundir.script_path(run_dir, 3).read_text()
 
 
-def test_a_training_runs_progress_falls_back_to_the_latest_link_name(run_dir):
+def test_a_training_runs_progress_is_the_checkpoint_latest_points_at(run_dir):
     train = kinds.Train()
     assert train.durable_progress(run_dir) is None
-    os.symlink("ep0-ba120-rank0.pt", run_dir / "checkpoints" / "latest-rank0.pt")
-    assert train.durable_progress(run_dir) == 120
     set_progress(run_dir, 140)
-    assert train.durable_progress(run_dir) == 140
+    assert train.durable_progress(run_dir) == 140  # the heartbeat, while there is no link
+    os.symlink("ep0-ba120-rank0.pt", run_dir / "checkpoints" / "latest-rank0.pt")
+    assert train.durable_progress(run_dir) == 120  # what the next link resumes from
 
 
 def test_a_single_job_run_never_submits_a_successor(run_dir, sched):
