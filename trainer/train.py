@@ -60,10 +60,9 @@ def run(overrides: list[str]) -> int:
     try:
         return fit(plan, progress)
     except BaseException as e:
-        if not (isinstance(e, SystemExit) and e.code in (EXIT_FINISHED, EXIT_HANDED_OFF)):
-            progress.update(state='failed')
-            progress.write()
-            eprint(f'training failed: {fail_line(e)}')
+        progress.update(state='failed')
+        progress.write()
+        eprint(f'training failed: {fail_line(e)}')
         raise
 
 
