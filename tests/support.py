@@ -39,6 +39,19 @@ def job_script(directory: Path, name: str, body: str, *options: str) -> Path:
     return path
 
 
+def make_run_dir(path: Path, scheduler: str = "local", gpus: int = 1, **chain) -> Path:
+    """A run directory at `path` as `slmjobs launch` writes it (run.yaml through the real
+    writers, for the shipped `scheduler` profile), with no job submitted yet. `chain`
+    overrides the profile's limits (max_links=2, ...)."""
+    from slmjobs import launch, rundir
+
+    spec = launch.resolve("tiny", gpus=gpus, cluster=scheduler, name=path.name)
+    spec.update(run_dir=str(path), chain={**spec["chain"], **chain})
+    rundir.create(path)
+    rundir.save_run(path, spec)
+    return path
+
+
 # ---- the worker (tests/trainer) ----
 
 REPO = Path(__file__).resolve().parents[1]

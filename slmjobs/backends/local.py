@@ -30,8 +30,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from slmjobs.backends import (ENDED, HELD, QUEUED, RUNNING, UNKNOWN, Backend, Job,
-                              directives, parse_duration)
+from slmjobs.backends.core import (ENDED, HELD, QUEUED, RUNNING, UNKNOWN, Backend, Job,
+                                   directives, parse_duration)
 from slmjobs.errors import UsageError
 
 POLL_SECONDS = 0.2  # how often a held job looks at its predecessor
@@ -145,6 +145,9 @@ def _output_path(spec: str | None, suffix: str, name: str, job_id: str, workdir:
 # ------------------------------------------------------------------- backend
 class LocalBackend(Backend):
     kind = "local"
+    HEADER_TEMPLATE = "header-local.sh.j2"
+    JOB_ID_VARIABLE = "JOB_ID"   # _start sets these as Grid Engine does
+    SLOTS_VARIABLE = "NSLOTS"
 
     def __init__(self, root: Path | None = None):
         self.store = Store(root or state_dir())

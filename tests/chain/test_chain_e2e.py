@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slmjobs import chain, ledger
+from slmjobs import events, kinds, ledger, rundir
 from support import wait_until
 
 pytestmark = pytest.mark.timeout(1500)
@@ -115,7 +115,7 @@ class Campaign:
         """Until the chain's first link trains (or stopped): link start-ups are CPU-bound
         (two `import composer`, ~16 CPU-s), so starting them one after another keeps each
         link's start-up short on 2 cores."""
-        wait_until(lambda: chain.read_progress(run_dir).get("state") in ("training", "handed_off")
+        wait_until(lambda: rundir.read_progress(run_dir).get("state") in ("training", "handed_off")
                    or settled(run_dir), 300, f"{run_dir.name} to start training", interval=0.5)
 
     def start_reference(self, ranks: int) -> None:
@@ -143,17 +143,17 @@ class Campaign:
         return self.cli("status", name).stdout
 
 
-def events(run_dir: Path, kind: str | None = None) -> list[dict]:
+def events_of(run_dir: Path, kind: str | None = None) -> list[dict]:
     return [e for e in ledger.read(run_dir) if kind is None or e.get("event") == kind]
 
 
 def settled(run_dir: Path) -> bool:
     """The chain stopped (any reason) and no link of it is still open in the ledger."""
     evs = ledger.read(run_dir)
-    if chain.stop_reason(evs) is None:
+    if events.stop_reason(evs) is None:
         return False
     opened = {e["link"] for e in evs if e.get("event") in ("submitted", "started")}
-    return opened <= set(chain.ended_links(evs))
+    return opened <= set(events.ended_links(evs))
 
 
 def wait_settled(run_dir: Path) -> list[dict]:
@@ -165,7 +165,7 @@ def active_jobs(run_dir: Path, kind: str) -> dict:
     """What the scheduler itself says about every job the run ever submitted."""
     from slmjobs.backends import ACTIVE_STATES, get_backend
 
-    ids = [str(e["job_id"]) for e in events(run_dir, "submitted")]
+    ids = [str(e["job_id"]) for e in events_of(run_dir, "submitted")]
     return {j: job.state for j, job in get_backend(kind).query(ids).items()
             if job.state in ACTIVE_STATES}
 
@@ -190,8 +190,8 @@ def assert_bitwise_equal(weights: dict, reference: dict) -> None:
 def trained_links(evs: list[dict]) -> list[dict]:
     """`ended` events of the links that ran the worker, in link order (not those that found
     nothing to do, nor successors removed before they started)."""
-    ended = chain.ended_links(evs)
-    return [ended[k] for k in chain.trained_links(evs) if k in ended]
+    ended = events.ended_links(evs)
+    return [ended[k] for k in events.trained_links(evs) if k in ended]
 
 
 _RESUMED = re.compile(r"resumed from \S+ at step (\d+)/")
@@ -206,7 +206,7 @@ def start_step(run_dir: Path, link: int) -> int:
 
 def assert_finished_without_leftovers(run_dir: Path, kind: str) -> list[dict]:
     evs = wait_settled(run_dir)
-    assert chain.stop_reason(evs) == "finished", evs[-3:]
+    assert events.stop_reason(evs) == "finished", evs[-3:]
     assert (run_dir / "DONE").exists()
     wait_until(lambda: not active_jobs(run_dir, kind), 60, f"{run_dir.name}: no job left", interval=1.0)
     return evs
@@ -295,9 +295,9 @@ def test_cancel_mid_chain_then_resume_completes_with_the_reference_weights(campa
 
     def training_after_a_hand_off():
         """A link after the first trains, a few batches past the checkpoint it resumed from."""
-        progress = chain.read_progress(run_dir)
+        progress = rundir.read_progress(run_dir)
         link = progress.get("link") or 0
-        before = chain.ended_links(ledger.read(run_dir)).get(link - 1)
+        before = events.ended_links(ledger.read(run_dir)).get(link - 1)
         return (link >= 2 and progress.get("state") == "training" and before is not None
                 and progress.get("step", 0) >= (before.get("checkpoint_step") or 0) + 3)
 
@@ -308,8 +308,8 @@ def test_cancel_mid_chain_then_resume_completes_with_the_reference_weights(campa
     wait_until(lambda: not active_jobs(run_dir, "sge"), 60, "the cancelled chain's jobs to go", interval=1.0)
     row = campaign.status("cancel")
     assert row["state"] == "cancelled", row
-    assert chain.stop_reason(ledger.read(run_dir)) == "cancelled"
-    step_at_cancel = chain.checkpoint_step(run_dir)
+    assert events.stop_reason(ledger.read(run_dir)) == "cancelled"
+    step_at_cancel = kinds.Train().durable_progress(run_dir)
 
     out = campaign.cli("resume", "cancel").stdout
     assert "resumed" in out
@@ -355,23 +355,23 @@ def test_planned_hand_offs_of_two_ranks_on_sge_give_the_uninterrupted_weights(
 
 
 def test_a_successor_starting_after_the_finish_exits_at_once(campaign):
-    from slmjobs import launch
+    from slmjobs import submit
 
     run_dir = campaign.chains["planned"]
     wait_settled(run_dir)
-    before = len(events(run_dir, "submitted"))
-    link = max(e["link"] for e in events(run_dir) if isinstance(e.get("link"), int)) + 1
-    job_id = launch.submit_link(run_dir, link)  # e.g. resubmitted by hand, or a lost qdel
+    before = len(events_of(run_dir, "submitted"))
+    link = max(e["link"] for e in events_of(run_dir) if isinstance(e.get("link"), int)) + 1
+    job_id = submit.submit_link(run_dir, link)  # e.g. resubmitted by hand, or a lost qdel
 
     def closed():
-        return chain.ended_links(ledger.read(run_dir)).get(link)
+        return events.ended_links(ledger.read(run_dir)).get(link)
 
     ended = wait_until(closed, 120, f"late link {link} to end", interval=1.0)
-    started = chain.started_links(ledger.read(run_dir))[link]
+    started = events.started_links(ledger.read(run_dir))[link]
     assert ended["how"] == "cancelled" and ended["job_id"] == job_id
     assert ended["time"] - started["time"] < 5, "the late link should exit within seconds"
     wait_until(lambda: not active_jobs(run_dir, "sge"), 60, "the late link's job to leave", interval=1.0)
-    assert len(events(run_dir, "submitted")) == before + 1  # it queued nothing further
+    assert len(events_of(run_dir, "submitted")) == before + 1  # it queued nothing further
 
 
 def test_hard_kill_at_h_rt_continues_from_the_last_checkpoint(campaign, reference):

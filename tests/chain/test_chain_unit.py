@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 
-from slmjobs import chain, ledger
+from slmjobs import chain, kinds, launch as launcher, ledger, rundir
 from slmjobs.backends import Job
 from slmjobs.errors import UsageError
 
@@ -27,7 +28,7 @@ def events(run_dir, kind=None):
 
 def launch(run_dir, sched):
     """What `slmjobs launch` does: submit link 1, not held."""
-    return sched.submit_link(run_dir, 1, hold_on=None)
+    return sched.launch(run_dir)
 
 
 def job_of(run_dir, link):
@@ -198,7 +199,7 @@ def test_a_cancelled_chain_does_not_train(run_dir, sched):
 def test_a_cancel_racing_the_successor_submission_removes_the_successor(run_dir, sched):
     launch(run_dir, sched)
 
-    def cancel_lands_now(link, job_id):  # `slmjobs cancel` listed the jobs a moment earlier
+    def cancel_lands_now(job_id):  # `slmjobs cancel` listed the jobs a moment earlier
         ledger.append(run_dir, {"event": "stopped", "reason": "cancelled"})
 
     sched.on_submit = cancel_lands_now
@@ -240,23 +241,41 @@ def test_resume_refuses_a_finished_run_and_an_active_chain(run_dir, sched):
     assert events(run_dir, "resumed") == []
 
 
-def test_resume_changes_the_walltime_of_the_next_links(run_dir, sched, monkeypatch):
-    asked = []
-    monkeypatch.setattr(chain, "set_walltime", lambda d, w: asked.append(w) or "02:00:00")
+def test_resume_changes_the_walltime_of_the_next_links(run_dir, sched):
     launch(run_dir, sched)
     run_link(run_dir, sched, 1, 75, 10)
     ledger.append(run_dir, {"event": "stopped", "reason": "cancelled"})
     sched.cancel([job_of(run_dir, 2)])
     chain.resume_run(run_dir, walltime="2:00:00")
-    assert asked == ["2:00:00"] and events(run_dir, "resumed")[0]["walltime"] == "02:00:00"
+    assert events(run_dir, "resumed")[0]["walltime"] == "02:00:00"
+    assert rundir.load_run(run_dir)["walltime"] == "02:00:00"
+    assert "#$ -l h_rt=02:00:00" in rundir.script_path(run_dir, 3).read_text()
 
 
-def test_checkpoint_step_falls_back_to_the_latest_link_name(run_dir):
-    assert chain.checkpoint_step(run_dir) is None
+def test_a_training_runs_progress_falls_back_to_the_latest_link_name(run_dir):
+    train = kinds.Train()
+    assert train.durable_progress(run_dir) is None
     os.symlink("ep0-ba120-rank0.pt", run_dir / "checkpoints" / "latest-rank0.pt")
-    assert chain.checkpoint_step(run_dir) == 120
+    assert train.durable_progress(run_dir) == 120
     set_progress(run_dir, 140)
-    assert chain.checkpoint_step(run_dir) == 140
+    assert train.durable_progress(run_dir) == 140
+
+
+def test_a_single_job_run_never_submits_a_successor(run_dir, sched):
+    spec = rundir.load_run(run_dir)
+    rundir.save_run(run_dir, {**spec, "kind": "job"})
+    job_id = submit_first(run_dir)
+    assert chain.begin(run_dir, 1, job_id=job_id) == chain.TRAIN
+    set_progress(run_dir, 5, state="finished")
+    chain.end(run_dir, 1, 0, job_id=job_id)
+    assert [e["link"] for e in events(run_dir, "submitted")] == [1]
+    assert events(run_dir, "stopped")[-1]["reason"] == "finished"
+
+
+def submit_first(run_dir):
+    from slmjobs import submit
+
+    return submit.submit_link(run_dir, 1)
 
 
 @pytest.mark.parametrize("rc, how", [(0, "finished"), (75, "handed_off"), (1, "crashed"),
@@ -265,10 +284,15 @@ def test_exit_status_meaning(rc, how):
     assert chain.how_it_ended(rc) == how
 
 
-def test_limits_come_from_run_yaml_over_the_profile_over_defaults():
-    assert chain.chain_limits({}) == chain.DEFAULT_LIMITS
-    run = {"cluster": {"chain": {"max_links": 9, "crash_budget": 5}}, "chain": {"max_links": 4}}
-    assert chain.chain_limits(run) == {**chain.DEFAULT_LIMITS, "max_links": 4, "crash_budget": 5}
+def test_limits_come_from_launch_over_the_profile_over_defaults(tmp_path):
+    from slmjobs.profiles import CHAIN_DEFAULTS
+
+    profile = tmp_path / "p.yaml"
+    profile.write_text("scheduler: local\nmax_gpus: 1\nwalltime_default: '01:00:00'\n"
+                       "walltime_max: '02:00:00'\nhandoff_margin: 60\n"
+                       "chain: {max_links: 9, crash_budget: 5}\n")
+    spec = launcher.resolve("tiny", cluster=str(profile), name="r", max_links=4)
+    assert spec["chain"] == {**CHAIN_DEFAULTS, "max_links": 4, "crash_budget": 5}
 
 
 def test_hooks_refuse_a_directory_that_is_not_a_run(tmp_path, capsys):
@@ -279,8 +303,11 @@ def test_hooks_refuse_a_directory_that_is_not_a_run(tmp_path, capsys):
     assert exc.value.code == 2
 
 
-def test_hooks_refuse_a_copied_run_directory(run_dir, sched, monkeypatch, capsys):
-    monkeypatch.setattr(chain, "load_run", lambda d: {"run_dir": "/elsewhere/original"})
-    assert chain.main(["end", str(run_dir), "1", "75"]) == 2
-    assert "copy of run /elsewhere/original" in capsys.readouterr().err
-    assert events(run_dir) == [] and sched.states == {}
+def test_hooks_refuse_a_copied_run_directory(run_dir, sched, tmp_path, capsys):
+    launch(run_dir, sched)
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    before = events(copy)
+    assert chain.main(["end", str(copy), "1", "75"]) == 2
+    assert f"copy of run {run_dir}" in capsys.readouterr().err
+    assert events(copy) == before and list(sched.states) == [job_of(run_dir, 1)]

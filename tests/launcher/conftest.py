@@ -41,7 +41,7 @@ def no_job_left_behind(isolated):
     yield
     from slmjobs import ledger
     from slmjobs.backends import ACTIVE_STATES, get_backend
-    from slmjobs.launch import load_run
+    from slmjobs.rundir import load_run
 
     for run_dir in isolated["runs"].iterdir():
         ids = [e["job_id"] for e in ledger.read(run_dir) if e.get("event") == "submitted"]

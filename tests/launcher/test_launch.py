@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from slmjobs import launch, ledger, monitor
+from slmjobs import launch, ledger, rundir
 from slmjobs.backends import ACTIVE_STATES, get_backend
 from support import wait_until
 
@@ -44,7 +44,7 @@ BAD_INPUTS = [
     (["launch", "tiny", "--gpus", "0"], "--gpus 0 is not allowed"),
     (["launch", "tiny", "--walltime", "12h"], "bad --walltime '12h': allowed is HH:MM:SS"),
     (["launch", "tiny", "--cluster", "scc", "--project", "p", "--walltime", "49:00:00"],
-     "--walltime 49:00:00 is over the maximum of cluster 'scc': allowed is up to 48:00:00"),
+     "--walltime 49:00:00 is over the maximum for a GPU job on cluster 'scc': allowed is up to 48:00:00"),
     (["launch", "tiny", "--name", "1st"], "bad run name '1st'"),
     (["launch", "tiny", "--name", "a:b"], "bad run name 'a:b'"),
     (["launch", "tiny", "--name", "a b"], "bad run name 'a b'"),
@@ -164,11 +164,11 @@ def _launch_and_watch(run_cli, cluster, name, runs_root, extra=()):
     for command in (f"slmjobs status {name}", f"slmjobs logs {name} --follow", f"slmjobs cancel {name}"):
         assert command in proc.stdout
     assert (run_dir / "scripts" / "link-001.sh").read_text() == dry.stdout
-    spec = launch.load_run(run_dir)
+    spec = rundir.load_run(run_dir)
     assert spec["model"] == "tiny" and spec["cluster"]["name"] == cluster and spec["git_commit"]
-    digest = json.loads((run_dir / monitor.SUMMARY_FILE).read_text())  # status reads no YAML
-    assert digest["summary"] == monitor.summarize(spec)
-    assert digest["run_yaml"] == monitor.run_stamps(run_dir)[0]
+    digest = json.loads((run_dir / rundir.SUMMARY_FILE).read_text())  # status reads no YAML
+    assert digest["summary"] == rundir.summarize(spec)
+    assert digest["run_yaml"] == rundir.status_stamps(run_dir)[0]
     # the scheduler ran the script: its banner is in the link's log (written via -o ... -j y)
     log = run_dir / "logs" / "link-001.log"
     banner = f"slmjobs: run {name} link 1 job {first['job_id']}"
@@ -199,16 +199,16 @@ def _cancel_and_check(run_cli, run_dir, cluster):
     # the name stays taken: an old run is never reused
     taken = run_cli("launch", "tiny", "--cluster", cluster, "--name", name)
     assert taken.returncode == 2 and f"slmjobs resume {name}" in taken.stderr, taken.stderr
-    assert launch.load_run(run_dir)["name"] == name  # untouched
+    assert rundir.load_run(run_dir)["name"] == name  # untouched
     # resume: a bad walltime is refused; a good one goes into run.yaml and the next link's script
     bad = run_cli("resume", name, "--walltime", "20m")
     assert bad.returncode == 2 and "bad --walltime '20m'" in bad.stderr, bad.stderr
     resumed = run_cli("resume", name, "--walltime", "00:20:00")
     assert resumed.returncode == 0, resumed.stderr
     assert f"run {name} resumed: next link submitted as job" in resumed.stdout
-    assert launch.load_run(run_dir)["walltime"] == "00:20:00"
+    assert rundir.load_run(run_dir)["walltime"] == "00:20:00"
     link = max(e["link"] for e in ledger.read(run_dir) if e["event"] == "submitted")
-    assert "#$ -l h_rt=00:20:00" in launch.script_path(run_dir, link).read_text()
+    assert "#$ -l h_rt=00:20:00" in rundir.script_path(run_dir, link).read_text()
     assert run_cli("cancel", name).returncode == 0
 
 

@@ -10,21 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
-from slmjobs import ledger, monitor
+from slmjobs import chain, ledger, logs, monitor
 from slmjobs.backends import ACTIVE_STATES
+from support import make_run_dir
 
 PY = sys.executable
 
 
 def make_run(root: Path, name: str, scheduler: str) -> Path:
-    run_dir = root / name
-    (run_dir / "logs").mkdir(parents=True)
-    (run_dir / "run.yaml").write_text(yaml.safe_dump(
-        {"run_name": name, "model": "tiny", "gpus": 1, "scheduler": scheduler,
-         "chain": {"max_links": 3}}))
-    return run_dir
+    return make_run_dir(root / name, scheduler, max_links=3)
 
 
 def link_script(run_dir: Path, link: int, body: str) -> Path:
@@ -118,7 +112,7 @@ def test_cancel_run_leaves_nothing_queued_or_held(sge, tmp_path, wait_until):
     wait_until(lambda: monitor.run_statuses([run])[0]["state"] == "running", 20, "link 1 running")
     assert monitor.is_active(run)
 
-    assert sorted(monitor.cancel_run(run)) == sorted([first, second])
+    assert sorted(chain.cancel_run(run)) == sorted([first, second])
     events = ledger.read(run)
     kinds = [e["event"] for e in events]
     assert kinds.index("stopped") < len(kinds) - 2  # written before the jobs' `ended` events
@@ -136,7 +130,7 @@ def test_follow_logs_across_links_on_the_local_backend(local_backend, tmp_path):
     second = local_backend.submit(link_script(run, 2, "echo end of 2"), hold_on=first)
     ledger.append(run, {"event": "submitted", "link": 2, "job_id": second})
     out = io.StringIO()
-    assert monitor.follow_logs(run, follow=True, poll_seconds=0.1, status_seconds=0.5,
+    assert logs.follow_logs(run, follow=True, poll_seconds=0.1, status_seconds=0.5,
                                out=out) == 0
     assert out.getvalue() == (f"link 1 job {first}\nend of 1\nlink 2 job {second}\nend of 2\n")
     row = monitor.run_statuses([run])[0]
