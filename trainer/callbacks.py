@@ -29,7 +29,7 @@ from composer.utils import dist
 from composer.utils.misc import create_interval_scheduler
 
 from trainer.handoff import EXIT_SECONDS, StopRequest
-from trainer.progress import Progress, record_checkpoint, say, format_duration
+from trainer.progress import Progress, format_duration, record_checkpoint, say
 
 
 class HandOff(Callback):
