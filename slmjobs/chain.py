@@ -31,13 +31,19 @@ import time
 from pathlib import Path
 
 from slmjobs import events, kinds, ledger, rundir, submit
-from slmjobs.events import CANCELLED, CRASHED, FINISHED, HANDED_OFF, KILLED
+from slmjobs.events import (BAD_CONFIG, CANCELLED, CRASHED, DISK_FULL, FINISHED, HANDED_OFF,
+                            KILLED, SUBMIT_FAILED)
 from slmjobs.errors import UsageError
 
 TRAIN = 0     # begin: go on and train
 NOTHING = 3   # begin: nothing to do; the job script exits 0 without starting the worker
 
-EXIT_FINISHED, EXIT_HANDED_OFF = 0, 75
+# The worker's exit statuses (docs/CONTRACTS.md). 128 + 9: SIGKILL from outside the job (the
+# kernel's OOM killer, a node agent), which is a kill like h_rt, not a crash.
+# 74 (EX_IOERR): a save failed for lack of space or quota, which retrying cannot fix either.
+EXIT_FINISHED, EXIT_BAD_CONFIG, EXIT_DISK_FULL, EXIT_HANDED_OFF, EXIT_SIGKILL = 0, 2, 74, 75, 137
+# Exit statuses after which the chain must stop at once, and the reason it records.
+STOPPING_EXITS = {EXIT_BAD_CONFIG: BAD_CONFIG, EXIT_DISK_FULL: DISK_FULL}
 
 
 class Run:
@@ -100,29 +106,34 @@ def close_killed_predecessor(run: Run, link: int, run_events: list[dict]) -> Non
     run.record(events.ended(
         link - 1, job_id, KILLED, None, run.progress(),
         step=rundir.read_progress(run.dir).get("step"),
-        detail="the link ended without running `chain end` (h_rt, OOM, node loss or qdel)"))
-    record_accounting(run, link - 1, job_id)
+        detail="the link ended without recording its end (h_rt, OOM, node loss, qdel, or a "
+               "ledger it could not write)"))
+    job = record_accounting(run, link - 1, job_id)
+    reason = STOPPING_EXITS.get(job.exit_status) if job else None
+    if reason:  # its `end` could not record why (a full disk): the next write that can, does
+        run.record(events.stopped(reason, worker_error(run, link - 1, job.exit_status)))
 
 
-def record_accounting(run: Run, link: int, job_id: str | None) -> bool:
-    """Add the scheduler's accounting for a killed link (GPU-hours); qacct may lag a second."""
+def record_accounting(run: Run, link: int, job_id: str | None):
+    """Add the scheduler's accounting for a killed link (GPU-hours); qacct may lag a second.
+    Returns the accounted job, or None."""
     if not job_id or str(job_id) in events.accounted_job_ids(run.events()):
-        return False  # `slmjobs status` records accounting too: once per job is enough
+        return None  # `slmjobs status` records accounting too: once per job is enough
     try:
         job = run.backend.accounting(str(job_id))
     except Exception as exc:  # accounting is a nicety: never let it stop the chain
         print(f"slmjobs.chain: no accounting for job {job_id}: {exc}", file=sys.stderr)
-        return False
+        return None
     if job is None:
-        return False
+        return None
     run.record(events.accounted(link, str(job_id), job))
-    return True
+    return job
 
 
 def mark_finished(run: Run, link: int, run_events: list[dict]) -> None:
     rundir.mark_done(run.dir, f"finished at link {link}, {time.ctime()}\n")
     if not events.finished_in_ledger(run_events):
-        run.record(events.stopped(FINISHED, f"max duration reached at {run.kind.progress_key} "
+        run.record(events.stopped(FINISHED, f"max duration reached at {run.kind.progress_name} "
                                             f"{run.progress()} (link {link})"))
 
 
@@ -195,7 +206,18 @@ def begin(run_dir: Path, link: int, job_id: str | None = None) -> int:
 
 
 def how_it_ended(rc: int) -> str:
-    return {EXIT_FINISHED: FINISHED, EXIT_HANDED_OFF: HANDED_OFF}.get(rc, CRASHED)
+    return {EXIT_FINISHED: FINISHED, EXIT_HANDED_OFF: HANDED_OFF,
+            EXIT_SIGKILL: KILLED}.get(rc, CRASHED)
+
+
+def worker_error(run: Run, link: int, rc: int) -> str:
+    """The worker's own one-line reason (`error: ...`) from the link's log, the last one."""
+    try:
+        lines = rundir.log_path(run.dir, link).read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    said = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+    return said[-1] if said else f"the worker exited {rc} without saying why"
 
 
 def end(run_dir: Path, link: int, rc: int, job_id: str | None = None) -> int:
@@ -216,7 +238,13 @@ def end(run_dir: Path, link: int, rc: int, job_id: str | None = None) -> int:
     if how == FINISHED:
         mark_finished(run, link, run_events)
         cancel_successors(run, link, "the run finished")
-        print(f"slmjobs.chain: link {link}: run finished at {run.kind.progress_key} {progress}")
+        print(f"slmjobs.chain: link {link}: run finished at {run.kind.progress_name} {progress}")
+        return 0
+    if rc in STOPPING_EXITS:  # it will not change by itself: no more queue waits for it
+        reason, detail = STOPPING_EXITS[rc], worker_error(run, link, rc)
+        run.record(events.stopped(reason, detail))
+        cancel_successors(run, link, reason)
+        print(f"slmjobs.chain: link {link}: chain stopped ({reason}): {detail}", file=sys.stderr)
         return 0
     reason = events.stop_reason(run_events)
     if reason:
@@ -228,8 +256,15 @@ def end(run_dir: Path, link: int, rc: int, job_id: str | None = None) -> int:
         cancel_successors(run, link, f"guard {verdict[0]}")
         print(f"slmjobs.chain: link {link}: chain stopped by guard {verdict[0]}: {verdict[1]}")
         return 0
-    successor = ensure_successor(run, link, job_id)  # normally already there, from begin
-    print(f"slmjobs.chain: link {link}: {how} (exit {rc}) at {run.kind.progress_key} {progress}; "
+    try:
+        successor = ensure_successor(run, link, job_id)  # normally already there, from begin
+    except Exception as exc:  # the retries are spent: stop visibly, never silently
+        detail = f"link {link + 1} could not be submitted: {exc}"
+        run.record(events.stopped(SUBMIT_FAILED, detail))
+        print(f"slmjobs.chain: link {link}: chain stopped: {detail}; continue it with "
+              f"`slmjobs resume {run.dir.name}`", file=sys.stderr)
+        return 0
+    print(f"slmjobs.chain: link {link}: {how} (exit {rc}) at {run.kind.progress_name} {progress}; "
           f"link {link + 1} continues" + (f" as job {successor}" if successor else ""))
     return 0
 
@@ -262,9 +297,7 @@ def resume_run(run_dir, walltime: str | None = None) -> str:
     """`slmjobs resume`: restart a stopped or cancelled chain from its latest checkpoint;
     returns the new link's job id."""
     run = Run(run_dir)
-    run_events = run.events()
-    if not run_events:
-        raise UsageError(f"{run.dir} has no ledger ({rundir.LEDGER_FILE}): not a launched run")
+    run_events = run.events()  # none: a launch killed before it submitted link 1
     if run.is_finished(run_events):
         raise UsageError(f"run {run.dir.name} is already finished: nothing to resume")
     active = submit.active_jobs(run.dir, run_events, run.backend)
@@ -272,6 +305,9 @@ def resume_run(run_dir, walltime: str | None = None) -> str:
         states = ", ".join(f"job {jid} {job.state}" for jid, job in sorted(active.items()))
         raise UsageError(f"run {run.dir.name} is still active ({states}): "
                          f"`slmjobs cancel {run.dir.name}` first")
+    no_room = rundir.no_room_for_a_checkpoint(run.dir)
+    if no_room:  # the next link would only fail to save again
+        raise UsageError(f"cannot resume run {run.dir.name}: {no_room}")
     if walltime is not None:
         from slmjobs.launch import set_walltime
 
@@ -303,9 +339,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"slmjobs.chain: {args.run_dir} is a copy of run {recorded} (run.yaml's run_dir); "
               "allowed is the run's own directory", file=sys.stderr)
         return 2
-    if args.hook == "begin":
-        return begin(args.run_dir, args.link)
-    return end(args.run_dir, args.link, args.rc)
+    try:
+        if args.hook == "begin":
+            return begin(args.run_dir, args.link)
+        return end(args.run_dir, args.link, args.rc)
+    except OSError as exc:  # a full disk or quota: the ledger itself cannot be written
+        print(f"slmjobs.chain: link {args.link}: cannot write the run directory {args.run_dir}: "
+              f"{exc.strerror or exc}; the next link (or `slmjobs status`) that can will record "
+              f"how this one ended" + (f" (worker exit {args.rc})" if args.hook == "end" else ""),
+              file=sys.stderr)
+        return 1 if args.hook == "begin" else 0
 
 
 if __name__ == "__main__":

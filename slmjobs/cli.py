@@ -137,6 +137,11 @@ def status(runs, as_json):
         click.echo(table.format_table(rows))
     else:
         click.echo("no runs yet (slmjobs launch MODEL to start one)")
+    unreachable = [r for r in rows if r.get("scheduler_unreachable")]
+    if unreachable:  # the table is printed, but it cannot be trusted: say so, and fail
+        click.echo(f"slmjobs: the scheduler could not be asked about {len(unreachable)} run(s) "
+                   f"(state 'unknown'): {unreachable[0]['job_reason']}", err=True)
+        return 1
 
 
 @cli.command(context_settings=CONTEXT)

@@ -12,7 +12,11 @@ from __future__ import annotations
 FINISHED, HANDED_OFF, CRASHED, KILLED, CANCELLED = (
     "finished", "handed_off", "crashed", "killed", "cancelled")
 HOWS = (FINISHED, HANDED_OFF, CRASHED, KILLED, CANCELLED)
-STOP_REASONS = (FINISHED, "max_links", "no_progress", "crash_budget", CANCELLED)
+SUBMIT_FAILED = "submit_failed"   # the next link could not be submitted, retries spent
+BAD_CONFIG = "bad_config"         # the worker exited 2: its input can never train
+DISK_FULL = "disk_full"           # the worker exited 74: a save failed for lack of space/quota
+STOP_REASONS = (FINISHED, "max_links", "no_progress", "crash_budget", CANCELLED, SUBMIT_FAILED,
+                BAD_CONFIG, DISK_FULL)
 
 
 # ------------------------------------------------------------------ constructors
@@ -123,8 +127,10 @@ def is_submitted(events: list[dict], link: int) -> bool:
 
 
 def next_link(events: list[dict]) -> int:
-    """The number a new link of the run gets: one past every link the ledger names."""
-    return max((e["link"] for e in events if isinstance(e.get("link"), int)), default=0) + 1
+    """The number a new link of the run gets: one past every link that was ever submitted (a
+    link that could not be submitted keeps its number for the next try)."""
+    return max((e["link"] for e in of_kind(events, "submitted") if isinstance(e.get("link"), int)),
+               default=0) + 1
 
 
 def submitted_job_ids(events: list[dict]) -> list[str]:

@@ -5,6 +5,7 @@ reading a trainer's fields themselves, so a new kind (a data-preparation chain t
 shards, a single evaluation job) needs no branch anywhere else:
 
     progress_key             the field of `ended`/`resumed` events that holds durable progress
+    progress_name            how a person calls that progress ("step")
     durable_progress(dir)    how much work survives a kill now (a checkpoint's step, shards)
     finished_trace(dir)      the work is complete although no `end` hook said so (a link
                              killed between the worker's finish and its `end` hook)
@@ -28,6 +29,7 @@ class Train:
 
     name = "train"
     progress_key = "checkpoint_step"
+    progress_name = "step"
     chains = True
 
     def durable_progress(self, run_dir) -> int | None:

@@ -216,8 +216,8 @@ def set_walltime(run_dir, walltime: str) -> str:
 
 # -------------------------------------------------------------------------- launch
 def refuse_existing(run_dir: Path) -> None:
-    if not run_dir.exists():
-        return
+    if not rundir.is_run_dir(run_dir) and not (run_dir / rundir.LEDGER_FILE).exists():
+        return  # nothing there, or what a killed launch left: rundir.create takes it over
     name = run_dir.name
     if _is_active(run_dir):
         raise UsageError(f"run name {name!r} belongs to an active run ({run_dir}): allowed is a new "
@@ -264,14 +264,16 @@ def launch(model: str, gpus: int = 1, cluster: str | None = None, walltime: str 
     get_backend(spec["cluster"]["scheduler"]).check_available(spec["cluster"])
     run_dir = Path(spec["run_dir"])
     refuse_existing(run_dir)
+    record = {**spec, "slmjobs_version": _version(), "git_commit": _git_commit(),
+              "created": time.time()}
     try:
-        rundir.create(run_dir)  # exclusive: two launches with one name cannot both get here
+        rundir.create(run_dir, record)  # exclusive: two launches of one name cannot both get here
     except FileExistsError:
         refuse_existing(run_dir)
         raise
     try:
-        rundir.save_run(run_dir, {**spec, "slmjobs_version": _version(),
-                                  "git_commit": _git_commit(), "created": time.time()})
+        # Killed from here on, the run is there with its run.yaml: `slmjobs status` shows it
+        # and `slmjobs resume` submits its first link.
         result["job_id"] = submit.submit_link(run_dir, 1)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)

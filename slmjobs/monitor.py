@@ -29,7 +29,8 @@ from slmjobs.statuscache import StatusCache
 ACCOUNTING_PATIENCE_SECONDS = 600
 
 # Run states shown by status. Terminal ones stay until `resume`.
-TERMINAL = ("finished", "cancelled", "failed", "killed", "stopped", "unreadable")
+BROKEN = "broken"   # not finished nor stopped, and nothing queued, held or running
+TERMINAL = ("finished", "cancelled", "failed", "killed", "stopped", "unreadable", BROKEN)
 # `how` in an `ended` event -> what status shows for a run whose latest link ended so
 HOW_TO_STATE = {"finished": "finished", "handed_off": "handed off", "crashed": "failed",
                 "killed": "killed", "cancelled": "cancelled"}
@@ -156,9 +157,12 @@ def status_row(info: RunInfo, answers: dict[tuple[str, str], Job]) -> dict:
     run, progress = info.run, info.progress
     current = _current_link(info, answers)
     job = answers.get((info.scheduler, current["job_id"])) if current else None
-    stop = events.stop_in_force(info.events)
-    state = _run_state(info, current, job, stop)
+    stop = events.stop_in_force(info.events) or _unrecorded_stop(info)
     kind = kinds.KINDS.get(run["kind"]) or kinds.KINDS["train"]
+    state = _run_state(info, current, job, stop)
+    if stop is None and state not in ("finished", "unreadable", "new") \
+            and _orphaned(info, answers, kind):
+        state = BROKEN
     step, max_steps = kind.position(progress)
     step = _at_least_ledger(info, "step", step)
     rate = progress.get("steps_per_sec")
@@ -180,6 +184,7 @@ def status_row(info: RunInfo, answers: dict[tuple[str, str], Job]) -> dict:
         "job_state": job.state if job else None,
         "job_reason": job.reason if job else (run.get("error") or ""),
         "state": state,
+        "scheduler_unreachable": _unreachable(info, answers),
         "previous_link": _previous_end(info, current),
         "step": step,
         "max_steps": max_steps,
@@ -192,8 +197,56 @@ def status_row(info: RunInfo, answers: dict[tuple[str, str], Job]) -> dict:
         if isinstance(checkpoint_time, (int, float)) else None,
         "gpu_hours": _gpu_hours(info, answers, now),
         "stop_reason": stop.get("reason") if stop else None,
-        "stop_detail": stop.get("detail") if stop else None,
+        "stop_detail": stop.get("detail") if stop else (_why_broken(info) if state == BROKEN
+                                                         else None),
     }
+
+
+def _unrecorded_stop(info: RunInfo) -> dict | None:
+    """A stop the chain could not write down: a link whose worker exited 74 (disk full), told by
+    its `ended` event or the scheduler's accounting when the ledger had no room for more."""
+    for entry in info.jobs:
+        for source in (entry.get("ended"), entry.get("accounted")):
+            if source and source.get("exit_status") == 74 \
+                    and source.get("time", 0) >= _last_resume_time(info):
+                return {"event": "stopped", "reason": events.DISK_FULL,
+                        "detail": f"link {entry.get('link')} could not save a checkpoint (exit 74; "
+                                  f"see logs/link-{entry.get('link'):03d}.log)"}
+    return None
+
+
+def _last_resume_time(info: RunInfo) -> float:
+    resumed = events.of_kind(info.events, "resumed")
+    return resumed[-1].get("time", 0) if resumed else 0
+
+
+def _unreachable(info: RunInfo, answers: dict) -> bool:
+    """The scheduler could not be asked about some job of this run."""
+    return any(answers.get((info.scheduler, j), Job(job_id=j, state="")).state == UNKNOWN
+               for j in info.unaccounted_job_ids())
+
+
+def _orphaned(info: RunInfo, answers: dict, kind) -> bool:
+    """Not finished, not stopped, and the scheduler says none of its jobs is queued, held or
+    running: nothing will ever continue it by itself (e.g. a link whose successor could not
+    be submitted was killed). A job newer than our query is not known dead, and one that is
+    ENDING is given the second qacct needs before its run is called broken."""
+    if not info.jobs or rundir.is_done(info.dir) or kind.finished_trace(info.dir):
+        return False
+    for job_id in info.unaccounted_job_ids():
+        answer = answers.get((info.scheduler, job_id))
+        if answer is None or answer.state == ENDING or submit.is_alive(answer):
+            return False
+    return True
+
+
+def _why_broken(info: RunInfo) -> str:
+    missing = events.of_kind(info.events, "not_submitted")
+    if missing:
+        last = missing[-1]
+        return (f"link {last['link']} was never submitted ({last.get('reason')}: "
+                f"{last.get('detail')})")
+    return "no job of it is queued, held or running"
 
 
 def _at_least_ledger(info: RunInfo, key: str, value):

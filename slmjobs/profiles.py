@@ -54,6 +54,8 @@ SCHEMA: dict[str, tuple] = {
     "walltime_max_cpu": ((str, int, type(None)), None,
                          "HH:MM:SS (the most a CPU-only job may ask for), or null: walltime_max"),
     "handoff_margin": ((int, str), 300, "seconds (an integer) or HH:MM:SS"),
+    # A busy qmaster says so for a while: how long one submission keeps trying, in all.
+    "submit_retry_seconds": (_INT, 180, "seconds (0 or more) to keep retrying a submission"),
     "runs_root": (_STR, "./runs", "a directory"),
     "data_root": (_OPT_STR, None, "a directory or null"),
     "template": (_STR, "base.sh.j2", "a template file name in the template search path"),
@@ -123,6 +125,8 @@ def validate(data, source: str) -> dict:
 def _check_values(p: dict, source: str) -> None:
     if p["max_gpus"] < 1:
         raise _fail(source, "max_gpus", p["max_gpus"], "a positive integer")
+    if p["submit_retry_seconds"] < 0:
+        raise _fail(source, "submit_retry_seconds", p["submit_retry_seconds"], "0 or more seconds")
     for key in ("walltime_default", "walltime_max", "walltime_max_cpu"):
         if p[key] is None:
             continue

@@ -49,13 +49,29 @@ def is_run_dir(path) -> bool:
     return (Path(path) / RUN_FILE).is_file()
 
 
-def create(run_dir: Path) -> None:
-    """The directory and its subdirectories; FileExistsError if the name is taken (exclusive:
-    two launches of one name cannot both get past this)."""
+def create(run_dir: Path, spec: dict) -> None:
+    """The run directory with its run.yaml, or FileExistsError if the name is taken.
+
+    Atomic for everyone who looks: a lock on the runs root directory is held from the check to
+    the last write, so a directory without run.yaml can only be what a launcher killed in the middle
+    left behind (its lock died with it), and it is taken over. Private (0700): run.yaml holds
+    the user's overrides and paths."""
+    import fcntl
+
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    run_dir.mkdir()
-    (run_dir / "scripts").mkdir()
-    (run_dir / "logs").mkdir()
+    root = os.open(run_dir.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(root, fcntl.LOCK_EX)  # released by close, or by the kernel when killed
+        if run_dir.exists() and not is_run_dir(run_dir) and not (run_dir / LEDGER_FILE).exists():
+            import shutil
+
+            shutil.rmtree(run_dir)  # a killed launch's half-made directory
+        run_dir.mkdir(mode=0o700)
+        save_run(run_dir, spec)
+        (run_dir / "scripts").mkdir()
+        (run_dir / "logs").mkdir()
+    finally:
+        os.close(root)
 
 
 # ------------------------------------------------------------------ atomic writes
@@ -202,3 +218,44 @@ def is_done(run_dir) -> bool:
 
 def mark_done(run_dir, text: str) -> None:
     atomic_write(Path(run_dir) / DONE_FILE, text)
+
+
+# ------------------------------------------------------------------ room on the disk
+def filesystem_of(path) -> tuple[str, str]:
+    """(mount point, filesystem type) of the filesystem `path` is on, from /proc/mounts."""
+    path = os.path.realpath(path)
+    best = ("/", "unknown")
+    try:
+        with open("/proc/mounts") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) > 2 and (path == fields[1] or path.startswith(fields[1].rstrip("/") + "/")) \
+                        and len(fields[1]) >= len(best[0]):
+                    best = (fields[1], fields[2])
+    except OSError:
+        pass
+    return best
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def no_room_for_a_checkpoint(run_dir) -> str | None:
+    """Why the run cannot save its next checkpoint (the newest one's size twice over: the new
+    file is written before the old one goes), or None when there is room."""
+    folder = checkpoints_dir(run_dir)
+    target = folder / (latest_checkpoint_name(run_dir) or "")
+    size = target.stat().st_size if target.is_file() else 0
+    needed = max(2 * size, 1 << 20)
+    where = folder if folder.is_dir() else Path(run_dir)
+    stat = os.statvfs(where)
+    free = stat.f_bavail * stat.f_frsize
+    if free >= needed:
+        return None
+    mount, kind = filesystem_of(where)
+    return (f"no room for a checkpoint in {where}: {human_bytes(free)} free on {mount} ({kind}), "
+            f"a checkpoint needs about {human_bytes(needed)}; free some space or raise the quota")

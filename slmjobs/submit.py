@@ -4,6 +4,9 @@
     submit_link(run_dir, link, hold_on=None) -> job id   render, submit, append `submitted`
     active_jobs(run_dir, events) -> {job id: Job}         queued, held, running or unknown
 
+A submission rides out a busy scheduler: errors the backend marks transient are retried with
+backoff for the profile's `submit_retry_seconds` in all; a refused request fails at once.
+
 One rule for a scheduler that cannot be asked: its jobs are UNKNOWN and count as active. A job
 we cannot see may still run, so resume refuses, cancel tries to delete it and launch keeps the
 name; nothing is ever concluded from the scheduler's silence.
@@ -11,6 +14,8 @@ name; nothing is ever concluded from the scheduler's silence.
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 from slmjobs import events, ledger, rundir
@@ -39,7 +44,8 @@ def submit_link(run_dir, link: int, hold_on: str | None = None) -> str:
     spec = rundir.load_run(run_dir)
     path = write_link_script(run_dir, link, spec)
     backend = backend_of(spec)
-    job_id = backend.submit(path, hold_on=hold_on)
+    job_id = submit_with_retries(backend, path, hold_on,
+                                 spec["cluster"].get("submit_retry_seconds", DEFAULT_RETRY_SECONDS))
     try:
         ledger.append(run_dir, events.submitted(link, job_id, str(path.relative_to(run_dir)),
                                                 hold_on))
@@ -47,6 +53,27 @@ def submit_link(run_dir, link: int, hold_on: str | None = None) -> str:
         backend.cancel([job_id])  # an unrecorded job would run unseen: take it back
         raise
     return job_id
+
+
+DEFAULT_RETRY_SECONDS = 180  # run.yaml snapshots from before the profile key
+MAX_BACKOFF_SECONDS = 30
+
+
+def submit_with_retries(backend, script: Path, hold_on: str | None, budget_seconds: float) -> str:
+    """backend.submit, asked again after 1, 2, 4 ... (at most 30) s while the scheduler says it
+    is busy or unreachable and the budget lasts; the last error is raised as it came."""
+    give_up = time.monotonic() + budget_seconds
+    delay = 1.0
+    while True:
+        try:
+            return backend.submit(script, hold_on=hold_on)
+        except SchedulerError as exc:
+            if not exc.transient or time.monotonic() + delay > give_up:
+                raise
+            print(f"slmjobs: the scheduler is busy or unreachable ({exc}); asking again in "
+                  f"{delay:.0f} s", file=sys.stderr)
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
 
 def ask(backend, job_ids: list[str]) -> dict[str, Job]:

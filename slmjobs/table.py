@@ -41,9 +41,16 @@ def _number(key: str, spec: str) -> Callable[[dict], str]:
 
 
 def note(row: dict) -> str:
-    """Why a run stopped, when that is news; else what the scheduler says about its job."""
+    """Why a run stopped or is broken, and the command that continues it; else what the
+    scheduler says about its job."""
+    resume = f"continue: slmjobs resume {row.get('name')}"
+    if row.get("state") == "broken":
+        return f"broken: {row.get('stop_detail')}; {resume}"
+    if row.get("state") == "new":
+        return f"no link submitted yet; {resume}"
     if row.get("stop_reason") and row["stop_reason"] not in ("finished", "cancelled"):
-        return f"stopped: {row['stop_reason']}"
+        detail = f" ({row['stop_detail']})" if row.get("stop_detail") else ""
+        return f"stopped: {row['stop_reason']}{detail}; {resume}"
     return row.get("job_reason") or ""
 
 

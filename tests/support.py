@@ -47,8 +47,7 @@ def make_run_dir(path: Path, scheduler: str = "local", gpus: int = 1, **chain) -
 
     spec = launch.resolve("tiny", gpus=gpus, cluster=scheduler, name=path.name)
     spec.update(run_dir=str(path), chain={**spec["chain"], **chain})
-    rundir.create(path)
-    rundir.save_run(path, spec)
+    rundir.create(path, spec)
     return path
 
 

@@ -29,7 +29,13 @@ SAFE_WORD = re.compile(r"^[A-Za-z0-9_.,:=+@%/~-]+$")
 
 
 class SchedulerError(RuntimeError):
-    """The scheduler failed or answered something we cannot read (not the user's fault)."""
+    """The scheduler failed or answered something we cannot read (not the user's fault).
+    `transient`: the scheduler was busy or unreachable, so the same request may succeed if
+    asked again; otherwise it refused the request itself and asking again cannot help."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass

@@ -21,6 +21,11 @@ from slmjobs.backends.core import (ENDED, ENDING, HELD, QUEUED, RUNNING, SAFE_WO
 from slmjobs.errors import UsageError
 
 COMMAND_TIMEOUT = 60  # seconds; a qmaster that does not answer in a minute is down
+# What Grid Engine's clients print when the qmaster is busy, restarting or unreachable: the same
+# request may go through a moment later. Anything else (a bad option, a denied project) won't.
+TRANSIENT = re.compile(r"commlib error|unable to contact qmaster|failed receiving gdi request"
+                       r"|connection refused|can't connect|unable to send message|timed? ?out"
+                       r"|qmaster is not alive|not answer", re.I)
 
 
 def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
@@ -32,10 +37,12 @@ def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
                               stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise SchedulerError(f"{' '.join(argv)} did not answer within {COMMAND_TIMEOUT} s") from None
+        raise SchedulerError(f"{' '.join(argv)} did not answer within {COMMAND_TIMEOUT} s",
+                             transient=True) from None
     if check and proc.returncode != 0:
-        raise SchedulerError(f"{' '.join(argv)} failed (exit {proc.returncode}): "
-                             f"{_one_line(proc.stderr or proc.stdout)}")
+        said = _one_line(proc.stderr or proc.stdout)
+        raise SchedulerError(f"{' '.join(argv)} failed (exit {proc.returncode}): {said}",
+                             transient=bool(TRANSIENT.search(said)))
     return proc
 
 
@@ -103,6 +110,20 @@ def _rank(state: str) -> int:
 
 
 # ---------------------------------------------------------------------- qacct -j
+# qacct's `failed` codes in plain words (FINDINGS 3d-3g); the scheduler's own wording otherwise.
+FAILED_IN_WORDS = {
+    "37": "killed at its walltime limit (h_rt)",
+    "100": "killed by a signal while running (qdel, or the kernel's OOM killer)",
+    "25": "rescheduled (exit 99)",
+    "26": "could not open its output file",
+    "28": "could not change to its working directory",
+}
+
+
+def failed_in_words(code: str, text: str) -> str:
+    return FAILED_IN_WORDS.get(code, text or f"failed {code}")
+
+
 def parse_qacct(text: str) -> Job | None:
     """`qacct -j ID` -> Job(state=ENDED) from its records (a job re-run after exit 99, or an
     array, has several: the last one says how it ended, wallclock is summed)."""
@@ -120,7 +141,8 @@ def parse_qacct(text: str) -> Job | None:
         job_id=last["jobnumber"], state=ENDED, name=last.get("jobname", ""),
         exit_status=exit_status,
         failed=failed_code not in ("", "0"),  # the scheduler's verdict; the script's is exit_status
-        reason=failed_text.strip() if failed_code not in ("", "0") else "",
+        reason=failed_in_words(failed_code, failed_text.strip())
+        if failed_code not in ("", "0") else "",
         wallclock=sum(_seconds(r.get("ru_wallclock")) for r in parsed),
         slots=_int(last.get("slots")),
         gpus=int(gpus.group(1)) if gpus else None,

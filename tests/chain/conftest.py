@@ -31,8 +31,13 @@ class FakeScheduler(Backend):
         self.accounted: dict[str, Job] = {}   # what accounting() answers
         self.cancelled: list[str] = []
         self.on_submit = None                 # hook: called as a job is submitted
+        self.failures: list[Exception] = []   # raised by the next submissions, in order
+        self.attempts = 0
 
     def submit(self, script, hold_on=None):
+        self.attempts += 1
+        if self.failures:
+            raise self.failures.pop(0)
         self.next_id += 1
         job_id = str(self.next_id)
         self.states[job_id] = "held" if hold_on else "queued"
@@ -58,7 +63,8 @@ class FakeScheduler(Backend):
     def launch(self, run_dir):
         """What `slmjobs launch` does: the run's limits in run.yaml, link 1 submitted unheld."""
         spec = rundir.load_run(run_dir)
-        rundir.save_run(run_dir, {**spec, "chain": dict(self.limits)})
+        cluster = {**spec["cluster"], "submit_retry_seconds": 4}  # short retries in tests
+        rundir.save_run(run_dir, {**spec, "chain": dict(self.limits), "cluster": cluster})
         return self.submit_link(run_dir, 1, hold_on=None)
 
     def pending(self) -> list[str]:

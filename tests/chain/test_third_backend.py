@@ -40,8 +40,7 @@ def third_run(tmp_path, monkeypatch):
                        "walltime_default: '00:10:00'\nhandoff_margin: 60\n")
     spec = launch.resolve("tiny", cluster=str(profile), name="r3")
     run_dir = tmp_path / "runs" / "r3"
-    rundir.create(run_dir)
-    rundir.save_run(run_dir, {**spec, "run_dir": str(run_dir)})
+    rundir.create(run_dir, {**spec, "run_dir": str(run_dir)})
     return run_dir
 
 

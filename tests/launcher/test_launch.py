@@ -221,3 +221,75 @@ def test_real_launch_on_grid_engine(sge_cluster, run_cli, runs_root):
 def test_real_launch_on_the_local_backend(run_cli, runs_root):
     run_dir, _ = _launch_and_watch(run_cli, "local", "l1-local", runs_root)
     _cancel_and_check(run_cli, run_dir, "local")
+
+
+def test_a_launcher_killed_at_any_moment_leaves_every_name_usable(run_cli, runs_root):
+    """SIGKILL `slmjobs launch` at a range of moments: each name is then absent (and a new
+    launch of it works), or a run that status lists and that runs, or that `resume` starts."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    outcomes = []
+    for i, delay in enumerate((0.05, 0.15, 0.25, 0.35, 0.5, 0.7, 1.0, 1.5)):
+        name = f"killed{i}"
+        proc = subprocess.Popen([sys.executable, "-m", "slmjobs", "launch", "tiny", "--cluster",
+                                 "local", "--name", name, "train.max_duration=4ba"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        run_dir = runs_root / name
+        assert not [p for p in runs_root.iterdir() if p.name.startswith(".")], delay
+        outcomes.append("nothing" if not run_dir.exists() else "half-made"
+                        if not rundir.is_run_dir(run_dir) else "run")
+        if not rundir.is_run_dir(run_dir):  # nothing, or a half-made directory: launch anew
+            again = run_cli("launch", "tiny", "--cluster", "local", "--name", name,
+                            "train.max_duration=4ba")
+            assert again.returncode == 0, (delay, again.stderr)
+        (row,) = json.loads(run_cli("status", name, "--json").stdout)
+        if not [e for e in ledger.read(run_dir) if e["event"] == "submitted"]:
+            outcomes[-1] = "run, nothing submitted"
+            assert row["state"] == "new" and f"slmjobs resume {name}" in run_cli("status", name).stdout
+            resumed = run_cli("resume", name)
+            assert resumed.returncode == 0, (delay, resumed.stderr)
+        links = [e["link"] for e in ledger.read(run_dir) if e["event"] == "submitted"]
+        assert links.count(1) == 1, (delay, links)  # link 1 exists, once
+        assert run_cli("cancel", name).returncode == 0
+    print("killed launches left:", ", ".join(outcomes))
+
+
+def test_a_run_directory_is_private(run_cli, runs_root):
+    proc = run_cli("launch", "tiny", "--cluster", "local", "--name", "mine", "train.max_duration=4ba")
+    assert proc.returncode == 0, proc.stderr
+    assert (runs_root / "mine").stat().st_mode & 0o777 == 0o700
+    assert run_cli("cancel", "mine").returncode == 0
+
+
+def test_a_launch_killed_while_qsub_hangs_leaves_a_run_that_resume_starts(sge_cluster, run_cli,
+                                                                         runs_root, tmp_path):
+    import subprocess
+    import sys
+
+    shim = tmp_path / "hanging"
+    shim.mkdir()
+    (shim / "qsub").write_text(f"#!/bin/bash\ntouch {shim}/called\nexec sleep 600\n")
+    (shim / "qsub").chmod(0o755)
+    env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"}
+    proc = subprocess.Popen([sys.executable, "-m", "slmjobs", "launch", "tiny", "--cluster", "sge",
+                             "--name", "hung", "train.max_duration=4ba"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    wait_until(lambda: (shim / "called").exists(), 60, "the launch to reach qsub")
+    os.killpg(proc.pid, 9)  # the launcher and its hanging qsub
+    proc.wait()
+    run_dir = runs_root / "hung"
+    assert rundir.is_run_dir(run_dir) and ledger.read(run_dir) == []
+    (row,) = json.loads(run_cli("status", "hung", "--json").stdout)
+    assert row["state"] == "new"
+    assert "no link submitted yet; continue: slmjobs resume hung" in run_cli("status", "hung").stdout
+    resumed = run_cli("resume", "hung")  # the real qsub again
+    assert resumed.returncode == 0, resumed.stderr
+    assert [e["link"] for e in ledger.read(run_dir) if e["event"] == "submitted"] == [1]
+    assert run_cli("cancel", "hung").returncode == 0

@@ -94,8 +94,8 @@ def test_a_job_gone_from_qstat_but_not_in_qacct_is_ending_never_finished(sge, tm
                 elif row["state"] == "ending":
                     assert not accounted and row["job_state"] == "ending"
                     seen_ending += 1
-                else:  # exit 0 and no chain hooks: "ended", and only once accounted
-                    assert row["state"] == "ended" and len(accounted) == 1
+                else:  # exit 0, no chain hooks, nothing queued: broken, once accounted
+                    assert row["state"] == "broken" and len(accounted) == 1
                     assert accounted[0]["exit_status"] == 0
                     final.add(run)
         if seen_ending:
@@ -137,3 +137,24 @@ def test_follow_logs_across_links_on_the_local_backend(local_backend, tmp_path):
     assert row["state"] == "finished" and row["previous_link"] == "handed off"
     assert all(job.state not in ACTIVE_STATES
                for job in local_backend.query([first, second]).values())
+
+
+def test_status_says_so_and_fails_when_the_scheduler_cannot_be_asked(tmp_path):
+    """A `qstat` first on PATH that fails as an unreachable qmaster does: the table still
+    prints (state unknown), one line on stderr names the reason, the exit status is 1."""
+    import os
+
+    run = make_run(tmp_path, "unreachable", "sge")
+    ledger.append(run, {"event": "submitted", "link": 1, "job_id": "4242", "hold_on": None})
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "qstat").write_text("#!/bin/bash\necho 'error: unable to contact qmaster using port"
+                                " 6444 on host \"vm\"' >&2\nexit 1\n")
+    (shim / "qstat").chmod(0o755)
+    env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}",
+           "SLMJOBS_RUNS_ROOT": str(tmp_path)}
+    proc = subprocess.run([PY, "-m", "slmjobs", "status"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "unreachable" in proc.stdout and "unknown" in proc.stdout
+    assert proc.stderr.count("\n") == 1 and "unable to contact qmaster" in proc.stderr

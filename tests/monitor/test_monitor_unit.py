@@ -87,10 +87,13 @@ def test_one_query_per_scheduler_for_all_runs(tmp_path, backends):
 def test_accounting_is_asked_once_and_recorded(tmp_path, backends):
     run = make_run(tmp_path, "r", events=[
         submitted(1, "7"), {"event": "started", "link": 1, "job_id": "7"},
+        submitted(2, "8", hold_on="7"),
         {"event": "ended", "link": 1, "job_id": "7", "how": "handed_off", "exit_status": 75}])
     sge = backends["sge"]
+    sge.states["8"] = Job(job_id="8", state=QUEUED)
     # qacct lags qstat: gone from the queue, not accounted -> ending, nothing recorded
-    assert monitor.run_statuses([run])[0]["state"] == "handed off"
+    row = monitor.run_statuses([run])[0]
+    assert (row["state"], row["previous_link"]) == (QUEUED, "handed off")
     assert sge.accounting_calls == ["7"]
     assert not [e for e in ledger.read(run) if e["event"] == "accounted"]
     sge.accounts["7"] = Job(job_id="7", state=ENDED, exit_status=75, failed=True,
@@ -99,7 +102,7 @@ def test_accounting_is_asked_once_and_recorded(tmp_path, backends):
     assert row["gpu_hours"] == pytest.approx(1.0)
     row = monitor.run_statuses([run])[0]
     assert sge.accounting_calls == ["7", "7"]  # never asked again
-    assert sge.queries == [["7"], ["7"]]          # and no more queried once accounted
+    assert sge.queries == [["7", "8"], ["7", "8"], ["8"]]  # and no more queried once accounted
     assert row["gpu_hours"] == pytest.approx(1.0)
     assert len([e for e in ledger.read(run) if e["event"] == "accounted"]) == 1
 
@@ -108,7 +111,18 @@ def test_a_job_gone_from_the_queue_and_not_accounted_is_ending(tmp_path, backend
     run = make_run(tmp_path, "r", events=[submitted(1, "7"),
                                           {"event": "started", "link": 1, "job_id": "7"}])
     row = monitor.run_statuses([run])[0]
-    assert (row["state"], row["job_state"]) == (ENDING, ENDING)
+    assert (row["state"], row["job_state"]) == (ENDING, ENDING)  # neither finished nor lost
+
+
+def test_a_run_with_nothing_queued_held_or_running_is_broken(tmp_path, backends):
+    run = make_run(tmp_path, "r", events=[
+        submitted(1, "7"), {"event": "started", "link": 1, "job_id": "7"},
+        {"event": "not_submitted", "link": 2, "reason": "submit_failed", "detail": "qsub: busy"}])
+    backends["sge"].accounts["7"] = Job(job_id="7", state=ENDED, exit_status=137, failed=True)
+    row = monitor.run_statuses([run])[0]
+    assert row["state"] == "broken"
+    assert table.note(row) == ("broken: link 2 was never submitted (submit_failed: qsub: busy); "
+                               "continue: slmjobs resume r")
 
 
 def test_long_lost_accounting_is_recorded_once_as_missing(tmp_path, backends):
@@ -117,7 +131,7 @@ def test_long_lost_accounting_is_recorded_once_as_missing(tmp_path, backends):
         {**submitted(1, "7"), "time": old}, {"event": "started", "link": 1, "job_id": "7",
                                              "time": old},
         {"event": "ended", "link": 1, "job_id": "7", "how": "crashed", "time": old}])
-    assert monitor.run_statuses([run])[0]["state"] == "failed"
+    assert monitor.run_statuses([run])[0]["state"] == "broken"  # and no successor either
     monitor.run_statuses([run])
     assert backends["sge"].accounting_calls == ["7"]
 
@@ -149,14 +163,18 @@ def test_chain_view_running_link_previous_link_eta_and_checkpoint_age(tmp_path, 
 def test_killed_link_without_its_end_hook(tmp_path, backends):
     run = make_run(tmp_path, "r", events=[
         submitted(1, "7"), {"event": "started", "link": 1, "job_id": "7"},
+        submitted(2, "8", hold_on="7"),
         {"event": "accounted", "link": 1, "job_id": "7", "exit_status": 137, "failed": True,
          "wallclock": 60}])
-    assert monitor.run_statuses([run])[0]["state"] == "killed"
+    backends["sge"].states["8"] = Job(job_id="8", state=QUEUED)
+    row = monitor.run_statuses([run])[0]
+    assert (row["state"], row["previous_link"]) == (QUEUED, "killed")
 
 
 @pytest.mark.parametrize("reason,state,note", [
     ("cancelled", "cancelled", ""), ("finished", "finished", ""),
-    ("crash_budget", "failed", "stopped: crash_budget"), ("max_links", "stopped", "stopped: max_links")])
+    ("crash_budget", "failed", "stopped: crash_budget (d); continue: slmjobs resume r"),
+    ("max_links", "stopped", "stopped: max_links (d); continue: slmjobs resume r")])
 def test_stopped_chains(tmp_path, backends, reason, state, note):
     run = make_run(tmp_path, "r", events=[
         submitted(1, "7"), {"event": "stopped", "reason": reason, "detail": "d"}])
