@@ -34,6 +34,7 @@ TRAINING_FIXTURES = {"worker", "reference", "reference_two_ranks", "campaign"}  
 TRAINING_TESTS = (  # start the worker without one of those fixtures
     "tests/test_demo.py::test_demo_",
     "tests/launcher/test_launch.py::test_real_launch_on_the_local_backend",
+    "tests/chain/test_bad_config_local.py::",  # a chain on the local backend (chain_support.Campaign)
 )
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TIERS = ('unit', 'cluster', 'e2e')
 # modules whose every test needs the real scheduler or trains
-NEVER_UNIT = ('tests/chain/test_chain_e2e.py', 'tests/backends/test_sge_real.py',
+NEVER_UNIT = ('tests/chain/test_chain_e2e.py', 'tests/chain/test_scheduler_faults.py',
+              'tests/chain/test_bad_config_local.py', 'tests/backends/test_sge_real.py',
               'tests/trainer/test_resume.py', 'tests/trainer/test_two_ranks.py')
 PLUGIN = '''
 def pytest_collection_finish(session):
