@@ -25,7 +25,7 @@ import pytest
 from slmjobs.backends import ACTIVE_STATES, ENDED
 from slmjobs.backends.local import LocalBackend
 from slmjobs.backends.sge import SGEBackend
-from support import wait_until
+from support import COLLECTED_TIERS, wait_until
 
 
 # What puts a test in a tier: fixtures it uses (directly or through other fixtures), or its id.
@@ -49,9 +49,13 @@ def tiers(item) -> list[str]:
 
 
 def pytest_collection_modifyitems(config, items):
+    """Runs before `-m` deselects: the stash holds every collected test's tiers (test_tiers.py)."""
+    found = {}
     for item in items:
-        for marker in tiers(item):
+        found[item.nodeid] = tiers(item)
+        for marker in found[item.nodeid]:
             item.add_marker(marker)
+    config.stash[COLLECTED_TIERS] = found
 
 
 @pytest.fixture(name="wait_until")

@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 
 
+COLLECTED_TIERS = pytest.StashKey[dict]()  # nodeid -> its tiers, for every collected test (conftest.py)
+
+
 def wait_until(predicate, timeout: float = 30.0, what: str = "condition", interval: float = 0.1):
     """Return predicate()'s first truthy value; fail the test (never skip) after `timeout` s."""
     deadline = time.monotonic() + timeout
