@@ -10,7 +10,7 @@
 - Tiers: markers `unit`, `cluster`, `e2e` (declared in pyproject.toml) come from what a test
   needs, so no module has to remember to mark itself: `cluster` needs the real Grid Engine,
   `e2e` runs the real training worker (the demo, a chain: a test can be both), and `unit` is
-  everything else (no scheduler, no training process; `pytest -m unit`, ~1 minute of CPU). A plain
+  everything else (no scheduler, no training process; `pytest -m unit`, ~45 s of CPU). A plain
   `pytest` (CI: scripts/test.sh) still runs them all.
 """
 
