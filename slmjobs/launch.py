@@ -248,6 +248,66 @@ def validate_with_scheduler(spec: dict, text: str) -> str:
     return message
 
 
+# ------------------------------------------------------------- can it ever train?
+def check_training_config(spec: dict, environ=None) -> dict:
+    """The worker's own checks on the composed configuration, run as the job would run them
+    but here and now (`python -m trainer.validate`: no torch, about 0.3 s): a typo, a missing
+    dataset or a batch the ranks cannot split is refused before anything is submitted, not
+    after a queue wait. Returns the composed configuration."""
+    import json
+
+    from slmjobs.render import worker_args
+
+    environ = dict(os.environ if environ is None else environ)
+    if spec.get("data_root"):
+        environ["SLMJOBS_DATA_ROOT"] = spec["data_root"]
+    argv = [sys.executable, "-m", "trainer.validate", "--ranks", str(spec["gpus"]),
+            *worker_args(spec)]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, env=environ,
+                              cwd=spec["workdir"], timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UsageError(f"could not check the training configuration ({exc}): allowed is a "
+                         "Python environment with slmjobs' worker (pip install slmjobs)") from None
+    said = [line[len("error: "):] for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    if proc.returncode != 0:
+        raise UsageError(said[-1] if said else f"the worker's configuration check exited "
+                         f"{proc.returncode}: {proc.stderr.strip()[-300:]}")
+    config = json.loads(proc.stdout)["config"]
+    check_wandb(config["wandb"], environ)
+    return config
+
+
+# The shape wandb 0.31 itself requires of a key (wandb/sdk/lib/wbauth/validation.py): an
+# optional on-prem prefix and a dash, then 40+ letters, digits, '_' or '-'; or a JWT.
+WANDB_KEY = re.compile(r"^(?:[^-]*-)?[\w-]{40,}$|^[\w-]+\.[\w-]+\.[\w-]+$")
+
+
+def check_wandb(wandb: dict, environ) -> None:
+    """What can be known about wandb without the network: its mode, and the shape of a key.
+    The key itself is never printed."""
+    if not wandb["enabled"] or wandb["mode"] == "offline":
+        return
+    key = environ.get("WANDB_API_KEY")
+    if key is not None and not WANDB_KEY.match(key):
+        raise UsageError(f"WANDB_API_KEY is not a wandb API key ({len(key)} characters; wandb "
+                         "wants 40 or more letters, digits and '_'): allowed is a key from "
+                         "https://wandb.ai/authorize, or wandb.mode=offline")
+    if wandb["mode"] == "online" and key is None and not _netrc_has_wandb(environ):
+        raise UsageError("wandb.mode=online but no wandb credentials here (no WANDB_API_KEY, no "
+                         "wandb entry in ~/.netrc): allowed is `wandb login`, WANDB_API_KEY, "
+                         "or wandb.mode=auto|offline")
+
+
+def _netrc_has_wandb(environ) -> bool:
+    path = environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return "wandb" in handle.read()
+    except OSError:
+        return False
+
+
 def launch(model: str, gpus: int = 1, cluster: str | None = None, walltime: str | None = None,
            name: str | None = None, max_links: int | None = None, project: str | None = None,
            overrides=(), dry_run: bool = False, validate: bool = False) -> dict:
@@ -255,6 +315,7 @@ def launch(model: str, gpus: int = 1, cluster: str | None = None, walltime: str 
     from slmjobs.render import render_link
 
     spec = resolve(model, gpus, cluster, walltime, name, max_links, project, overrides)
+    check_training_config(spec)
     text = render_link(spec, 1)
     result = {"spec": spec, "script": text, "validation": None}
     if validate:

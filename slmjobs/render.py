@@ -87,8 +87,6 @@ def context(spec: dict, link: int) -> dict:
     walltime = spec["walltime"]
     if isinstance(walltime, int):  # a hand-edited run.yaml with an unquoted HH:MM:SS (YAML 1.1)
         walltime = profiles.format_walltime(walltime)
-    worker_args = [f"model={spec['model']}", f"run_name={spec['name']}", f"run_dir={run_dir}",
-                   *spec["overrides"]]
     backend = get_backend(profile["scheduler"])
     return {
         "scheduler": profile["scheduler"],
@@ -115,9 +113,15 @@ def context(spec: dict, link: int) -> dict:
         "python": python,
         "python_bin": spec.get("bin_dir") or os.path.dirname(python),
         "python_command": profile["python"],
-        "worker_args": worker_args,
+        "worker_args": worker_args(spec),
         **backend.header_context(profile, spec),
     }
+
+
+def worker_args(spec: dict) -> list[str]:
+    """The hydra overrides every link passes the worker (docs/CONTRACTS.md)."""
+    return [f"model={spec['model']}", f"run_name={spec['name']}", f"run_dir={spec['run_dir']}",
+            *spec["overrides"]]
 
 
 def render_link(spec: dict, link: int) -> str:

@@ -131,7 +131,24 @@ def compose(overrides: list[str]) -> dict:
         return OmegaConf.to_container(cfg, resolve=True)
     except Exception as e:  # hydra's and omegaconf's: an override that does not parse or fit
         lines = str(e).strip().splitlines()
-        raise BadInput(lines[0] if lines else type(e).__name__) from None
+        said = lines[0] if lines else type(e).__name__
+        bad = unparsable_override(overrides)
+        if bad is not None:
+            raise BadInput(f'{bad}: not a hydra override ({said}); allowed: key=value, with '
+                           "a value of special characters quoted (key='...')") from None
+        raise BadInput(said) from None
+
+
+def unparsable_override(overrides: list[str]) -> Optional[str]:
+    """The first override hydra's grammar cannot parse on its own, if one is."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except Exception:
+            return override
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

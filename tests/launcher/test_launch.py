@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,11 @@ import pytest
 from slmjobs import launch, ledger, rundir
 from slmjobs.backends import ACTIVE_STATES, get_backend
 from support import wait_until
+
+
+@pytest.fixture(autouse=True)
+def with_data(data_root):
+    """Every launch here has the default dataset to find (SLMJOBS_DATA_ROOT)."""
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,15 +97,19 @@ def test_no_qsub_on_path(run_cli, tmp_path, runs_root):
     assert list(runs_root.iterdir()) == []
 
 
+# a value hydra accepts (quoted) that a shell would run if it reached one unquoted
+HOSTILE = "wandb.project='$(touch PWNED)'"
+
+
 def test_dry_run_prints_the_script_writes_nothing_needs_no_scheduler(run_cli, tmp_path, runs_root):
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     proc = run_cli("launch", "gpt2", "--gpus", "2", "--cluster", "scc", "--project", "myproj",
-                   "--dry-run", "optim.lr=$(touch PWNED)", env={"PATH": str(empty)})
+                   "--dry-run", HOSTILE, env={"PATH": str(empty)})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("#!/bin/bash -l\n#$ -N gpt2-")
     assert "#$ -pe omp 8" in proc.stdout and "composer -n 2 -m trainer.train" in proc.stdout
-    assert "    'optim.lr=$(touch PWNED)' \\" in proc.stdout
+    assert f"    {shlex.quote(HOSTILE)} \\" in proc.stdout
     assert list(runs_root.iterdir()) == [] and not list(tmp_path.rglob("PWNED"))
 
 
@@ -120,7 +130,8 @@ def test_validate_accepts_a_possible_request_and_rejects_an_impossible_one(sge_c
     big = tmp_path / "big.yaml"
     big.write_text((REPO / "cluster" / "sge.yaml").read_text().replace("max_gpus: 4", "max_gpus: 8"))
     for extra in (["--dry-run"], []):
-        bad = run_cli("launch", "tiny", "--cluster", str(big), "--gpus", "6", "--validate", *extra)
+        bad = run_cli("launch", "tiny", "--cluster", str(big), "--gpus", "6", "--validate",
+                      "train.global_batch_size=12", *extra)
         assert bad.returncode == 2, bad.stderr
         assert "the scheduler rejects this request" in bad.stderr and "no suitable queues" in bad.stderr
         assert bad.stderr.count("\n") == 1
@@ -153,7 +164,7 @@ def test_default_run_name_is_model_and_timestamp(run_cli):
 def _launch_and_watch(run_cli, cluster, name, runs_root, extra=()):
     """Launch for real; check the record, the script == dry run, and the script running."""
     args = ["launch", "tiny", "--cluster", cluster, "--name", name, "--walltime", "00:30:00",
-            *extra, "train.max_duration=4ba"]
+            *extra, "train.max_steps=4"]
     dry = run_cli(*args, "--dry-run")
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr
@@ -235,7 +246,7 @@ def test_a_launcher_killed_at_any_moment_leaves_every_name_usable(run_cli, runs_
     for i, delay in enumerate((0.05, 0.15, 0.25, 0.35, 0.5, 0.7, 1.0, 1.5)):
         name = f"killed{i}"
         proc = subprocess.Popen([sys.executable, "-m", "slmjobs", "launch", "tiny", "--cluster",
-                                 "local", "--name", name, "train.max_duration=4ba"],
+                                 "local", "--name", name, "train.max_steps=4"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
@@ -246,7 +257,7 @@ def test_a_launcher_killed_at_any_moment_leaves_every_name_usable(run_cli, runs_
                         if not rundir.is_run_dir(run_dir) else "run")
         if not rundir.is_run_dir(run_dir):  # nothing, or a half-made directory: launch anew
             again = run_cli("launch", "tiny", "--cluster", "local", "--name", name,
-                            "train.max_duration=4ba")
+                            "train.max_steps=4")
             assert again.returncode == 0, (delay, again.stderr)
         (row,) = json.loads(run_cli("status", name, "--json").stdout)
         if not [e for e in ledger.read(run_dir) if e["event"] == "submitted"]:
@@ -261,7 +272,7 @@ def test_a_launcher_killed_at_any_moment_leaves_every_name_usable(run_cli, runs_
 
 
 def test_a_run_directory_is_private(run_cli, runs_root):
-    proc = run_cli("launch", "tiny", "--cluster", "local", "--name", "mine", "train.max_duration=4ba")
+    proc = run_cli("launch", "tiny", "--cluster", "local", "--name", "mine", "train.max_steps=4")
     assert proc.returncode == 0, proc.stderr
     assert (runs_root / "mine").stat().st_mode & 0o777 == 0o700
     assert run_cli("cancel", "mine").returncode == 0
@@ -278,7 +289,7 @@ def test_a_launch_killed_while_qsub_hangs_leaves_a_run_that_resume_starts(sge_cl
     (shim / "qsub").chmod(0o755)
     env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"}
     proc = subprocess.Popen([sys.executable, "-m", "slmjobs", "launch", "tiny", "--cluster", "sge",
-                             "--name", "hung", "train.max_duration=4ba"], env=env,
+                             "--name", "hung", "train.max_steps=4"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     wait_until(lambda: (shim / "called").exists(), 60, "the launch to reach qsub")
@@ -293,3 +304,44 @@ def test_a_launch_killed_while_qsub_hangs_leaves_a_run_that_resume_starts(sge_cl
     assert resumed.returncode == 0, resumed.stderr
     assert [e["link"] for e in ledger.read(run_dir) if e["event"] == "submitted"] == [1]
     assert run_cli("cancel", "hung").returncode == 0
+
+
+# What can never train, refused at launch by the worker's own checks (issue: "a typo costs
+# three queue waits"): one line naming the value and what is allowed, exit 2, nothing left.
+NEVER_TRAINS = [
+    (["data.path=does-not-exist"], {}, "data.path=does-not-exist: no prepared dataset"),
+    (["train.max_stepz=120"], {}, "train.max_stepz: unknown key; did you mean train.max_steps?"),
+    (["model.block_size=32"], {}, "windows of 64 tokens are longer than model.block_size=32"),
+    (["--gpus", "2", "train.global_batch_size=7"], {},
+     "train.global_batch_size=7: not divisible by the 2 ranks"),
+    (["wandb.mode=online"], {"WANDB_API_KEY": "not-a-key"},
+     "WANDB_API_KEY is not a wandb API key (9 characters"),
+    (["wandb.mode=online"], {"WANDB_API_KEY": "", "NETRC": "/nonexistent"},
+     "WANDB_API_KEY is not a wandb API key (0 characters"),
+]
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["launch", "dry-run"])
+@pytest.mark.parametrize("extra, env, message", NEVER_TRAINS,
+                         ids=[" ".join(a) for a, _, _ in NEVER_TRAINS])
+def test_a_configuration_that_can_never_train_is_refused_at_launch(extra, env, message, dry_run,
+                                                                   run_cli, qsub_spy, runs_root,
+                                                                   tmp_path):
+    gpus = [] if "--gpus" in extra else ["--gpus", "1"]
+    args = ["launch", "tiny", "--cluster", "sge", "--name", "typo", *gpus, *extra]
+    proc = run_cli(*args, *(["--dry-run"] if dry_run else []),
+                   env={"PATH": qsub_spy["PATH"], **env})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("slmjobs: error: "), proc.stderr
+    assert message in proc.stderr
+    assert proc.stdout == "" and not qsub_spy["called"].exists()
+    assert list(runs_root.iterdir()) == []
+    if "WANDB_API_KEY" in env and env["WANDB_API_KEY"]:
+        assert env["WANDB_API_KEY"] not in proc.stderr  # a secret is never echoed
+
+
+def test_wandb_online_without_credentials_is_refused(run_cli, runs_root, tmp_path):
+    env = {"NETRC": str(tmp_path / "no-netrc"), "HOME": str(tmp_path)}
+    proc = run_cli("launch", "tiny", "--dry-run", "wandb.mode=online",
+                   env={k: v for k, v in env.items()})
+    assert proc.returncode == 2 and "wandb.mode=online but no wandb credentials" in proc.stderr
