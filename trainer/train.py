@@ -11,7 +11,8 @@ autoresume: a re-run continues exactly where the last checkpoint left off), prog
 
 Exit status: 0 finished (max_steps reached, final checkpoint written); 75 handed off (stopped
 by SLMJOBS_DEADLINE or SIGUSR1/SIGUSR2/SIGTERM, checkpoint written at the stop step, run it
-again to continue); 2 bad configuration or input (nothing written); anything else crashed.
+again to continue); 2 bad configuration or input (nothing written; also wandb refusing the
+credentials); 74 no space left to save a checkpoint; anything else crashed.
 See docs/CONTRACTS.md.
 
 Read top to bottom, this is one link's life: main -> run: compose the configuration, check it
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import NoReturn, Optional
 
 from trainer.errors import EXIT_BAD_INPUT, EXIT_FINISHED, EXIT_HANDED_OFF, BadInput
+from trainer.failures import exit_for
 from trainer.handoff import deadline_from_env, ignore_signals_for_exit, install_signal_handlers
 from trainer.progress import Progress, eprint, fail_line, say
 from trainer.validate import Plan, check_device_and_precision, compose, validate
@@ -61,7 +63,14 @@ def run(overrides: list[str]) -> int:
         return fit(plan, progress)
     except BaseException as e:
         progress.update(state='failed')
-        progress.write()
+        try:
+            progress.write()
+        except OSError:
+            pass  # a full disk: the exit status and the log line below still tell
+        meaning = exit_for(e, plan.checkpoint_dir)
+        if meaning is not None:  # it would fail the same way again: not a crash
+            eprint(f'error: {meaning[1]}')
+            return meaning[0]
         eprint(f'training failed: {fail_line(e)}')
         raise
 

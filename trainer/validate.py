@@ -266,7 +266,10 @@ def check_numbers(config: dict) -> None:
     _positive_int('data.num_canonical_nodes', data['num_canonical_nodes'])
     _positive_int('checkpoint.save_every_batches', checkpoint['save_every_batches'], allow_zero=True)
     _number('checkpoint.save_every_seconds', checkpoint['save_every_seconds'])
-    _positive_int('checkpoint.keep', checkpoint['keep'], minimum=-1)
+    keep = _positive_int('checkpoint.keep', checkpoint['keep'], minimum=-1)
+    if keep in (0, 1):  # the chain falls back to an older checkpoint when the newest is damaged
+        raise BadInput(f'checkpoint.keep={keep}: allowed: 2 or more (an intact older checkpoint '
+                       'to resume from when the newest is damaged), or -1 for all')
     if checkpoint['save_seconds_guess'] is not None:
         _number('checkpoint.save_seconds_guess', checkpoint['save_seconds_guess'])
     _boolean('wandb.enabled', config['wandb']['enabled'])

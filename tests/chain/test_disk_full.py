@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from slmjobs import chain, ledger, monitor, rundir, table
+from slmjobs import chain, events, ledger, monitor, rundir, table
 from support import make_run_dir
 
 
@@ -129,3 +129,55 @@ def test_the_next_link_records_the_stop_a_full_ledger_kept_out(run_dir, sched):
     stop = [e for e in ledger.read(run_dir) if e["event"] == "stopped"][-1]
     assert stop["reason"] == "disk_full"
     assert sched.pending() == []
+
+
+@pytest.fixture
+def runs_disk(tmp_path):
+    """A 16 MB tmpfs for a whole chain: its dataset, runs and checkpoints."""
+    if os.geteuid() != 0:
+        pytest.fail("this test mounts a tmpfs: run it as root (CI and scripts/test.sh do)")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_chain_on_a_full_disk_stops_with_disk_full_and_resume_finishes_it(runs_disk,
+                                                                          monkeypatch):
+    """The runs root fills up after the first checkpoint: the next save fails, the chain stops
+    with `disk_full` (shown by status), resume refuses while the disk is full, and once room is
+    made, resume finishes the run. On the local backend with the real worker."""
+    from chain_support import Campaign, local_profile, prepare_data
+    from support import wait_until
+
+    training = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.block_size=64",
+                "train.max_steps=30", "train.global_batch_size=4", "train.eval_every=0",
+                "checkpoint.save_every_batches=10", "checkpoint.save_every_seconds=0",
+                "checkpoint.keep=2", "data.num_workers=0", "wandb.enabled=false"]
+    c = Campaign(runs_disk, prepare_data(runs_disk, documents=20, seq_len=64), training,
+                 ["train.debug_batch_sleep=0.5"], 300)  # 5 s between saves, whatever the CPU
+    monkeypatch.setenv("SLMJOBS_LOCAL_STATE", c.env["SLMJOBS_LOCAL_STATE"])
+    profile = c.profile("disk", local_profile("00:20:00", 60, {"max_links": 5, "crash_budget": 3,
+                                                               "no_progress_links": 3}))
+    try:
+        run_dir = c.launch("full", profile)
+        wait_until(lambda: (rundir.read_progress(run_dir).get("checkpoint_step") or 0) >= 10,
+                   240, "the first checkpoint", interval=0.2)
+        size = (run_dir / "checkpoints" / "ep0-ba10-rank0.pt").stat().st_size
+        filler = fill(runs_disk, leave=size // 2)
+        evs = c.wait_settled(run_dir)
+        assert events.stop_reason(evs) == "disk_full", evs[-3:]
+        assert "no space left to save a checkpoint" in events.stop_in_force(evs)["detail"]
+        row = c.status("full")
+        assert (row["state"], row["stop_reason"]) == ("stopped", "disk_full")
+        refused = c.cli("resume", "full", check=False)
+        assert refused.returncode == 2 and "no room for a checkpoint" in refused.stderr
+        assert events.stop_reason(ledger.read(run_dir)) == "disk_full"  # nothing written
+        filler.unlink()
+        c.cli("resume", "full")
+        evs = c.wait_settled(run_dir)
+        assert events.stop_reason(evs) == "finished", evs[-3:]
+        assert rundir.read_progress(run_dir)["checkpoint_step"] == 30
+    finally:
+        c.close()
