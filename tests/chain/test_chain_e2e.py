@@ -9,14 +9,15 @@ batch last longer without burning CPU, so the chains can share this 2-core machi
 
 The scenarios (issue 4): planned hand-offs (SGE with `--gpus 2`: two gloo ranks through
 `composer -n 2` on the consumable `gpus`, compared with a two-rank reference; and local with one),
-a hard kill at h_rt (the worker gets no deadline: a margin "below zero"), a crash loop (a broken
-override), cancel mid-chain then resume, and a successor that starts after the run finished.
+a hard kill at h_rt (the worker gets no deadline: a margin "below zero"), a crash loop (a dataset
+whose training shard is truncated: launch's checks pass, every worker crashes reading it), cancel mid-chain then resume, and a successor that starts after the run finished.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,17 @@ def assert_planned_chain_completed(run_dir: Path, kind: str) -> tuple[list[dict]
 
 
 # ------------------------------------------------------------------------------ the campaign
+def damaged_copy(dataset: Path, to: Path) -> Path:
+    """The dataset with its training shard truncated: it passes every check a launch can make
+    (dataset.json is whole) and crashes every worker that reads it."""
+    shutil.copytree(dataset, to)
+    for shard in (to / "train").glob("shard.*.mds"):
+        with open(shard, "r+b") as handle:
+            handle.truncate(100)
+    return to
+
+
+
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory, sge_cluster):
     root = tmp_path_factory.mktemp("chains")
@@ -138,7 +150,7 @@ def campaign(tmp_path_factory, sge_cluster):
     for name, profile, gpus in (("planned", sge, 2), ("cancel", sge, 1),
                                 ("hardkill", nodeadline, 1), ("local", local, 1)):
         c.wait_training(c.launch(name, profile, gpus=gpus))
-    c.launch("crashloop", sge, "model.n_head=3")  # 64 % 3: never builds
+    c.launch("crashloop", sge, f"data.path={damaged_copy(c.data, root / 'damaged')}")
     c.start_reference(ranks=1)
     c.start_reference(ranks=2)
     yield c
