@@ -41,7 +41,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from slmjobs import chain, ledger  # noqa: E402
+from slmjobs import ledger  # noqa: E402
+from slmjobs.events import ended_links, started_links, stop_reason, trained_links  # noqa: E402
 
 CLI = [sys.executable, "-c", "import sys; from slmjobs.cli import main; sys.exit(main())"]
 SAVE_EVERY = 10
@@ -115,13 +116,13 @@ def launch_and_wait(args) -> list[Path]:
     sampler.start()
     try:
         for run_dir in runs:
-            while chain.stop_reason(ledger.read(run_dir)) is None:
+            while stop_reason(ledger.read(run_dir)) is None:
                 time.sleep(2)
     finally:
         stop.set()
         sampler.join()
         for run_dir in runs:
-            if chain.stop_reason(ledger.read(run_dir)) is None:
+            if stop_reason(ledger.read(run_dir)) is None:
                 subprocess.run([*CLI, "cancel", run_dir.name], env=env, capture_output=True)
     subprocess.run([*CLI, "status"], env=env)  # also records each job's accounting
     return runs
@@ -187,12 +188,12 @@ def analyse(run_dir: Path) -> list[dict]:
     run = yaml.safe_load((run_dir / "run.yaml").read_text())
     h_rt = chain_seconds(run["walltime"])
     events = ledger.read(run_dir)
-    ended = chain.ended_links(events)
+    ended = ended_links(events)
     accounted = {str(e.get("job_id")): e for e in events if e.get("event") == "accounted"}
     samples = samples_by_link(run_dir)
-    trained = chain.trained_links(events)  # not those that found the run finished or stopped
+    trained = trained_links(events)  # not those that found the run finished or stopped
     rows = []
-    for link, start in sorted(chain.started_links(events).items()):
+    for link, start in sorted(started_links(events).items()):
         end = ended.get(link, {})
         if link not in trained:
             continue

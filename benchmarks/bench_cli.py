@@ -3,8 +3,10 @@
     slmjobs --help
     slmjobs launch gpt2 --gpus 2 --cluster scc --dry-run      (project from env SLMJOBS_PROJECT)
 
-beside `python -c pass` on the same machine (target: under 0.3 s), and proof from
-`python -X importtime` that torch, composer and streaming are never imported.
+beside `python -c pass` on the same machine (targets: --help under 0.3 s; the dry run, which runs
+the worker's own configuration checks in a `python -m trainer.validate` subprocess, under 0.5 s),
+and proof from `python -X importtime` that torch, composer and streaming are never imported.
+The dry run checks a real dataset: a small one is prepared first in a temporary data root.
 
     .venv/bin/python benchmarks/bench_cli.py [--repeat 15]
 
@@ -76,7 +78,12 @@ def main() -> None:
     args = parser.parse_args()
 
     cache = tempfile.mkdtemp(prefix="slmjobs-bench-cache-")
-    env = {**os.environ, "SLMJOBS_PROJECT": "benchproj", "SLMJOBS_CACHE_DIR": cache}
+    data_root = Path(cache) / "data"
+    subprocess.run([sys.executable, "-m", "trainer.prepare", "--source", "builtin",
+                    "--max-documents", "60", "--out", str(data_root / "builtin")], check=True,
+                   capture_output=True)
+    env = {**os.environ, "SLMJOBS_PROJECT": "benchproj", "SLMJOBS_CACHE_DIR": cache,
+           "SLMJOBS_DATA_ROOT": str(data_root)}
     command = slmjobs_command()
     try:
         cold, _ = timed_run(command + DRY_RUN, env)
@@ -96,8 +103,8 @@ def main() -> None:
     for name, (median, low, high, cpu) in rows:
         print(f"{name:<58} {median:7.3f} {low:7.3f} {high:7.3f} {cpu:7.3f}")
     print(f"{'  (first dry run, templates compiled: cold cache)':<58} {cold:7.3f}")
-    print("target: median wall < 0.300 s for the slmjobs commands:",
-          "MET" if all(row[0] < 0.3 for _, row in rows[1:]) else "NOT MET")
+    print("targets: median wall --help < 0.300 s, dry run < 0.500 s:",
+          "MET" if rows[1][1][0] < 0.3 and rows[2][1][0] < 0.5 else "NOT MET")
 
     names = {name.split(".")[0] for name, _ in modules + help_modules}
     heavy = sorted(names & set(FORBIDDEN))

@@ -5,7 +5,7 @@
 Builds synthetic run directories in a temporary runs root: most runs are finished (two
 accounted links and a held successor deleted at the finish), ACTIVE_RUNS have a live link that
 is a REAL Grid Engine job under a user hold (hqw: it takes no slot). Then times the status path
-(`monitor.run_statuses` + `format_table`, what the CLI prints) in a fresh Python process, as a
+(`monitor.run_statuses` + `table.format_table`, what the CLI prints) in a fresh Python process, as a
 user would pay it: the first call with a cold status cache (run.yaml read through the
 run-summary.json digest the launcher writes), then `--repeat` warm ones (settled runs come from
 the cache, the active ones are read and asked about), then one more cold call without the
@@ -29,18 +29,18 @@ from pathlib import Path
 
 import yaml
 
-from slmjobs import launch, monitor
+from slmjobs import rundir
 
 ACTIVE_RUNS = 20
 EVENTS_PER_RUN = 10
-RUN_YAML = """run_name: {name}
+RUN_YAML = """name: {name}
+kind: train
 model: gpt2
 gpus: 2
 walltime: '12:00:00'
-scheduler: sge
 overrides: [train.max_duration=4000ba, optim.lr=6.0e-4]
 chain: {{max_links: 50, crash_budget: 3, no_progress_links: 3}}
-profile:
+cluster:
   scheduler: sge
   shell: /bin/bash -l
   project: myproject
@@ -78,7 +78,7 @@ def make_runs(root: Path, count: int, live_job_ids: list[str]) -> int:
     for i in range(count):
         run_dir = root / f"run{i:04d}"
         (run_dir / "logs").mkdir(parents=True)
-        launch.save_run(run_dir, yaml.safe_load(RUN_YAML.format(name=run_dir.name)))  # + digest
+        rundir.save_run(run_dir, yaml.safe_load(RUN_YAML.format(name=run_dir.name)))  # + digest
         base = 100000 + 10 * i
         events = link_events(1, str(base), "handed_off", t0) + \
             link_events(2, str(base + 1), "finished" if i >= len(live_job_ids) else "handed_off",
@@ -120,11 +120,11 @@ STATUS_PROGRAM = """
 import sys, time
 t = time.perf_counter()
 from pathlib import Path
-from slmjobs import monitor
+from slmjobs import monitor, table
 runs = sorted(p for p in Path(sys.argv[1]).iterdir() if (p / "run.yaml").exists())
 rows = monitor.run_statuses(runs)
-table = monitor.format_table(rows)
-print(len(rows), len(table.splitlines()), sum(r["state"] == "held" for r in rows),
+text = table.format_table(rows)
+print(len(rows), len(text.splitlines()), sum(r["state"] == "held" for r in rows),
       f"{time.perf_counter() - t:.3f}")
 """
 
@@ -151,7 +151,7 @@ def main() -> None:
         for i in range(args.repeat + 2):
             if i == args.repeat + 1:  # once more, cold, as if every run predated run-summary.json
                 shutil.rmtree(root / "cache")
-                for digest in runs_root.glob(f"*/{monitor.SUMMARY_FILE}"):
+                for digest in runs_root.glob(f"*/{rundir.SUMMARY_FILE}"):
                     digest.unlink()
             log.write_text("")
             before = resource.getrusage(resource.RUSAGE_CHILDREN)

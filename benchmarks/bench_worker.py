@@ -38,7 +38,7 @@ def plain_loop(data: Path, steps: int, warmup: int, num_workers: int) -> float:
 
     from trainer.data import make_loader
     from trainer.gpt import GPT, GPTConfig, lm_loss, split_window
-    from trainer.prepare import read_dataset_info
+    from trainer.dataset_format import read_dataset_info
 
     info = read_dataset_info(data)
     torch.manual_seed(17)

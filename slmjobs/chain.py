@@ -1,4 +1,5 @@
-"""The chain: a run carries itself from job to job across walltime limits.
+"""The chain: a run carries itself from job to job across walltime limits; and the two commands
+that steer it from outside, `slmjobs cancel` and `slmjobs resume`.
 
 Every link's job script calls two hooks around the worker (docs/CONTRACTS.md):
 
@@ -13,11 +14,9 @@ predecessor ends, so the chain survives any death of this link (FINDINGS 3c, 3f)
 submitted only after the worker returns would not. `end` records how the worker ended, marks the
 run finished, and removes the held successor when the chain must not go on.
 
-Guards (each with its own counter, over the links since the last `resumed` event):
-  max_links    -- links started
-  crash_budget -- links whose worker crashed (planned hand-offs and hard kills do not count)
-  no_progress  -- consecutive ended links whose checkpoint step did not advance
-A stopping guard records `stopped` with its reason and leaves nothing of the run queued or held.
+The guards (events.guard_verdict) count over the links since the last `resumed` event; the run's
+kind (slmjobs.kinds) says what progress and "finished" mean. A stopping guard records `stopped`
+with its reason and leaves nothing of the run queued or held.
 
 Only the standard library and slmjobs' light modules are imported here: the hooks run inside
 every job, before and after the worker, and must cost well under a second.
@@ -26,306 +25,181 @@ every job, before and after the worker, and must cost well under a second.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import re
 import socket
 import sys
 import time
 from pathlib import Path
 
-from slmjobs import ledger
+from slmjobs import checkpoints, events, kinds, ledger, rundir, submit
+from slmjobs.events import (BAD_CONFIG, CANCELLED, CRASHED, DISK_FULL, FINISHED, HANDED_OFF,
+                            KILLED, NO_INTACT_CHECKPOINT, SUBMIT_FAILED)
 from slmjobs.errors import UsageError
 
 TRAIN = 0     # begin: go on and train
 NOTHING = 3   # begin: nothing to do; the job script exits 0 without starting the worker
 
-FINISHED, HANDED_OFF, CRASHED, KILLED, CANCELLED = (
-    "finished", "handed_off", "crashed", "killed", "cancelled")
-EXIT_FINISHED, EXIT_HANDED_OFF = 0, 75
-
-# Defaults for the chain limits when run.yaml names none (the launcher normally writes them).
-DEFAULT_LIMITS = {"max_links": 50, "crash_budget": 3, "no_progress_links": 3}
-
-# Composer's checkpoint names carry the batch: ep0-ba120-rank0.pt
-_BATCH_IN_NAME = re.compile(r"-ba(\d+)-")
+# The worker's exit statuses (docs/CONTRACTS.md). 128 + 9: SIGKILL from outside the job (the
+# kernel's OOM killer, a node agent), which is a kill like h_rt, not a crash.
+# 74 (EX_IOERR): a save failed for lack of space or quota, which retrying cannot fix either.
+EXIT_FINISHED, EXIT_BAD_CONFIG, EXIT_DISK_FULL, EXIT_HANDED_OFF, EXIT_SIGKILL = 0, 2, 74, 75, 137
+# Exit statuses after which the chain must stop at once, and the reason it records.
+STOPPING_EXITS = {EXIT_BAD_CONFIG: BAD_CONFIG, EXIT_DISK_FULL: DISK_FULL}
 
 
-# ----------------------------------------------------------------- run directory readers
-def read_progress(run_dir: Path) -> dict:
-    """The trainer's heartbeat, or {} when there is none (yet) or it is unreadable."""
-    try:
-        with open(os.path.join(run_dir, "progress.json"), "rb") as handle:
-            data = json.loads(handle.read())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+class Run:
+    """One run directory as the hooks see it: its request, its kind and its backend, read once."""
 
+    def __init__(self, run_dir):
+        self.dir = Path(run_dir)
+        self.spec = rundir.load_run(self.dir)
+        self.kind = kinds.of(self.spec)
+        self.limits = self.spec["chain"]
+        self._backend = None
 
-def checkpoint_step(run_dir: Path) -> int | None:
-    """The step of the run's latest checkpoint: progress.json, else the `latest` link's name."""
-    step = read_progress(run_dir).get("checkpoint_step")
-    if isinstance(step, int):
-        return step
-    latest = Path(run_dir) / "checkpoints" / "latest-rank0.pt"
-    try:
-        match = _BATCH_IN_NAME.search(os.readlink(latest))
-    except OSError:
-        return None
-    return int(match.group(1)) if match else None
+    @property
+    def backend(self):
+        if self._backend is None:
+            self._backend = submit.backend_of(self.spec)
+        return self._backend
 
+    def events(self) -> list[dict]:
+        return ledger.read(self.dir)
 
-def load_run(run_dir: Path) -> dict:
-    """run.yaml as a dict (the launcher owns its shape; we read the scheduler and the limits)."""
-    from slmjobs import launch
+    def record(self, event: dict) -> dict:
+        return ledger.append(self.dir, event)
 
-    run = launch.load_run(run_dir)
-    return run if isinstance(run, dict) else vars(run)
+    def progress(self) -> int | None:
+        return self.kind.durable_progress(self.dir)
 
+    def is_finished(self, run_events: list[dict]) -> bool:
+        # A link killed after its worker finished (before `end` ran) leaves only the kind's trace.
+        return rundir.is_done(self.dir) or events.finished_in_ledger(run_events) \
+            or self.kind.finished_trace(self.dir)
 
-def chain_limits(run: dict) -> dict:
-    """max_links / crash_budget / no_progress_links: run.yaml's `chain:` block (which includes
-    `launch --max-links`) over the profile snapshot's `chain:` over the defaults."""
-    limits = dict(DEFAULT_LIMITS)
-    profile = run.get("cluster") if isinstance(run.get("cluster"), dict) else {}
-    for block in (profile.get("chain"), run, run.get("chain")):
-        if isinstance(block, dict):
-            limits.update({k: v for k, v in block.items()
-                           if k in DEFAULT_LIMITS and isinstance(v, int) and v > 0})
-    return limits
-
-
-def scheduler_kind(run: dict) -> str:
-    profile = run.get("profile") or run.get("cluster") or {}
-    kind = run.get("scheduler") or (profile.get("scheduler") if isinstance(profile, dict) else None)
-    return kind or "local"
-
-
-def backend_for(run_dir: Path):
-    from slmjobs.backends import get_backend
-
-    return get_backend(scheduler_kind(load_run(run_dir)))
-
-
-def submit_link(run_dir: Path, link: int, hold_on: str | None) -> str:
-    """One seam for submitting a link: the launcher renders, submits and records `submitted`."""
-    from slmjobs import launch
-
-    return launch.submit_link(run_dir, link, hold_on=hold_on)
-
-
-# ----------------------------------------------------------------- ledger decisions (pure)
-def window(events: list[dict]) -> list[dict]:
-    """The events since the last `resumed`: what the guards count."""
-    last = max((i for i, e in enumerate(events) if e.get("event") == "resumed"), default=-1)
-    return events[last + 1:]
-
-
-def of_kind(events: list[dict], kind: str) -> list[dict]:
-    return [e for e in events if e.get("event") == kind]
-
-
-def ended_links(events: list[dict]) -> dict[int, dict]:
-    return {e["link"]: e for e in of_kind(events, "ended") if isinstance(e.get("link"), int)}
-
-
-def started_links(events: list[dict]) -> dict[int, dict]:
-    return {e["link"]: e for e in of_kind(events, "started") if isinstance(e.get("link"), int)}
-
-
-def found_nothing_to_do(ended: dict) -> bool:
-    """An `ended` event of a link whose `begin` found the run finished or stopped and exited at
-    once: it never ran the worker (`begin`'s nothing_to_do writes exactly this)."""
-    return ended.get("how") == CANCELLED and ended.get("exit_status") == 0
-
-
-def trained_links(events: list[dict]) -> list[int]:
-    """The links that ran the worker, in order: started, and did not find nothing to do."""
-    ended = ended_links(events)
-    return [k for k in sorted(started_links(events)) if not found_nothing_to_do(ended.get(k, {}))]
-
-
-def finished_in_ledger(events: list[dict]) -> bool:
-    return any(e.get("reason") == FINISHED for e in of_kind(events, "stopped"))
-
-
-def stop_reason(events: list[dict]) -> str | None:
-    """The reason the chain is stopped now (a `stopped` after the last `resumed`), or None."""
-    stops = of_kind(window(events), "stopped")
-    return stops[-1].get("reason", "stopped") if stops else None
-
-
-def guard_verdict(events: list[dict], limits: dict) -> tuple[str, str] | None:
-    """May one more link train? None if yes, else (reason, detail) for the `stopped` event.
-
-    `events` are those known before the next link would start (its own `started` excluded).
-    """
-    recent = window(events)
-    links = started_links(recent)
-    closed = ended_links(recent)
-    ended = [closed[k] for k in sorted(closed) if k in links]
-    if len(links) >= limits["max_links"]:
-        return "max_links", f"{len(links)} links since launch/resume, max_links={limits['max_links']}"
-    crashes = [e for e in ended if e.get("how") == CRASHED]
-    if len(crashes) >= limits["crash_budget"]:
-        statuses = ", ".join(f"link {e['link']}: exit {e.get('exit_status')}" for e in crashes)
-        return "crash_budget", (f"{len(crashes)} crashed links, crash_budget="
-                                f"{limits['crash_budget']} ({statuses})")
-    stalled = links_without_progress(events, ended)
-    if stalled >= limits["no_progress_links"]:
-        return "no_progress", (f"checkpoint step did not advance over the last {stalled} links "
-                               f"(no_progress_links={limits['no_progress_links']})")
-    return None
-
-
-def links_without_progress(events: list[dict], ended: list[dict]) -> int:
-    """How many of the latest ended links, in a row, did not move the checkpoint forward."""
-    resumed = of_kind(events, "resumed")
-    best = (resumed[-1].get("checkpoint_step") if resumed else None) or 0
-    stalled = 0
-    for event in ended:
-        if event.get("how") == CANCELLED:
-            continue  # a link stopped by the user or a guard is no evidence either way
-        step = event.get("checkpoint_step") or 0
-        if step > best:
-            best, stalled = step, 0
-        else:
-            stalled += 1
-    return stalled
-
-
-def pending_successors(events: list[dict], link: int) -> list[dict]:
-    """`submitted` events of links after `link` that never started nor ended: held or queued."""
-    done = set(started_links(events)) | set(ended_links(events))
-    return [e for e in of_kind(events, "submitted")
-            if isinstance(e.get("link"), int) and e["link"] > link and e["link"] not in done]
+    def verdict(self, run_events: list[dict]):
+        return events.guard_verdict(run_events, self.limits, self.kind.progress_key)
 
 
 # ----------------------------------------------------------------- actions
-def record(run_dir: Path, event: str, **fields) -> dict:
-    return ledger.append(run_dir, {"event": event, **fields})
-
-
-def cancel_successors(run_dir: Path, link: int, why: str) -> list[str]:
+def cancel_successors(run: Run, link: int, why: str) -> list[str]:
     """Delete every held/queued link after `link` and close each in the ledger as cancelled."""
-    successors = pending_successors(ledger.read(run_dir), link)
+    successors = events.pending_successors(run.events(), link)
     job_ids = [str(e["job_id"]) for e in successors if e.get("job_id")]
     if job_ids:
         try:
-            backend_for(run_dir).cancel(job_ids)
+            run.backend.cancel(job_ids)
         except Exception as exc:  # it stays held; when it starts, `begin` finds the chain stopped
             print(f"slmjobs.chain: could not cancel {' '.join(job_ids)}: {exc}", file=sys.stderr)
             return []
     for event in successors:
-        record(run_dir, "ended", link=event["link"], job_id=event.get("job_id"), how=CANCELLED,
-               exit_status=None, checkpoint_step=checkpoint_step(run_dir), detail=why)
+        run.record(events.ended(event["link"], event.get("job_id"), CANCELLED, None,
+                                run.progress(), detail=why))
     return job_ids
 
 
-def close_killed_predecessor(run_dir: Path, link: int, events: list[dict]) -> None:
+def close_killed_predecessor(run: Run, link: int, run_events: list[dict]) -> None:
     """The previous link started but never ran `end`: it died hard. Record it as killed."""
-    previous = started_links(events).get(link - 1)
-    if previous is None or (link - 1) in ended_links(events):
+    previous = events.started_links(run_events).get(link - 1)
+    if previous is None or (link - 1) in events.ended_links(run_events):
         return
     job_id = previous.get("job_id")
-    record(run_dir, "ended", link=link - 1, job_id=job_id, how=KILLED, exit_status=None,
-           checkpoint_step=checkpoint_step(run_dir), step=read_progress(run_dir).get("step"),
-           detail="the link ended without running `chain end` (h_rt, OOM, node loss or qdel)")
-    record_accounting(run_dir, link - 1, job_id)
+    run.record(events.ended(
+        link - 1, job_id, KILLED, None, run.progress(),
+        step=rundir.read_progress(run.dir).get("step"),
+        detail="the link ended without recording its end (h_rt, OOM, node loss, qdel, or a "
+               "ledger it could not write)"))
+    job = record_accounting(run, link - 1, job_id)
+    reason = STOPPING_EXITS.get(job.exit_status) if job else None
+    if reason:  # its `end` could not record why (a full disk): the next write that can, does
+        run.record(events.stopped(reason, worker_error(run, link - 1, job.exit_status)))
 
 
-def record_accounting(run_dir: Path, link: int, job_id: str | None) -> bool:
-    """Add the scheduler's wallclock for a killed link (GPU-hours); qacct may lag a second."""
-    if not job_id or any(str(e.get("job_id")) == str(job_id)
-                         for e in of_kind(ledger.read(run_dir), "accounted")):
-        return False  # `slmjobs status` records accounting too: once per job is enough
+def record_accounting(run: Run, link: int, job_id: str | None):
+    """Add the scheduler's accounting for a killed link (GPU-hours); qacct may lag a second.
+    Returns the accounted job, or None."""
+    if not job_id or str(job_id) in events.accounted_job_ids(run.events()):
+        return None  # `slmjobs status` records accounting too: once per job is enough
     try:
-        job = backend_for(run_dir).accounting(str(job_id))
+        job = run.backend.accounting(str(job_id))
     except Exception as exc:  # accounting is a nicety: never let it stop the chain
         print(f"slmjobs.chain: no accounting for job {job_id}: {exc}", file=sys.stderr)
-        return False
-    if job is None:
-        return False
-    ledger.append(run_dir, accounted_event(link, str(job_id), job))
-    return True
-
-
-def accounted_event(link: int | None, job_id: str, job) -> dict:
-    """The ledger's record of what the scheduler's accounting says about a job (GPU-hours,
-    exit status); written by the chain for killed links and by `slmjobs status` for the rest."""
-    return {"event": "accounted", "link": link, "job_id": job_id, "wallclock": job.wallclock,
-            "exit_status": job.exit_status, "failed": job.failed, "reason": job.reason,
-            "gpus": job.gpus, "slots": job.slots}
-
-
-def record_late_accounting(run_dir: Path, events: list[dict]) -> None:
-    """Killed links whose accounting was not ready when their successor began."""
-    accounted = {str(e.get("job_id")) for e in of_kind(events, "accounted")}
-    for event in of_kind(events, "ended"):
-        if event.get("how") == KILLED and str(event.get("job_id")) not in accounted:
-            record_accounting(run_dir, event["link"], event.get("job_id"))
-
-
-def run_is_finished(run_dir: Path, events: list[dict]) -> bool:
-    if (Path(run_dir) / "DONE").exists() or finished_in_ledger(events):
-        return True
-    progress = read_progress(run_dir)
-    # A link killed after its worker finished (before `end` ran) leaves only this trace.
-    return progress.get("state") == FINISHED and progress.get("checkpoint_step") is not None \
-        and progress.get("checkpoint_step") == progress.get("max_steps")
-
-
-def mark_finished(run_dir: Path, link: int, events: list[dict]) -> None:
-    (Path(run_dir) / "DONE").write_text(f"finished at link {link}, {time.ctime()}\n")
-    if not finished_in_ledger(events):
-        record(run_dir, "stopped", reason=FINISHED,
-               detail=f"max duration reached at step {checkpoint_step(run_dir)} (link {link})")
-
-
-def ensure_successor(run_dir: Path, link: int, job_id: str | None) -> str | None:
-    """Submit link+1 held on this job unless it already exists (a re-run of the same job)."""
-    events = ledger.read(run_dir)
-    if any(e.get("link") == link + 1 for e in of_kind(events, "submitted")):
         return None
-    return submit_link(run_dir, link + 1, hold_on=job_id)
+    if job is None:
+        return None
+    run.record(events.accounted(link, str(job_id), job))
+    return job
+
+
+def mark_finished(run: Run, link: int, run_events: list[dict]) -> None:
+    rundir.mark_done(run.dir, f"finished at link {link}, {time.ctime()}\n")
+    if not events.finished_in_ledger(run_events):
+        run.record(events.stopped(FINISHED, f"max duration reached at {run.kind.progress_name} "
+                                            f"{run.progress()} (link {link})"))
+
+
+def ensure_successor(run: Run, link: int, job_id: str | None) -> str | None:
+    """Submit link+1 held on this job unless it already exists (a re-run of the same job)."""
+    if not run.kind.chains or events.is_submitted(run.events(), link + 1):
+        return None
+    return submit.submit_link(run.dir, link + 1, hold_on=job_id)
+
+
+def successor_at_begin(run: Run, link: int, job_id: str | None) -> str | None:
+    """The successor held on this job, submitted before the worker starts so that any death of
+    this link still continues the chain. Never an unheld one: it would train beside this link
+    on the same checkpoints. What cannot be submitted now is recorded (`not_submitted`) and
+    `end` submits it once the worker is done, whatever the cause."""
+    if not run.kind.chains or events.is_submitted(run.events(), link + 1):
+        return None
+    if job_id is None:
+        detail = (f"the {run.backend.kind} scheduler did not tell this job its id "
+                  f"({run.backend.JOB_ID_VARIABLE or 'no variable'} unset): a successor held on it "
+                  "cannot be made, and an unheld one would train beside this link")
+        return not_submitted(run, link + 1, "job_id_unknown", detail)
+    try:
+        return ensure_successor(run, link, job_id)
+    except Exception as exc:  # train anyway: `end` tries again, the work of this link counts
+        return not_submitted(run, link + 1, "submit_failed", str(exc))
+
+
+def not_submitted(run: Run, link: int, reason: str, detail: str) -> None:
+    run.record(events.not_submitted(link, reason, detail))
+    print(f"slmjobs.chain: link {link} not submitted yet ({reason}): {detail}; "
+          f"link {link - 1}'s end will submit it", file=sys.stderr)
+    return None
 
 
 # ----------------------------------------------------------------- the hooks
 def begin(run_dir: Path, link: int, job_id: str | None = None) -> int:
     """Inside link `link`, before the worker: returns TRAIN (0) or NOTHING (3)."""
-    run_dir = Path(run_dir)
-    job_id = job_id if job_id is not None else os.environ.get("JOB_ID")
-    events = ledger.read(run_dir)
-    close_killed_predecessor(run_dir, link, events)
-    before = ledger.read(run_dir)  # what the guards judge: this link's own start excluded
-    record(run_dir, "started", link=link, job_id=job_id, host=socket.gethostname())
+    run = Run(run_dir)
+    job_id = job_id if job_id is not None else run.backend.current_job_id()
+    close_killed_predecessor(run, link, run.events())
+    before = run.events()  # what the guards judge: this link's own start excluded
+    run.record(events.started(link, job_id, socket.gethostname()))
 
     def nothing_to_do(why: str) -> int:
-        cancel_successors(run_dir, link, why)
-        record(run_dir, "ended", link=link, job_id=job_id, how=CANCELLED, exit_status=0,
-               checkpoint_step=checkpoint_step(run_dir), detail=why)
+        cancel_successors(run, link, why)
+        run.record(events.ended(link, job_id, CANCELLED, 0, run.progress(), detail=why))
         print(f"slmjobs.chain: link {link}: {why}; nothing to do")
         return NOTHING
 
-    if run_is_finished(run_dir, before):
-        mark_finished(run_dir, link, before)
+    if run.is_finished(before):
+        mark_finished(run, link, before)
         return nothing_to_do("the run is already finished")
-    reason = stop_reason(before)
+    reason = events.stop_reason(before)
     if reason:
         return nothing_to_do(f"the chain is stopped ({reason})")
-    verdict = guard_verdict(before, chain_limits(load_run(run_dir)))
+    if not checkpoint_to_resume_from(run, link):
+        return nothing_to_do("no intact checkpoint to resume from")
+    verdict = run.verdict(before)
     if verdict:
-        record(run_dir, "stopped", reason=verdict[0], detail=verdict[1])
+        run.record(events.stopped(*verdict))
         return nothing_to_do(f"guard {verdict[0]}: {verdict[1]}")
 
-    try:
-        successor = ensure_successor(run_dir, link, job_id)
-    except Exception as exc:  # train anyway: `end` tries again, the work of this link counts
-        print(f"slmjobs.chain: link {link}: could not submit link {link + 1}: {exc}",
-              file=sys.stderr)
-        successor = None
+    successor = successor_at_begin(run, link, job_id)
     # `slmjobs cancel` may have listed the run's jobs just before our submission landed.
-    if stop_reason(ledger.read(run_dir)):
+    if events.stop_reason(run.events()):
         return nothing_to_do("the chain was cancelled while this link was starting")
     if successor:
         print(f"slmjobs.chain: link {link}: link {link + 1} submitted as job {successor}, "
@@ -333,84 +207,135 @@ def begin(run_dir: Path, link: int, job_id: str | None = None) -> int:
     return TRAIN
 
 
+def checkpoint_to_resume_from(run: Run, link: int) -> bool:
+    """Set damaged checkpoints aside so the worker resumes from the newest intact one; False
+    (and the chain stopped) when none is left: a loop of crashes on it would teach nothing."""
+    check = checkpoints.ensure_intact_latest(run.dir)
+    for path, step, why in check.set_aside:
+        run.record(events.checkpoint_set_aside(link, path, step, why, check.latest_step))
+        print(f"slmjobs.chain: link {link}: checkpoint {path} (step {step}) is damaged: {why}; "
+              f"set aside as {path}{checkpoints.DAMAGED_SUFFIX}", file=sys.stderr)
+    if check.none_intact:
+        run.record(events.stopped(NO_INTACT_CHECKPOINT, (
+            "no intact checkpoint is left to resume from (damaged ones are set aside as "
+            f"*{checkpoints.DAMAGED_SUFFIX} in {rundir.checkpoints_dir(run.dir)}); remove "
+            "latest-rank0.pt to start the training over")))
+        return False
+    if check.set_aside:
+        print(f"slmjobs.chain: link {link}: resuming from step {check.latest_step}")
+    return True
+
+
 def how_it_ended(rc: int) -> str:
-    return {EXIT_FINISHED: FINISHED, EXIT_HANDED_OFF: HANDED_OFF}.get(rc, CRASHED)
+    return {EXIT_FINISHED: FINISHED, EXIT_HANDED_OFF: HANDED_OFF,
+            EXIT_SIGKILL: KILLED}.get(rc, CRASHED)
+
+
+def worker_error(run: Run, link: int, rc: int) -> str:
+    """The worker's own one-line reason (`error: ...`) from the link's log, the last one."""
+    try:
+        lines = rundir.log_path(run.dir, link).read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    said = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+    return said[-1] if said else f"the worker exited {rc} without saying why"
 
 
 def end(run_dir: Path, link: int, rc: int, job_id: str | None = None) -> int:
     """Inside link `link`, after the worker exited with `rc`. Always returns 0."""
-    run_dir = Path(run_dir)
-    job_id = job_id if job_id is not None else os.environ.get("JOB_ID")
+    run = Run(run_dir)
+    job_id = job_id if job_id is not None else run.backend.current_job_id()
     how = how_it_ended(rc)
-    step = checkpoint_step(run_dir)
-    # `step` (last step reached, from the heartbeat) beside `checkpoint_step` shows the work a
-    # link did after its last checkpoint: 0 at a planned hand-off.
-    record(run_dir, "ended", link=link, job_id=job_id, how=how, exit_status=rc,
-           checkpoint_step=step, step=read_progress(run_dir).get("step"))
-    events = ledger.read(run_dir)
+    progress = run.progress()
+    # `step` (last step reached, from the heartbeat) beside the durable progress shows the work
+    # a link did after its last checkpoint: 0 at a planned hand-off.
+    run.record(events.ended(link, job_id, how, rc, progress,
+                            step=rundir.read_progress(run.dir).get("step")))
+    run_events = run.events()
     # Every outcome, the last link's included: qacct had not caught up with a killed
     # predecessor when this link began, and a finished run has no later link to ask again.
-    record_late_accounting(run_dir, events)
+    for killed in events.killed_unaccounted(run_events):
+        record_accounting(run, killed["link"], killed.get("job_id"))
     if how == FINISHED:
-        mark_finished(run_dir, link, events)
-        cancel_successors(run_dir, link, "the run finished")
-        print(f"slmjobs.chain: link {link}: run finished at step {step}")
+        mark_finished(run, link, run_events)
+        cancel_successors(run, link, "the run finished")
+        print(f"slmjobs.chain: link {link}: run finished at {run.kind.progress_name} {progress}")
         return 0
-    if stop_reason(events):
-        cancel_successors(run_dir, link, f"the chain is stopped ({stop_reason(events)})")
+    if rc in STOPPING_EXITS:  # it will not change by itself: no more queue waits for it
+        reason, detail = STOPPING_EXITS[rc], worker_error(run, link, rc)
+        run.record(events.stopped(reason, detail))
+        cancel_successors(run, link, reason)
+        print(f"slmjobs.chain: link {link}: chain stopped ({reason}): {detail}", file=sys.stderr)
         return 0
-    verdict = guard_verdict(events, chain_limits(load_run(run_dir)))
+    reason = events.stop_reason(run_events)
+    if reason:
+        cancel_successors(run, link, f"the chain is stopped ({reason})")
+        return 0
+    verdict = run.verdict(run_events)
     if verdict:
-        record(run_dir, "stopped", reason=verdict[0], detail=verdict[1])
-        cancel_successors(run_dir, link, f"guard {verdict[0]}")
+        run.record(events.stopped(*verdict))
+        cancel_successors(run, link, f"guard {verdict[0]}")
         print(f"slmjobs.chain: link {link}: chain stopped by guard {verdict[0]}: {verdict[1]}")
         return 0
-    successor = ensure_successor(run_dir, link, job_id)  # normally already there, from begin
-    print(f"slmjobs.chain: link {link}: {how} (exit {rc}) at checkpoint step {step}; "
+    try:
+        successor = ensure_successor(run, link, job_id)  # normally already there, from begin
+    except Exception as exc:  # the retries are spent: stop visibly, never silently
+        detail = f"link {link + 1} could not be submitted: {exc}"
+        run.record(events.stopped(SUBMIT_FAILED, detail))
+        print(f"slmjobs.chain: link {link}: chain stopped: {detail}; continue it with "
+              f"`slmjobs resume {run.dir.name}`", file=sys.stderr)
+        return 0
+    print(f"slmjobs.chain: link {link}: {how} (exit {rc}) at {run.kind.progress_name} {progress}; "
           f"link {link + 1} continues" + (f" as job {successor}" if successor else ""))
     return 0
 
 
-# ----------------------------------------------------------------- resume (slmjobs resume RUN)
-def active_jobs(run_dir: Path, events: list[dict]) -> dict:
-    """Jobs of the run the scheduler still has queued, held or running. All of them are asked
-    about: a link the ledger calls cancelled may still be dying (`dr`) for a moment."""
-    from slmjobs.backends import ACTIVE_STATES
+# ----------------------------------------------------------------- steering from outside
+def cancel_run(run_dir) -> list[str]:
+    """`slmjobs cancel`: stop the chain, then delete every queued, held or running job of it.
 
-    job_ids = [str(e["job_id"]) for e in of_kind(events, "submitted") if e.get("job_id")]
-    if not job_ids:
-        return {}
-    jobs = backend_for(run_dir).query(job_ids)
-    return {jid: job for jid, job in jobs.items() if job.state in ACTIVE_STATES}
+    `stopped` is written FIRST: a link starting right now reads it in its `begin` hook and
+    submits nothing more. A second pass catches a successor submitted while we cancelled."""
+    run = Run(run_dir)
+    run.record(events.stopped(CANCELLED, "slmjobs cancel"))
+    cancelled: list[str] = []
+    for _ in range(2):
+        run_events = run.events()
+        targets = [j for j in submit.active_jobs(run.dir, run_events, run.backend)
+                   if j not in cancelled]
+        if not targets:
+            break
+        run.backend.cancel(targets)
+        for job in events.jobs(run_events):
+            if job["job_id"] in targets and "ended" not in job:
+                run.record(events.ended(job.get("link"), job["job_id"], CANCELLED, None,
+                                        run.progress(), detail="slmjobs cancel"))
+        cancelled += targets
+    return cancelled
 
 
-def set_walltime(run_dir: Path, walltime: str) -> str:
-    """Change the walltime of the next links in run.yaml (validated by the launcher's rules)."""
-    from slmjobs import launch
-
-    return launch.set_walltime(run_dir, walltime)
-
-
-def resume_run(run_dir: Path, walltime: str | None = None) -> str:
-    """Restart a stopped or cancelled chain from its latest checkpoint; returns the new job id."""
-    run_dir = Path(run_dir)
-    events = ledger.read(run_dir)
-    if not events:
-        raise UsageError(f"{run_dir} has no ledger (jobs.jsonl): not a launched run")
-    if run_is_finished(run_dir, events):
-        raise UsageError(f"run {run_dir.name} is already finished: nothing to resume")
-    active = active_jobs(run_dir, events)
+def resume_run(run_dir, walltime: str | None = None) -> str:
+    """`slmjobs resume`: restart a stopped or cancelled chain from its latest checkpoint;
+    returns the new link's job id."""
+    run = Run(run_dir)
+    run_events = run.events()  # none: a launch killed before it submitted link 1
+    if run.is_finished(run_events):
+        raise UsageError(f"run {run.dir.name} is already finished: nothing to resume")
+    active = submit.active_jobs(run.dir, run_events, run.backend)
     if active:
         states = ", ".join(f"job {jid} {job.state}" for jid, job in sorted(active.items()))
-        raise UsageError(f"run {run_dir.name} is still active ({states}): "
-                         f"`slmjobs cancel {run_dir.name}` first")
+        raise UsageError(f"run {run.dir.name} is still active ({states}): "
+                         f"`slmjobs cancel {run.dir.name}` first")
+    no_room = rundir.no_room_for_a_checkpoint(run.dir)
+    if no_room:  # the next link would only fail to save again
+        raise UsageError(f"cannot resume run {run.dir.name}: {no_room}")
     if walltime is not None:
-        walltime = set_walltime(run_dir, walltime)
-    links = [e["link"] for e in events if isinstance(e.get("link"), int)]
-    link = max(links, default=0) + 1
-    record(run_dir, "resumed", link=link, checkpoint_step=checkpoint_step(run_dir),
-           walltime=walltime, previous_stop=stop_reason(events))
-    return submit_link(run_dir, link, hold_on=None)
+        from slmjobs.launch import set_walltime
+
+        walltime = set_walltime(run.dir, walltime)
+    link = events.next_link(run_events)
+    run.record(events.resumed(link, run.progress(), walltime, events.stop_reason(run_events)))
+    return submit.submit_link(run.dir, link, hold_on=None)
 
 
 # ----------------------------------------------------------------- python -m slmjobs.chain
@@ -425,19 +350,26 @@ def main(argv: list[str] | None = None) -> int:
         if name == "end":
             hook.add_argument("rc", type=int)
     args = parser.parse_args(argv)
-    if not (args.run_dir / ledger.LEDGER_NAME).exists():
-        print(f"slmjobs.chain: {args.run_dir} is not a run directory (no {ledger.LEDGER_NAME})",
+    if not (args.run_dir / rundir.LEDGER_FILE).exists():
+        print(f"slmjobs.chain: {args.run_dir} is not a run directory (no {rundir.LEDGER_FILE})",
               file=sys.stderr)
         return 2
-    recorded = load_run(args.run_dir).get("run_dir")
+    recorded = rundir.load_run(args.run_dir).get("run_dir")
     if recorded and Path(recorded).resolve() != args.run_dir.resolve():
         # a copied run directory: its scripts would submit links into the original run
         print(f"slmjobs.chain: {args.run_dir} is a copy of run {recorded} (run.yaml's run_dir); "
               "allowed is the run's own directory", file=sys.stderr)
         return 2
-    if args.hook == "begin":
-        return begin(args.run_dir, args.link)
-    return end(args.run_dir, args.link, args.rc)
+    try:
+        if args.hook == "begin":
+            return begin(args.run_dir, args.link)
+        return end(args.run_dir, args.link, args.rc)
+    except OSError as exc:  # a full disk or quota: the ledger itself cannot be written
+        print(f"slmjobs.chain: link {args.link}: cannot write the run directory {args.run_dir}: "
+              f"{exc.strerror or exc}; the next link (or `slmjobs status`) that can will record "
+              f"how this one ended" + (f" (worker exit {args.rc})" if args.hook == "end" else ""),
+              file=sys.stderr)
+        return 1 if args.hook == "begin" else 0
 
 
 if __name__ == "__main__":

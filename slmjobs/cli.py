@@ -74,27 +74,28 @@ def _runs_roots():
 
     if os.environ.get("SLMJOBS_RUNS_ROOT"):
         return [profiles.expand_root(os.environ["SLMJOBS_RUNS_ROOT"], None)]
-    project = os.environ.get("SLMJOBS_PROJECT") or profiles.user_config().get("project")
     roots = []
     for name in profiles.available():
         try:
             profile = profiles.load(name)
         except UsageError:
             continue  # list-clusters reports broken profiles; status just skips them
-        project_of = project or profile["project"]
-        if "{project}" in profile["runs_root"] and not project_of:
+        project = profiles.project_of(None, profile)
+        if "{project}" in profile["runs_root"] and not project:
             continue
-        root = profiles.runs_root(profile, project_of)
+        root = profiles.runs_root(profile, project)
         if root not in roots:
             roots.append(root)
     return roots
 
 
 def _all_runs():
+    from slmjobs.rundir import is_run_dir
+
     runs = []
     for root in _runs_roots():
         if root.is_dir():
-            runs += sorted(p for p in root.iterdir() if (p / "run.yaml").is_file())
+            runs += sorted(p for p in root.iterdir() if is_run_dir(p))
     return runs
 
 
@@ -102,12 +103,14 @@ def _find_run(run: str):
     """A run by name (searched in every runs root) or by path."""
     from pathlib import Path
 
+    from slmjobs.rundir import is_run_dir
+
     path = Path(run).expanduser()
-    if (path / "run.yaml").is_file():
+    if is_run_dir(path):
         return path.resolve()
     if "/" in run:
         raise UsageError(f"{run} is not a run directory (no run.yaml)")
-    found = [root / run for root in _runs_roots() if (root / run / "run.yaml").is_file()]
+    found = [root / run for root in _runs_roots() if is_run_dir(root / run)]
     if not found:
         roots = ", ".join(str(r) for r in _runs_roots()) or "(none)"
         raise UsageError(f"unknown run {run!r}: no such run in {roots} (see `slmjobs status`)")
@@ -124,16 +127,21 @@ def status(runs, as_json):
     """Where every run (or the named ones) stands: link, job state, step, loss, ETA."""
     import json
 
-    from slmjobs import monitor
+    from slmjobs import monitor, table
 
     run_dirs = [_find_run(r) for r in runs] if runs else _all_runs()
     rows = monitor.run_statuses(run_dirs)
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
     elif rows:
-        click.echo(monitor.format_table(rows))
+        click.echo(table.format_table(rows))
     else:
         click.echo("no runs yet (slmjobs launch MODEL to start one)")
+    unreachable = [r for r in rows if r.get("scheduler_unreachable")]
+    if unreachable:  # the table is printed, but it cannot be trusted: say so, and fail
+        click.echo(f"slmjobs: the scheduler could not be asked about {len(unreachable)} run(s) "
+                   f"(state 'unknown'): {unreachable[0]['job_reason']}", err=True)
+        return 1
 
 
 @cli.command(context_settings=CONTEXT)
@@ -141,19 +149,19 @@ def status(runs, as_json):
 @click.option("--follow", "-f", is_flag=True, help="Keep following across links until the run ends.")
 def logs(run, follow):
     """Print a run's job logs, link by link."""
-    from slmjobs import monitor
+    from slmjobs.logs import follow_logs
 
-    return monitor.follow_logs(_find_run(run), follow)
+    return follow_logs(_find_run(run), follow)
 
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("run")
 def cancel(run):
     """Stop a run's chain: delete every queued, held or running job of it."""
-    from slmjobs import monitor
+    from slmjobs.chain import cancel_run
 
     run_dir = _find_run(run)
-    job_ids = monitor.cancel_run(run_dir)
+    job_ids = cancel_run(run_dir)
     jobs = ", ".join(job_ids) if job_ids else "none were queued or running"
     click.echo(f"run {run_dir.name} cancelled; jobs deleted: {jobs}\n"
                f"resume it with: slmjobs resume {run_dir.name}")
@@ -176,12 +184,9 @@ def resume(run, walltime):
 @cli.command("list-clusters", context_settings=CONTEXT)
 def list_clusters():
     """The cluster profiles you can name with --cluster, and what they resolve to."""
-    import os
-
     from slmjobs import profiles
 
     default = profiles.default_cluster()
-    project = os.environ.get("SLMJOBS_PROJECT") or profiles.user_config().get("project")
     click.echo(f"user profiles: {profiles.config_dir() / 'clusters'}   default: {default}")
     for name, path in profiles.available().items():
         mark = "*" if name == default else " "
@@ -190,11 +195,11 @@ def list_clusters():
         except UsageError as exc:
             click.echo(f"{mark} {name:<10} INVALID: {exc}")
             continue
-        project_of = project or p["project"]
-        if "{project}" in p["runs_root"] and not project_of:
+        project = profiles.project_of(None, p)
+        if "{project}" in p["runs_root"] and not project:
             root = f"{p['runs_root']} (needs a project)"
         else:
-            root = str(profiles.runs_root(p, project_of))
+            root = str(profiles.runs_root(p, project))
         click.echo(f"{mark} {name:<10} {p['scheduler']:<6} max {p['max_gpus']} GPUs, walltime "
                    f"{p['walltime_default']} (max {p['walltime_max']}), hand-off margin "
                    f"{p['handoff_margin']} s\n"

@@ -1,9 +1,5 @@
 """`slmjobs launch`: resolve a request -> validate everything -> create the run dir -> render link 1
--> submit -> record. Also the three functions the chain and the monitor build on:
-
-    load_run(run_dir) -> dict                          # run.yaml
-    write_link_script(run_dir, link) -> Path           # render link N from run.yaml into scripts/
-    submit_link(run_dir, link, hold_on=None) -> job_id # write, submit, append `submitted`
+-> submit -> record (the run directory is rundir's, the submission submit's).
 
 Everything that can be wrong with a request is checked before the run directory exists; any
 failure after it was created removes it again (no run dir left behind, nothing left queued).
@@ -25,10 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from slmjobs import profiles
+from slmjobs import profiles, rundir, submit
+from slmjobs.backends import get_backend
 from slmjobs.errors import UsageError
 
-RUN_FILE = "run.yaml"
 RESERVED_OVERRIDES = ("model", "run_name", "run_dir")
 # Grid Engine rejects spaces, ':' and '/' in job names and a leading digit (FINDINGS P5); the name
 # is also a directory name and a `#$ -N` value, so keep it to a plain, portable charset.
@@ -83,12 +79,13 @@ def check_gpus(gpus: int, profile: dict) -> None:
                          f"allowed is 1 to {profile['max_gpus']}")
 
 
-def check_walltime(walltime: str, profile: dict) -> str:
+def check_walltime(walltime: str, profile: dict, gpus: int) -> str:
     seconds = profiles.parse_walltime(walltime, "--walltime")
-    maximum = profiles.parse_walltime(profile["walltime_max"])
-    if seconds > maximum:
-        raise UsageError(f"--walltime {walltime} is over the maximum of cluster {profile['name']!r}: "
-                         f"allowed is up to {profile['walltime_max']}")
+    maximum = profiles.walltime_max(profile, gpus)
+    if seconds > profiles.parse_walltime(maximum):
+        kind = "a GPU job" if gpus else "a CPU-only job"
+        raise UsageError(f"--walltime {walltime} is over the maximum for {kind} on cluster "
+                         f"{profile['name']!r}: allowed is up to {maximum}")
     if seconds <= profile["handoff_margin"]:
         raise UsageError(f"--walltime {walltime} is not longer than the hand-off margin of cluster "
                          f"{profile['name']!r} ({profile['handoff_margin']} s): allowed is more than that")
@@ -96,9 +93,8 @@ def check_walltime(walltime: str, profile: dict) -> str:
 
 
 def resolve_project(flag: str | None, profile: dict) -> str | None:
-    project = (flag or os.environ.get("SLMJOBS_PROJECT") or profiles.user_config().get("project")
-               or profile["project"])
-    if profile["scheduler"] == "local":
+    project = profiles.project_of(flag, profile)
+    if not get_backend(profile["scheduler"]).USES_PROJECT:
         return None
     if project is None and profile["project_required"]:
         raise UsageError(f"cluster {profile['name']!r} requires a project: allowed is --project P, "
@@ -133,13 +129,13 @@ def resolve(model: str, gpus: int = 1, cluster: str | None = None, walltime: str
     profile = profiles.load(cluster)
     check_model(model)
     check_gpus(gpus, profile)
-    walltime = check_walltime(walltime or profile["walltime_default"], profile)
+    walltime = check_walltime(walltime or profile["walltime_default"], profile, gpus)
     for override in overrides:
         check_override(override)
     project = resolve_project(project, profile)
     if max_links is not None and max_links < 1:
         raise UsageError(f"--max-links {max_links}: allowed is 1 or more")
-    profiles.pe_slots(profile, gpus)  # raises when no allowed size fits
+    get_backend(profile["scheduler"]).check_request(profile, gpus, model)
     root = profiles.runs_root(profile, project)
     if name is None:
         name = default_run_name(model, root)
@@ -156,6 +152,7 @@ def resolve(model: str, gpus: int = 1, cluster: str | None = None, walltime: str
         bin_dir = os.path.dirname(python)
     return {
         "name": name,
+        "kind": "train",
         "run_dir": str(run_dir),
         "model": model,
         "gpus": gpus,
@@ -207,83 +204,20 @@ def _git_commit() -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-# ------------------------------------------------------------- the run dir, for everyone
-def load_run(run_dir) -> dict:
-    """run.yaml of a run, as written by launch (and updated by `slmjobs resume`)."""
-    import yaml
-
-    path = Path(run_dir) / RUN_FILE
-    try:
-        with open(path, encoding="utf-8") as handle:
-            spec = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except FileNotFoundError:
-        raise UsageError(f"{run_dir} is not a run directory: {RUN_FILE} not found") from None
-    if not isinstance(spec, dict) or "cluster" not in spec:
-        raise UsageError(f"{path}: not a run description written by slmjobs")
-    return spec
-
-
-def save_run(run_dir, spec: dict) -> None:
-    """Write run.yaml atomically (tmp + rename): a reader never sees half a file."""
-    import yaml
-
-    path = Path(run_dir) / RUN_FILE
-    tmp = path.with_name(f".{RUN_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(yaml.safe_dump(spec, sort_keys=False, default_flow_style=False), encoding="utf-8")
-    os.replace(tmp, path)
-    from slmjobs import monitor  # its digest: status reads 1,000 runs without loading YAML
-
-    monitor.write_run_summary(run_dir, monitor.summarize(spec))
-
-
+# --------------------------------------------------------- changing a run's request
 def set_walltime(run_dir, walltime: str) -> str:
     """Change the walltime of the run's next links (`slmjobs resume --walltime`): checked against
     the run's own profile snapshot, written to run.yaml; returns it as HH:MM:SS."""
-    spec = load_run(run_dir)
-    spec["walltime"] = check_walltime(walltime, spec["cluster"])
-    save_run(run_dir, spec)
+    spec = rundir.load_run(run_dir)
+    spec["walltime"] = check_walltime(walltime, spec["cluster"], spec["gpus"])
+    rundir.save_run(run_dir, spec)
     return spec["walltime"]
-
-
-def script_path(run_dir, link: int) -> Path:
-    return Path(run_dir) / "scripts" / f"link-{int(link):03d}.sh"
-
-
-def write_link_script(run_dir, link: int) -> Path:
-    """Render link N from run.yaml into scripts/link-NNN.sh (executable) and return its path."""
-    from slmjobs.render import render_link
-
-    text = render_link(load_run(run_dir), link)
-    path = script_path(run_dir, link)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.chmod(0o755)
-    os.replace(tmp, path)
-    return path
-
-
-def submit_link(run_dir, link: int, hold_on: str | None = None) -> str:
-    """Write link N's script, submit it (held on `hold_on` if given), append `submitted`."""
-    from slmjobs import ledger
-    from slmjobs.backends import get_backend
-
-    path = write_link_script(run_dir, link)
-    backend = get_backend(load_run(run_dir)["cluster"]["scheduler"])
-    job_id = backend.submit(path, hold_on=hold_on)
-    try:
-        ledger.append(run_dir, {"event": "submitted", "link": int(link), "job_id": job_id,
-                                "script": str(path.relative_to(run_dir)), "hold_on": hold_on})
-    except BaseException:
-        backend.cancel([job_id])  # an unrecorded job would run unseen: take it back
-        raise
-    return job_id
 
 
 # -------------------------------------------------------------------------- launch
 def refuse_existing(run_dir: Path) -> None:
-    if not run_dir.exists():
-        return
+    if not rundir.is_run_dir(run_dir) and not (run_dir / rundir.LEDGER_FILE).exists():
+        return  # nothing there, or what a killed launch left: rundir.create takes it over
     name = run_dir.name
     if _is_active(run_dir):
         raise UsageError(f"run name {name!r} belongs to an active run ({run_dir}): allowed is a new "
@@ -293,34 +227,85 @@ def refuse_existing(run_dir: Path) -> None:
 
 
 def _is_active(run_dir: Path) -> bool:
+    from slmjobs.monitor import is_active
+
     try:
-        from slmjobs.monitor import is_active
-    except ImportError:
-        return False
-    try:
-        return bool(is_active(run_dir))
+        return is_active(run_dir)
     except Exception:  # a broken old run dir must not hide the real message
         return False
 
 
-def check_scheduler_present(profile: dict) -> None:
-    if profile["scheduler"] == "sge" and shutil.which("qsub") is None:
-        raise UsageError(f"qsub not found on PATH: cluster {profile['name']!r} needs Grid Engine's "
-                         "client commands; allowed is a profile with scheduler: local (--cluster local)")
-
-
 def validate_with_scheduler(spec: dict, text: str) -> str:
-    """Ask the scheduler whether this script could ever run (`qsub -w v`); UsageError if not."""
-    from slmjobs.backends import get_backend
-
-    check_scheduler_present(spec["cluster"])
+    """Ask the scheduler whether this script could ever run; UsageError if not."""
+    backend = get_backend(spec["cluster"]["scheduler"])
+    backend.check_available(spec["cluster"])
     with tempfile.TemporaryDirectory(prefix="slmjobs-validate-") as tmp:
         path = Path(tmp) / "link-001.sh"
         path.write_text(text, encoding="utf-8")
-        ok, message = get_backend(spec["cluster"]["scheduler"]).validate(path)
+        ok, message = backend.validate(path)
     if not ok:
         raise UsageError(f"the scheduler rejects this request: {' / '.join(message.split(chr(10)))}")
     return message
+
+
+# ------------------------------------------------------------- can it ever train?
+def check_training_config(spec: dict, environ=None) -> dict:
+    """The worker's own checks on the composed configuration, run as the job would run them
+    but here and now (`python -m trainer.validate`: no torch, about 0.3 s): a typo, a missing
+    dataset or a batch the ranks cannot split is refused before anything is submitted, not
+    after a queue wait. Returns the composed configuration."""
+    import json
+
+    from slmjobs.render import worker_args
+
+    environ = dict(os.environ if environ is None else environ)
+    if spec.get("data_root"):
+        environ["SLMJOBS_DATA_ROOT"] = spec["data_root"]
+    argv = [sys.executable, "-m", "trainer.validate", "--ranks", str(spec["gpus"]),
+            *worker_args(spec)]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, env=environ,
+                              cwd=spec["workdir"], timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UsageError(f"could not check the training configuration ({exc}): allowed is a "
+                         "Python environment with slmjobs' worker (pip install slmjobs)") from None
+    said = [line[len("error: "):] for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    if proc.returncode != 0:
+        raise UsageError(said[-1] if said else f"the worker's configuration check exited "
+                         f"{proc.returncode}: {proc.stderr.strip()[-300:]}")
+    config = json.loads(proc.stdout)["config"]
+    check_wandb(config["wandb"], environ)
+    return config
+
+
+# The shape wandb 0.31 itself requires of a key (wandb/sdk/lib/wbauth/validation.py): an
+# optional on-prem prefix and a dash, then 40+ letters, digits, '_' or '-'; or a JWT.
+WANDB_KEY = re.compile(r"^(?:[^-]*-)?[\w-]{40,}$|^[\w-]+\.[\w-]+\.[\w-]+$")
+
+
+def check_wandb(wandb: dict, environ) -> None:
+    """What can be known about wandb without the network: its mode, and the shape of a key.
+    The key itself is never printed."""
+    if not wandb["enabled"] or wandb["mode"] == "offline":
+        return
+    key = environ.get("WANDB_API_KEY")
+    if key is not None and not WANDB_KEY.match(key):
+        raise UsageError(f"WANDB_API_KEY is not a wandb API key ({len(key)} characters; wandb "
+                         "wants 40 or more letters, digits and '_'): allowed is a key from "
+                         "https://wandb.ai/authorize, or wandb.mode=offline")
+    if wandb["mode"] == "online" and key is None and not _netrc_has_wandb(environ):
+        raise UsageError("wandb.mode=online but no wandb credentials here (no WANDB_API_KEY, no "
+                         "wandb entry in ~/.netrc): allowed is `wandb login`, WANDB_API_KEY, "
+                         "or wandb.mode=auto|offline")
+
+
+def _netrc_has_wandb(environ) -> bool:
+    path = environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return "wandb" in handle.read()
+    except OSError:
+        return False
 
 
 def launch(model: str, gpus: int = 1, cluster: str | None = None, walltime: str | None = None,
@@ -330,27 +315,27 @@ def launch(model: str, gpus: int = 1, cluster: str | None = None, walltime: str 
     from slmjobs.render import render_link
 
     spec = resolve(model, gpus, cluster, walltime, name, max_links, project, overrides)
+    check_training_config(spec)
     text = render_link(spec, 1)
     result = {"spec": spec, "script": text, "validation": None}
     if validate:
         result["validation"] = validate_with_scheduler(spec, text)
     if dry_run:
         return result
-    check_scheduler_present(spec["cluster"])
+    get_backend(spec["cluster"]["scheduler"]).check_available(spec["cluster"])
     run_dir = Path(spec["run_dir"])
     refuse_existing(run_dir)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    record = {**spec, "slmjobs_version": _version(), "git_commit": _git_commit(),
+              "created": time.time()}
     try:
-        run_dir.mkdir()  # exclusive: two launches with one name cannot both get here
+        rundir.create(run_dir, record)  # exclusive: two launches of one name cannot both get here
     except FileExistsError:
         refuse_existing(run_dir)
         raise
     try:
-        (run_dir / "scripts").mkdir()
-        (run_dir / "logs").mkdir()
-        save_run(run_dir, {**spec, "slmjobs_version": _version(), "git_commit": _git_commit(),
-                           "created": time.time()})
-        result["job_id"] = submit_link(run_dir, 1)
+        # Killed from here on, the run is there with its run.yaml: `slmjobs status` shows it
+        # and `slmjobs resume` submits its first link.
+        result["job_id"] = submit.submit_link(run_dir, 1)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise

@@ -20,15 +20,13 @@ import os
 import re
 from pathlib import Path
 
+from slmjobs import backends
+from slmjobs.backends.core import SAFE_WORD
 from slmjobs.errors import UsageError
 
 SHIPPED_DIR = (Path(__file__).parent / "clusters").resolve()   # ../cluster in the source tree
-SCHEDULERS = ("sge", "local")
 
 _HMS = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
-# Values written into `#$` lines are not shell-quoted (Grid Engine is not a shell), so they are
-# restricted to characters that need no quoting anywhere.
-SAFE_WORD = re.compile(r"^[A-Za-z0-9_.,:=+@%/~-]+$")
 
 
 # ------------------------------------------------------------------------ schema
@@ -37,35 +35,27 @@ SAFE_WORD = re.compile(r"^[A-Za-z0-9_.,:=+@%/~-]+$")
 REQUIRED = object()
 _STR, _INT, _BOOL, _LIST, _DICT = (str,), (int,), (bool,), (list,), (dict,)
 _OPT_STR = (str, type(None))
+# The keys every profile has; its scheduler's backend adds its own (Backend.PROFILE_KEYS).
 SCHEMA: dict[str, tuple] = {
-    "scheduler": (_STR, REQUIRED, "one of: " + ", ".join(SCHEDULERS)),
+    "scheduler": (_STR, REQUIRED, "a scheduler in slmjobs.backends.REGISTRY"),
     "description": (_STR, "", "a string"),
     "shell": (_STR, "/bin/bash", "an interpreter for the #! line, e.g. '/bin/bash -l'"),
-    "project": (_OPT_STR, None, "a project name (-P) or null"),
-    "project_required": (_BOOL, False, "true or false"),
-    "queue": (_OPT_STR, None, "a queue name (-q) or null"),
+    "python_module": (_OPT_STR, None,
+                      "the module with the Python the venv was built with (loaded first), or null"),
     "modules": (_LIST, [], "a list of module names to `module load`"),
     "env_setup": (_LIST, [], "a list of shell lines run before the worker"),
     "env": (_DICT, {}, "a mapping NAME: value of extra environment variables"),
     "python": (_OPT_STR, None,
                "null (the launcher's own Python) or a command/path valid after env_setup"),
     "max_gpus": (_INT, REQUIRED, "a positive integer"),
-    "gpu_resource": (_OPT_STR, "gpus", "the consumable for -l NAME=N, or null for none"),
-    "gpu_c": (_OPT_STR, None, "a minimum compute capability such as '7.0', or null"),
-    "gpu_memory": ((str, dict, type(None)), None,
-                   "a size such as 16G, a mapping model: size (with optional 'default'), or null"),
-    "gpu_type": (_OPT_STR, None, "a GPU type such as A6000, or null"),
-    "cpus_per_gpu": (_INT, 1, "a positive integer"),
-    "pe": (_OPT_STR, None, "a parallel environment name (-pe NAME N), or null"),
-    "pe_sizes": ((list, type(None)), None, "a list of allowed slot counts, or null for any"),
     # YAML 1.1 reads an unquoted 12:00:00 as the base-60 integer 43200: accept that as seconds.
     "walltime_default": ((str, int), "12:00:00", "HH:MM:SS"),
-    "walltime_max": ((str, int), "720:00:00", "HH:MM:SS"),
+    "walltime_max": ((str, int), "720:00:00", "HH:MM:SS (the most a GPU job may ask for)"),
+    "walltime_max_cpu": ((str, int, type(None)), None,
+                         "HH:MM:SS (the most a CPU-only job may ask for), or null: walltime_max"),
     "handoff_margin": ((int, str), 300, "seconds (an integer) or HH:MM:SS"),
-    "notify": (_BOOL, False, "true or false (-notify)"),
-    "mail_events": (_OPT_STR, None, "SGE mail events such as 'e', 'ea', or null"),
-    "mail_user": (_OPT_STR, None, "an e-mail address or null"),
-    "extra_directives": (_LIST, [], "a list of extra qsub option strings, e.g. '-l mem_per_core=8G'"),
+    # A busy qmaster says so for a while: how long one submission keeps trying, in all.
+    "submit_retry_seconds": (_INT, 180, "seconds (0 or more) to keep retrying a submission"),
     "runs_root": (_STR, "./runs", "a directory"),
     "data_root": (_OPT_STR, None, "a directory or null"),
     "template": (_STR, "base.sh.j2", "a template file name in the template search path"),
@@ -94,15 +84,28 @@ def format_walltime(seconds: int) -> str:
     return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def schema_of(data: dict, source: str) -> dict[str, tuple]:
+    """SCHEMA plus the keys of the profile's scheduler."""
+    scheduler = data.get("scheduler")
+    if scheduler not in backends.REGISTRY:
+        raise _fail(source, "scheduler", scheduler, "one of: " + ", ".join(backends.REGISTRY))
+    return {**SCHEMA, **backends.get_backend(scheduler).PROFILE_KEYS}
+
+
 def validate(data, source: str) -> dict:
-    """Check a loaded profile mapping against SCHEMA; return it with defaults filled in."""
+    """Check a loaded profile mapping against its schema; return it with defaults filled in."""
     if not isinstance(data, dict):
         raise UsageError(f"{source}: a profile must be a YAML mapping of keys, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(SCHEMA) - {"name", "source"})
+    if "scheduler" not in data:
+        raise UsageError(f"{source}: missing key 'scheduler': it must be one of: "
+                         + ", ".join(backends.REGISTRY))
+    schema = schema_of(data, source)
+    unknown = sorted(set(data) - set(schema) - {"name", "source"})
     if unknown:
-        raise UsageError(f"{source}: unknown key {unknown[0]!r}: allowed keys are {', '.join(SCHEMA)}")
+        raise UsageError(f"{source}: unknown key {unknown[0]!r} for scheduler "
+                         f"{data['scheduler']!r}: allowed keys are {', '.join(schema)}")
     profile = {}
-    for key, (types, default, allowed) in SCHEMA.items():
+    for key, (types, default, allowed) in schema.items():
         if key not in data:
             if default is REQUIRED:
                 raise UsageError(f"{source}: missing key {key!r}: it must be {allowed}")
@@ -114,16 +117,19 @@ def validate(data, source: str) -> dict:
             raise _fail(source, key, value, allowed)
         profile[key] = value
     _check_values(profile, source)
+    backends.get_backend(profile["scheduler"]).check_profile(
+        profile, lambda key, value, allowed: _fail(source, key, value, allowed))
     return profile
 
 
 def _check_values(p: dict, source: str) -> None:
-    if p["scheduler"] not in SCHEDULERS:
-        raise _fail(source, "scheduler", p["scheduler"], SCHEMA["scheduler"][2])
-    for key in ("max_gpus", "cpus_per_gpu"):
-        if p[key] < 1:
-            raise _fail(source, key, p[key], "a positive integer")
-    for key in ("walltime_default", "walltime_max"):
+    if p["max_gpus"] < 1:
+        raise _fail(source, "max_gpus", p["max_gpus"], "a positive integer")
+    if p["submit_retry_seconds"] < 0:
+        raise _fail(source, "submit_retry_seconds", p["submit_retry_seconds"], "0 or more seconds")
+    for key in ("walltime_default", "walltime_max", "walltime_max_cpu"):
+        if p[key] is None:
+            continue
         if isinstance(p[key], int) and not isinstance(p[key], bool) and p[key] > 0:
             p[key] = format_walltime(p[key])
         try:
@@ -134,26 +140,15 @@ def _check_values(p: dict, source: str) -> None:
         raise _fail(source, "walltime_default", p["walltime_default"],
                     f"at most walltime_max ({p['walltime_max']})")
     p["handoff_margin"] = _margin_seconds(p["handoff_margin"], source)
-    if p["pe_sizes"] is not None:
-        if not p["pe_sizes"] or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
-                                        for n in p["pe_sizes"]):
-            raise _fail(source, "pe_sizes", p["pe_sizes"], "a non-empty list of positive integers")
-        p["pe_sizes"] = sorted(p["pe_sizes"])
-    for key in ("modules", "env_setup", "extra_directives"):
+    for key in ("modules", "env_setup"):
         if not all(isinstance(item, str) and "\n" not in item for item in p[key]):
             raise _fail(source, key, p[key], "a list of one-line strings")
     for name, value in p["env"].items():
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", str(name)) or isinstance(value, (dict, list)):
             raise _fail(source, f"env.{name}", value, "NAME: scalar value, NAME a shell variable name")
     p["env"] = {str(k): str(v) for k, v in p["env"].items()}
-    if isinstance(p["gpu_memory"], dict):
-        for model, size in p["gpu_memory"].items():
-            if not isinstance(size, str):
-                raise _fail(source, f"gpu_memory.{model}", size, "a size such as 16G")
-    for key in ("project", "queue", "gpu_resource", "gpu_c", "gpu_type", "pe", "mail_events",
-                "mail_user"):
-        if p[key] is not None and not SAFE_WORD.match(p[key]):
-            raise _fail(source, key, p[key], "letters, digits and _.,:=+@%/~- only")
+    if p["python_module"] is not None and not SAFE_WORD.match(p["python_module"]):
+        raise _fail(source, "python_module", p["python_module"], "a module name such as python3/3.10.12")
     unknown = sorted(set(p["chain"]) - set(CHAIN_DEFAULTS))
     if unknown:
         raise UsageError(f"{source}: unknown key 'chain.{unknown[0]}': allowed keys are "
@@ -186,6 +181,22 @@ def config_dir() -> Path:
         return Path(os.environ["SLMJOBS_CONFIG_DIR"]).expanduser()
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return Path(base) / "slmjobs"
+
+
+def cache_dir() -> Path:
+    """Status rows of settled runs and compiled templates: $SLMJOBS_CACHE_DIR, else the XDG
+    cache home's slmjobs/. Only ever a speed-up: anything in it may be deleted."""
+    if os.environ.get("SLMJOBS_CACHE_DIR"):
+        return Path(os.environ["SLMJOBS_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "slmjobs"
+
+
+def project_of(flag: str | None, profile: dict) -> str | None:
+    """The scheduler project, first found: --project, $SLMJOBS_PROJECT, the user config's
+    `project:`, the profile's. (Checked against the profile by the launcher.)"""
+    return (flag or os.environ.get("SLMJOBS_PROJECT") or user_config().get("project")
+            or profile.get("project"))
 
 
 def user_config() -> dict:
@@ -275,23 +286,9 @@ def data_root(profile: dict, project: str | None) -> Path | None:
     return expand_root(value, project) if value else None
 
 
-def pe_slots(profile: dict, gpus: int) -> int | None:
-    """CPUs for `-pe NAME N`: cpus_per_gpu x gpus rounded up to the next size the site allows."""
-    if not profile["pe"]:
-        return None
-    wanted = profile["cpus_per_gpu"] * gpus
-    sizes = profile["pe_sizes"]
-    if sizes is None:
-        return wanted
-    for size in sizes:
-        if size >= wanted:
-            return size
-    raise UsageError(f"{gpus} GPUs need {wanted} CPUs but {profile['source']} allows -pe "
-                     f"{profile['pe']} sizes up to {sizes[-1]}: use fewer GPUs")
-
-
-def gpu_memory(profile: dict, model: str) -> str | None:
-    value = profile["gpu_memory"]
-    if isinstance(value, dict):
-        return value.get(model, value.get("default"))
-    return value
+def walltime_max(profile: dict, gpus: int) -> str:
+    """The most one job may ask for: GPU jobs and CPU-only jobs have their own limits (BU SCC:
+    48 h on shared GPU nodes, 720 h for CPU jobs)."""
+    if gpus == 0 and profile["walltime_max_cpu"] is not None:
+        return profile["walltime_max_cpu"]
+    return profile["walltime_max"]

@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from slmjobs import profiles
+from slmjobs.backends import get_backend
 from slmjobs.errors import UsageError
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
@@ -66,9 +67,7 @@ def _environment(user_dir: str):
 def _bytecode_cache(jinja2):
     """Compiled templates cached on disk: compiling base.sh.j2 costs ~0.15 s, loading it ~1 ms.
     Jinja keys the cache on the template source, so an edited template is recompiled."""
-    base = os.environ.get("SLMJOBS_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "slmjobs")
-    directory = os.path.join(base, "jinja")
+    directory = os.path.join(profiles.cache_dir(), "jinja")
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError:
@@ -88,10 +87,10 @@ def context(spec: dict, link: int) -> dict:
     walltime = spec["walltime"]
     if isinstance(walltime, int):  # a hand-edited run.yaml with an unquoted HH:MM:SS (YAML 1.1)
         walltime = profiles.format_walltime(walltime)
-    worker_args = [f"model={spec['model']}", f"run_name={spec['name']}", f"run_dir={run_dir}",
-                   *spec["overrides"]]
+    backend = get_backend(profile["scheduler"])
     return {
         "scheduler": profile["scheduler"],
+        "header_template": backend.HEADER_TEMPLATE,
         "shell": profile["shell"],
         "run_name": spec["name"],
         "job_name": spec["name"],
@@ -106,27 +105,23 @@ def context(spec: dict, link: int) -> dict:
         "walltime": walltime,
         "walltime_seconds": profiles.parse_walltime(walltime),
         "handoff_margin": profile["handoff_margin"],
-        "project": spec.get("project"),
-        "queue": profile["queue"],
-        "gpu_resource": profile["gpu_resource"],
-        "gpu_c": profile["gpu_c"],
-        "gpu_memory": profiles.gpu_memory(profile, spec["model"]),
-        "gpu_type": profile["gpu_type"],
-        "pe": profile["pe"],
-        "pe_slots": profiles.pe_slots(profile, spec["gpus"]),
-        "notify": profile["notify"],
-        "mail_events": profile["mail_events"],
-        "mail_user": profile["mail_user"],
-        "extra_directives": profile["extra_directives"],
-        "modules": profile["modules"],
+        "modules": ([profile["python_module"]] if profile.get("python_module") else [])
+        + profile["modules"],
         "env_setup": profile["env_setup"],
         "env": profile["env"],
         "data_root": spec.get("data_root"),
         "python": python,
         "python_bin": spec.get("bin_dir") or os.path.dirname(python),
         "python_command": profile["python"],
-        "worker_args": worker_args,
+        "worker_args": worker_args(spec),
+        **backend.header_context(profile, spec),
     }
+
+
+def worker_args(spec: dict) -> list[str]:
+    """The hydra overrides every link passes the worker (docs/CONTRACTS.md)."""
+    return [f"model={spec['model']}", f"run_name={spec['name']}", f"run_dir={spec['run_dir']}",
+            *spec["overrides"]]
 
 
 def render_link(spec: dict, link: int) -> str:

@@ -7,6 +7,11 @@
   qstat does not answer: a missing scheduler is a broken test setup, not a reason to pass.
   Jobs submitted through it are deleted after the test if still queued, held or running.
 - `wait_until(predicate, timeout, what)` polls instead of sleeping a fixed time.
+- Tiers: markers `unit`, `cluster`, `e2e` (declared in pyproject.toml) come from what a test
+  needs, so no module has to remember to mark itself: `cluster` needs the real Grid Engine,
+  `e2e` runs the real training worker (the demo, a chain: a test can be both), and `unit` is
+  everything else (no scheduler, no training process; `pytest -m unit`, ~45 s of CPU). A plain
+  `pytest` (CI: scripts/test.sh) still runs them all.
 """
 
 from __future__ import annotations
@@ -20,7 +25,37 @@ import pytest
 from slmjobs.backends import ACTIVE_STATES, ENDED
 from slmjobs.backends.local import LocalBackend
 from slmjobs.backends.sge import SGEBackend
-from support import wait_until
+from support import COLLECTED_TIERS, wait_until
+
+
+# What puts a test in a tier: fixtures it uses (directly or through other fixtures), or its id.
+CLUSTER_FIXTURES = {"sge_cluster"}  # the real Grid Engine (`sge` builds on it)
+TRAINING_FIXTURES = {"worker", "reference", "reference_two_ranks", "campaign"}  # start the worker
+TRAINING_TESTS = (  # start the worker without one of those fixtures
+    "tests/test_demo.py::test_demo_",
+    "tests/launcher/test_launch.py::test_real_launch_on_the_local_backend",
+    "tests/chain/test_bad_config_local.py::",  # a chain on the local backend (chain_support.Campaign)
+)
+
+
+def tiers(item) -> list[str]:
+    fixtures = set(item.fixturenames)
+    found = []
+    if fixtures & CLUSTER_FIXTURES:
+        found.append("cluster")
+    if fixtures & TRAINING_FIXTURES or item.nodeid.startswith(TRAINING_TESTS):
+        found.append("e2e")
+    return found or ["unit"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Runs before `-m` deselects: the stash holds every collected test's tiers (test_tiers.py)."""
+    found = {}
+    for item in items:
+        found[item.nodeid] = tiers(item)
+        for marker in found[item.nodeid]:
+            item.add_marker(marker)
+    config.stash[COLLECTED_TIERS] = found
 
 
 @pytest.fixture(name="wait_until")

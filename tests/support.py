@@ -1,11 +1,24 @@
-"""Helpers shared by test modules: polling instead of fixed sleeps, and small job scripts."""
+"""Helpers shared by test modules: polling instead of fixed sleeps, small job scripts, and the
+real worker run as a subprocess (python -m trainer.train, or through the `composer` launcher)
+the way a job script does: `trap '' USR1 USR2` in a bash wrapper, in a new process group so
+signals can go to the whole group as on Grid Engine. The fixtures built on them are in
+tests/trainer/conftest.py."""
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+
+
+COLLECTED_TIERS = pytest.StashKey[dict]()  # nodeid -> its tiers, for every collected test (conftest.py)
 
 
 def wait_until(predicate, timeout: float = 30.0, what: str = "condition", interval: float = 0.1):
@@ -27,3 +40,162 @@ def job_script(directory: Path, name: str, body: str, *options: str) -> Path:
     path = directory / f"{name}.sh"
     path.write_text("\n".join(lines))
     return path
+
+
+def make_run_dir(path: Path, scheduler: str = "local", gpus: int = 1, **chain) -> Path:
+    """A run directory at `path` as `slmjobs launch` writes it (run.yaml through the real
+    writers, for the shipped `scheduler` profile), with no job submitted yet. `chain`
+    overrides the profile's limits (max_links=2, ...)."""
+    from slmjobs import launch, rundir
+
+    spec = launch.resolve("tiny", gpus=gpus, cluster=scheduler, name=path.name)
+    spec.update(run_dir=str(path), chain={**spec["chain"], **chain})
+    rundir.create(path, spec)
+    return path
+
+
+# ---- the worker (tests/trainer) ----
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+COMPOSER = str(Path(sys.executable).with_name('composer'))
+WRAPPERS = REPO / 'tests' / 'trainer'  # deadline_in.py, kill_in_save.py
+
+# A very small model on 33-token windows: a step is a few milliseconds, startup dominates.
+SMALL = [
+    'model=tiny', 'model.n_layer=1', 'model.n_head=2', 'model.n_embd=32', 'model.block_size=32',
+    'data.num_workers=0', 'train.global_batch_size=4', 'train.warmup_steps=4',
+    'train.eval_every=0', 'train.eval_batches=2', 'train.log_every=1',
+    'checkpoint.save_every_batches=4', 'checkpoint.save_every_seconds=0', 'checkpoint.keep=-1',
+    'wandb.enabled=false',
+]
+MAX_STEPS = 24
+STEP_LINE = re.compile(r'\] step (\d+)/(\d+) \| loss')
+
+
+class Run:
+    """One start of the worker; output goes to a file the test can watch while it runs."""
+
+    def __init__(self, run_dir: Path, overrides: list[str], env: dict, ranks: int, wrapper: str | None):
+        self.run_dir = run_dir
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path = run_dir.parent / f'{run_dir.name}.{time.time_ns()}.log'
+        if ranks > 1:
+            cmd = [COMPOSER, '-n', str(ranks), '-m', 'trainer.train']
+        elif wrapper:
+            cmd = [PYTHON, str(WRAPPERS / wrapper)]
+        else:
+            cmd = [PYTHON, '-m', 'trainer.train']
+        cmd += overrides + [f'run_name={run_dir.name}', f'run_dir={run_dir}']
+        script = "trap '' USR1 USR2; " + ' '.join(shlex.quote(c) for c in cmd)
+        self.log = open(self.log_path, 'w')
+        self.proc = subprocess.Popen(['bash', '-c', script], stdout=self.log, stderr=subprocess.STDOUT,
+                                     cwd=run_dir.parent, env=env, start_new_session=True)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors='replace')
+
+    def steps(self) -> list[int]:
+        return [int(m.group(1)) for m in STEP_LINE.finditer(self.output())]
+
+    def wait_for_step(self, step: int, timeout: float = 120) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if any(s >= step for s in self.steps()):
+                return
+            if self.proc.poll() is not None:
+                pytest.fail(f'worker exited {self.proc.returncode} before step {step}:\n{self.output()[-3000:]}')
+            time.sleep(0.05)
+        self.dump_stacks()
+        pytest.fail(f'no step {step} within {timeout} s:\n{self.output()[-6000:]}')
+
+    def dump_stacks(self) -> None:
+        """A stuck worker: SIGABRT makes faulthandler (PYTHONFAULTHANDLER=1) print every
+        thread's stack into the log before the process dies."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGABRT)
+            self.proc.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+
+    def signal_group(self, sig: int) -> None:
+        assert self.proc.poll() is None, 'the worker is gone: its group id may be reused'
+        os.killpg(self.proc.pid, sig)
+
+    def wait(self, timeout: float = 300) -> int:
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.dump_stacks()
+            self.kill()
+            pytest.fail(f'worker still running after {timeout} s:\n{self.output()[-6000:]}')
+        self.log.close()
+        return rc
+
+    def kill(self) -> None:
+        # Only while the worker is unreaped: once waited for, its pid (= its process-group id)
+        # can be reused by any process group leader, sge_execd included (pids wrap at 32768).
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+class Worker:
+    """Starts runs with the SMALL config on the session dataset; kills leftovers at the end."""
+
+    def __init__(self, dataset: Path, root: Path):
+        self.dataset = dataset
+        self.root = root
+        self.runs: list[Run] = []
+
+    def env(self, **extra) -> dict:
+        env = dict(os.environ)
+        env.pop('SLMJOBS_DEADLINE', None)
+        env['PYTHONPATH'] = str(REPO) + os.pathsep + env.get('PYTHONPATH', '')
+        env['WANDB_MODE'] = 'offline'  # never the network, whatever the machine's wandb setup
+        env['PYTHONFAULTHANDLER'] = '1'  # stacks of a stuck worker (see Run.dump_stacks)
+        env.update({k: str(v) for k, v in extra.items()})
+        return env
+
+    def start(self, name: str, *overrides: str, max_steps: int = MAX_STEPS, ranks: int = 1,
+              env: dict | None = None, wrapper: str | None = None, run_dir: Path | None = None) -> Run:
+        args = SMALL + [f'data.path={self.dataset}', f'train.max_steps={max_steps}', *overrides]
+        run = Run(run_dir or self.root / name, args, self.env(**(env or {})), ranks, wrapper)
+        self.runs.append(run)
+        return run
+
+    def run(self, name: str, *overrides: str, expect: int | None = 0, **kw) -> Run:
+        run = self.start(name, *overrides, **kw)
+        rc = run.wait()
+        if expect is not None:
+            assert rc == expect, f'exit {rc}, expected {expect}:\n{run.output()[-4000:]}'
+        return run
+
+    def cleanup(self) -> None:
+        for run in self.runs:
+            if run.proc.poll() is None:
+                run.kill()
+
+
+def model_weights(run_dir: Path) -> dict:
+    import torch
+    state = torch.load(run_dir / 'checkpoints' / 'latest-rank0.pt', map_location='cpu', weights_only=False)
+    return state['state']['model']
+
+
+def assert_bitwise_equal(run_dir: Path, reference_dir: Path) -> None:
+    import torch
+    got, want = model_weights(run_dir), model_weights(reference_dir)
+    assert got.keys() == want.keys()
+    different = [k for k in want if not torch.equal(got[k], want[k])]
+    assert not different, f'weights differ from the uninterrupted run in {different}'
+
+
+def checkpoint_step(run_dir: Path) -> int:
+    target = os.readlink(run_dir / 'checkpoints' / 'latest-rank0.pt')
+    return int(re.search(r'-ba(\d+)-', target).group(1))
+
+
+def read_progress(run_dir: Path) -> dict:
+    import json
+    return json.loads((run_dir / 'progress.json').read_text())

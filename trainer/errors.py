@@ -4,6 +4,7 @@ checkpoint or dataset."""
 
 EXIT_FINISHED = 0
 EXIT_BAD_INPUT = 2
+EXIT_DISK_FULL = 74   # EX_IOERR: a checkpoint could not be saved for lack of space or quota
 EXIT_HANDED_OFF = 75  # EX_TEMPFAIL: stopped early with a checkpoint, more to do
 
 

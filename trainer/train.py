@@ -2,7 +2,7 @@
 
     python -m trainer.train model=tiny run_name=demo                      # one process
     composer -n 2 -m trainer.train model=gpt2 run_name=r run_dir=/abs/r    # two ranks
-    python -m trainer.train --cfg job                                    # print the config
+    python -m trainer.validate model=gpt2 ...                            # print the config, train nothing
 
 Config groups (trainer/conf): model (preset + its recipe), data, train, checkpoint, wandb;
 top level: run_name, run_dir, seed. Everything lands in run_dir: checkpoints/ (Composer
@@ -11,174 +11,263 @@ autoresume: a re-run continues exactly where the last checkpoint left off), prog
 
 Exit status: 0 finished (max_steps reached, final checkpoint written); 75 handed off (stopped
 by SLMJOBS_DEADLINE or SIGUSR1/SIGUSR2/SIGTERM, checkpoint written at the stop step, run it
-again to continue); 2 bad configuration or input (nothing written); anything else crashed.
+again to continue); 2 bad configuration or input (nothing written; also wandb refusing the
+credentials); 74 no space left to save a checkpoint; anything else crashed.
 See docs/CONTRACTS.md.
 
-Bad input is checked before `import composer` (~7 s), so it fails fast.
+Read top to bottom, this is one link's life: main -> run: compose the configuration, check it
+and make the plan (trainer.validate: no torch, no Composer, so bad input fails in about a
+second), then fit: ranks, data, model, optimizer, callbacks, Trainer, fit, finish. Composer is
+imported only there; the callbacks it runs live in trainer.callbacks.
 """
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import secrets
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import NoReturn, Optional
 
 from trainer.errors import EXIT_BAD_INPUT, EXIT_FINISHED, EXIT_HANDED_OFF, BadInput
+from trainer.failures import exit_for
 from trainer.handoff import deadline_from_env, ignore_signals_for_exit, install_signal_handlers
+from trainer.progress import Progress, eprint, fail_line, say
+from trainer.validate import Plan, check_device_and_precision, compose, validate
 
-CONF_DIR = Path(__file__).resolve().parent / 'conf'
-PRECISIONS = ('auto', 'fp32', 'amp_fp16', 'amp_bf16')
-DEVICES = ('auto', 'cpu', 'gpu')
 SAVE_BYTES_PER_SECOND = 200e6  # save-time guess before the first save is measured
 
 
-def model_presets() -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / 'model').glob('*.yaml'))
+# ---------------------------------------------------------------------------------------------
+# Start and exit
+# ---------------------------------------------------------------------------------------------
+
+def main() -> None:
+    atexit.register(skip_interpreter_teardown)  # registered first, so it runs last
+    install_signal_handlers()  # before any thread exists; a signal during start-up hands off at the first batch
+    leave(run(sys.argv[1:]))
 
 
-def check_preset_overrides(argv: list[str]) -> None:
-    """Hydra reports an unknown config-group option as a multi-line error with exit 1; catch the
-    common mistake first, with the contract's one line and exit 2."""
-    for arg in argv:
-        key, _, value = arg.lstrip('+').partition('=')
-        if key == 'model' and value not in model_presets():
-            raise BadInput(f'model={value}: unknown preset; allowed: {", ".join(model_presets())}')
+def run(overrides: list[str]) -> int:
+    """One link: the exit status. A crash raises (and is recorded in progress.json)."""
+    try:
+        plan = make_plan(compose(overrides))
+    except BadInput as e:
+        eprint(f'error: {e}')
+        return EXIT_BAD_INPUT
+    progress = start_progress(plan)
+    try:
+        return fit(plan, progress)
+    except BaseException as e:
+        progress.update(state='failed')
+        try:
+            progress.write()
+        except OSError:
+            pass  # a full disk: the exit status and the log line below still tell
+        meaning = exit_for(e, plan.checkpoint_dir)
+        if meaning is not None:  # it would fail the same way again: not a crash
+            eprint(f'error: {meaning[1]}')
+            return meaning[0]
+        eprint(f'training failed: {fail_line(e)}')
+        raise
+
+
+_exit_status: Optional[int] = None
+
+
+def leave(status: int) -> NoReturn:
+    """The way out for every status training decided. sys.exit runs the atexit hooks (Composer,
+    wandb and streaming close and unlink their files there); the last of them,
+    skip_interpreter_teardown, then ends the process with this status. A late SIGTERM from the
+    `composer` launcher (it terminates the other ranks as soon as one exits non-zero) cannot
+    turn the agreed status into a signal death meanwhile."""
+    global _exit_status
+    ignore_signals_for_exit()
+    _exit_status = status
+    sys.exit(status)
+
+
+def skip_interpreter_teardown() -> None:
+    """What is left after the atexit hooks is the interpreter's teardown of torch, transformers
+    and friends, measured at 4-8 s here -- time a hand-off before a deadline does not have."""
+    if _exit_status is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status)
 
 
 # ---------------------------------------------------------------------------------------------
-# Validation: everything that can be checked without Composer.
+# The plan: everything that can be known before Composer
 # ---------------------------------------------------------------------------------------------
 
-@dataclass
-class Plan:
-    run_name: str
-    run_dir: Path
-    checkpoint_dir: Path
-    data_dir: Path
-    dataset: dict
-    vocab_size: int
-    world_size: int
-    rank: int
-    per_device_batch: int
-    microbatch: Any
-    eval_batches: Optional[int]
-    deadline: Optional[float]
-    device: str
-    precision: str
-
-
-def resolve_data_path(path: str) -> Path:
-    from trainer.prepare import data_root
-    p = Path(os.path.expanduser(path))
-    return (p if p.is_absolute() else data_root() / p).absolute()
-
-
-def _positive_int(name: str, value, allow_zero: bool = False) -> int:
-    ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise BadInput(f'{name}={value}: must be a {"non-negative" if allow_zero else "positive"} integer')
-    return value
-
-
-def validate(cfg) -> Plan:
-    from trainer.prepare import is_finished_dataset, read_dataset_info
-
-    run_name = str(cfg.run_name)
-    if not run_name or any(c in run_name for c in '/ \t\n') or run_name.startswith('.'):
-        raise BadInput(f'run_name={run_name!r}: must be non-empty, without "/" or spaces, not starting with "."')
-    if cfg.model.name not in model_presets():
-        raise BadInput(f'model={cfg.model.name}: unknown preset; allowed: {", ".join(model_presets())}')
-
-    data_dir = resolve_data_path(str(cfg.data.path))
-    if not is_finished_dataset(data_dir) or not (data_dir / 'train' / 'index.json').is_file():
-        raise BadInput(f'data.path={cfg.data.path}: no prepared dataset (shards) at {data_dir}; '
-                       f'create one with: python -m trainer.prepare --source builtin --out {data_dir}')
-    info = read_dataset_info(data_dir)
-    has_val = (data_dir / 'val' / 'index.json').is_file()
-
-    block_size = _positive_int('model.block_size', cfg.model.block_size)
-    if info['seq_len'] > block_size:
-        raise BadInput(f'data.path={cfg.data.path}: windows of {info["seq_len"]} tokens are longer than '
-                       f'model.block_size={block_size}; allowed: seq_len <= block_size (re-prepare with '
-                       f'--seq-len {block_size}, or raise model.block_size)')
-    data_vocab = int(info['tokenizer']['vocab_size'])
-    vocab_size = data_vocab if cfg.model.vocab_size is None else _positive_int('model.vocab_size', cfg.model.vocab_size)
-    if data_vocab > vocab_size:
-        raise BadInput(f'model.vocab_size={vocab_size}: smaller than the dataset tokenizer\'s vocabulary '
-                       f'({info["tokenizer"]["kind"]}, {data_vocab} ids); allowed: >= {data_vocab}, or null')
-
-    world_size = int(os.environ.get('WORLD_SIZE', '1'))
-    rank = int(os.environ.get('RANK', '0'))
-    global_batch = _positive_int('train.global_batch_size', cfg.train.global_batch_size)
-    if global_batch % world_size:
-        raise BadInput(f'train.global_batch_size={global_batch}: not divisible by the {world_size} ranks')
-    per_device = global_batch // world_size
-    microbatch = cfg.train.microbatch_size
-    if microbatch not in (None, 'auto'):
-        _positive_int('train.microbatch_size', microbatch)
-        if per_device % microbatch:
-            raise BadInput(f'train.microbatch_size={microbatch}: must divide the per-rank batch {per_device}')
-    train_windows = info['splits']['train']['windows']
-    if train_windows < global_batch:
-        raise BadInput(f'data.path={cfg.data.path}: {train_windows} training windows, fewer than '
-                       f'train.global_batch_size={global_batch}')
-
-    _positive_int('train.max_steps', cfg.train.max_steps)
-    _positive_int('train.warmup_steps', cfg.train.warmup_steps, allow_zero=True)
-    _positive_int('train.eval_every', cfg.train.eval_every, allow_zero=True)
-    _positive_int('train.log_every', cfg.train.log_every)
-    _positive_int('checkpoint.save_every_batches', cfg.checkpoint.save_every_batches, allow_zero=True)
-    eval_batches = cfg.train.eval_batches
-    if eval_batches is not None:
-        _positive_int('train.eval_batches', eval_batches)
-    if not has_val:
-        eval_batches = 0
-    if cfg.train.precision not in PRECISIONS:
-        raise BadInput(f'train.precision={cfg.train.precision}: allowed: {", ".join(PRECISIONS)}')
-    if cfg.train.device not in DEVICES:
-        raise BadInput(f'train.device={cfg.train.device}: allowed: {", ".join(DEVICES)}')
-    device, precision = choose_device_and_precision(cfg.train.device, cfg.train.precision)
-    if cfg.wandb.mode not in ('auto', 'online', 'offline'):
-        raise BadInput(f'wandb.mode={cfg.wandb.mode}: allowed: auto, online, offline')
+def make_plan(config: dict) -> Plan:
+    """The checks any machine can run (trainer.validate), then what only this process knows:
+    the device it sees, its rank, its deadline."""
+    plan = validate(config, world_size=int(os.environ.get('WORLD_SIZE', '1')))
+    train = config['train']
+    device, precision = check_device_and_precision(train['device'], train['precision'],
+                                                   *visible_device(train['device']))
     try:
         deadline = deadline_from_env()
     except ValueError:
         raise BadInput(f'SLMJOBS_DEADLINE={os.environ["SLMJOBS_DEADLINE"]!r}: must be epoch seconds') from None
-
-    run_dir = Path(os.path.expanduser(str(cfg.run_dir))).absolute()
-    if run_dir.exists() and not run_dir.is_dir():
-        raise BadInput(f'run_dir={cfg.run_dir}: exists and is not a directory')
-    return Plan(run_name=run_name, run_dir=run_dir, checkpoint_dir=run_dir / 'checkpoints',
-                data_dir=data_dir, dataset=info, vocab_size=vocab_size, world_size=world_size,
-                rank=rank, per_device_batch=per_device, microbatch=microbatch,
-                eval_batches=eval_batches, deadline=deadline, device=device, precision=precision)
+    return dataclasses.replace(plan, device=device, precision=precision,
+                               rank=int(os.environ.get('RANK', '0')), deadline=deadline)
 
 
-# ---------------------------------------------------------------------------------------------
-# Pieces of the Trainer
-# ---------------------------------------------------------------------------------------------
-
-def choose_device_and_precision(device: str, precision: str) -> tuple[str, str]:
-    """bf16 autocast on Ampere (compute capability 8.0) and newer, fp16 autocast with loss scaling
-    on V100/Turing (7.x), fp32 on CPU (Composer requires it there)."""
+def visible_device(requested: str) -> tuple[str, Optional[float]]:
+    """'cpu' or 'gpu', and the GPU's compute capability (8.0 = A100)."""
+    if requested == 'cpu':
+        return 'cpu', None
     import torch
-    if device == 'auto':
-        device = 'gpu' if torch.cuda.is_available() else 'cpu'
-    if device == 'gpu' and not torch.cuda.is_available():
-        raise BadInput('train.device=gpu: no CUDA device visible; allowed here: cpu, auto')
-    if precision == 'auto':
-        if device == 'cpu':
-            precision = 'fp32'
-        else:
-            precision = 'amp_bf16' if torch.cuda.get_device_capability()[0] >= 8 else 'amp_fp16'
-    if device == 'cpu' and precision != 'fp32':
-        raise BadInput(f'train.precision={precision}: on CPU only fp32 is allowed')
-    return device, precision
+    if not torch.cuda.is_available():
+        return 'cpu', None
+    major, minor = torch.cuda.get_device_capability()
+    return 'gpu', major + minor / 10
+
+
+def start_progress(plan: Plan) -> Progress:
+    """progress.json in state "starting": `slmjobs status` sees the link during the imports."""
+    rank_zero = plan.rank == 0
+    if rank_zero:
+        plan.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    wandb_id = wandb_run_id(plan.run_dir) if (plan.config['wandb']['enabled'] and rank_zero) else None
+    progress = Progress(plan.run_dir / 'progress.json', plan.run_name, plan.config['train']['max_steps'],
+                        plan.deadline, wandb_id, write=rank_zero)
+    progress.write()
+    return progress
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """One wandb run per slmjobs run across all links: the id is made once and kept in run_dir."""
+    path = run_dir / 'wandb' / 'slmjobs-run-id'
+    if path.is_file():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run_id = f'{run_dir.name[:40]}-{secrets.token_hex(4)}'
+    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    tmp.write_text(run_id + '\n')
+    os.replace(tmp, path)
+    return run_id
+
+
+# ---------------------------------------------------------------------------------------------
+# The fit, in the order it runs
+# ---------------------------------------------------------------------------------------------
+
+def fit(plan: Plan, progress: Progress) -> int:
+    device = start_ranks(plan)
+    train_dataset, train_data, val_loader = make_data(plan)
+    model = make_model(plan)
+    optimizer, scheduler = make_optimizer(plan, model)
+    handoff = make_handoff(plan, model)
+    callbacks = make_callbacks(plan, progress, handoff, train_dataset)
+    save_timer = make_save_timer(plan, progress, handoff)
+    evaluators = make_evaluators(plan, model, val_loader, handoff)
+    loggers = make_loggers(plan, progress)
+    announce(plan, model)
+    trainer = make_trainer(plan, device, model, optimizer, scheduler, train_data, evaluators,
+                           callbacks, save_timer, loggers)
+    trainer.fit()
+    return finish(plan, trainer, handoff, progress)
+
+
+def start_ranks(plan: Plan):
+    """The device, and the process group of all ranks (gloo on CPU, NCCL on GPUs)."""
+    from composer.devices import DeviceCPU, DeviceGPU
+    from composer.utils import dist
+    device = DeviceGPU() if plan.device == 'gpu' else DeviceCPU()
+    dist.initialize_dist(device)
+    return device
+
+
+def make_data(plan: Plan):
+    """The training stream (and its dataset, which counts what it reads), and the validation
+    loader where there is a val split to evaluate on."""
+    from composer.core import DataSpec
+
+    from trainer.data import make_loader, tokens_in_batch
+    data = plan.config['data']
+    train_dataset, train_loader = make_loader(
+        plan.data_dir / 'train', plan.per_device_batch, shuffle=data['shuffle'],
+        shuffle_seed=data['shuffle_seed'], num_canonical_nodes=data['num_canonical_nodes'],
+        num_workers=data['num_workers'], drop_last=True)
+    val_loader = None
+    if plan.eval_batches != 0:
+        _, val_loader = make_loader(
+            plan.data_dir / 'val', plan.per_device_batch, shuffle=False, shuffle_seed=0,
+            num_canonical_nodes=data['num_canonical_nodes'], num_workers=0, drop_last=False)
+    return train_dataset, DataSpec(train_loader, get_num_tokens_in_batch=tokens_in_batch), val_loader
+
+
+def make_model(plan: Plan):
+    from composer.utils import reproducibility
+
+    from trainer.gpt import GPTConfig, make_composer_model
+    reproducibility.seed_all(plan.config['seed'])  # identical initial weights on every rank
+    shape = plan.config['model']
+    gpt_config = GPTConfig(vocab_size=plan.vocab_size, block_size=shape['block_size'],
+                           n_layer=shape['n_layer'], n_head=shape['n_head'], n_embd=shape['n_embd'],
+                           dropout=float(shape['dropout']), bias=shape['bias'])
+    return make_composer_model(gpt_config, float(plan.dataset['bytes_per_token']),
+                               train_metrics=plan.config['train']['train_metrics'])
+
+
+def make_optimizer(plan: Plan, model):
+    """AdamW with decay on matrices only, linear warmup then cosine decay [GPT-3 §B]."""
+    import torch
+    from composer.optim import CosineAnnealingWithWarmupScheduler
+    train = plan.config['train']
+    optimizer = torch.optim.AdamW(
+        model.model.optimizer_groups(float(train['weight_decay'])), lr=float(train['lr']),
+        betas=tuple(train['betas']), eps=float(train['eps']))
+    scheduler = CosineAnnealingWithWarmupScheduler(t_warmup=f'{train["warmup_steps"]}ba',
+                                                   alpha_f=float(train['min_lr_ratio']))
+    return optimizer, scheduler
+
+
+def make_handoff(plan: Plan, model):
+    from trainer.callbacks import HandOff
+    save_guess = plan.config['checkpoint']['save_seconds_guess']
+    if save_guess is None:
+        save_guess = 1.0 + model.model.num_params() * 4 * 3 / SAVE_BYTES_PER_SECOND  # weights + two Adam moments
+    return HandOff(plan.deadline, float(save_guess), plan.config['train']['eval_every'],
+                   eval_seconds_guess_per_batch=0.5 * (plan.eval_batches or 0))
+
+
+def make_callbacks(plan: Plan, progress: Progress, handoff, train_dataset) -> list:
+    """The callbacks Composer runs, in this order, before its own CheckpointSaver (the
+    SaveTimer runs after it, see make_save_timer). HandOff stays first: it decides the stop."""
+    from trainer.callbacks import ProgressLogger
+    train = plan.config['train']
+    return [
+        handoff,
+        ProgressLogger(progress, train['log_every'], float(train['progress_every_seconds']),
+                       float(plan.dataset['bytes_per_token']), float(train['debug_batch_sleep']),
+                       train_dataset if plan.config['data']['num_workers'] == 0 else None),
+    ]
+
+
+def make_save_timer(plan: Plan, progress: Progress, handoff):
+    """Runs after Composer's CheckpointSaver (make_trainer appends it): times each save, records
+    it in progress.json, prunes old checkpoints."""
+    from trainer.callbacks import SaveTimer
+    return SaveTimer(handoff, progress, plan.checkpoint_dir, plan.config['checkpoint']['keep'])
+
+
+def make_loggers(plan: Plan, progress: Progress) -> list:
+    """wandb, online only if the user set it up; one wandb run per run across all links."""
+    wandb = plan.config['wandb']
+    if not wandb['enabled']:
+        return []
+    from trainer.callbacks import LocalCheckpointsWandBLogger
+    return [LocalCheckpointsWandBLogger(
+        project=str(wandb['project']), entity=wandb['entity'], name=plan.run_name,
+        init_kwargs={'id': progress.data['wandb_id'], 'resume': 'allow', 'dir': str(plan.run_dir),
+                     'mode': wandb_mode(wandb['mode']), 'config': plan.config})]
 
 
 def wandb_mode(configured: str) -> str:
@@ -198,334 +287,100 @@ def wandb_mode(configured: str) -> str:
     return 'offline'
 
 
-def wandb_run_id(run_dir: Path) -> str:
-    """One wandb run per slmjobs run across all links: the id is made once and kept in run_dir."""
-    path = run_dir / 'wandb' / 'slmjobs-run-id'
-    if path.is_file():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    run_id = f'{run_dir.name[:40]}-{secrets.token_hex(4)}'
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    tmp.write_text(run_id + '\n')
-    os.replace(tmp, path)
-    return run_id
+def make_evaluators(plan: Plan, model, val_loader, handoff) -> list:
+    if val_loader is None:
+        return []
+    from composer.core import DataSpec, Evaluator
+
+    from trainer.callbacks import EvalInterval
+    from trainer.data import tokens_in_batch
+    batches = plan.eval_batches
+    return [Evaluator(label='val', dataloader=DataSpec(val_loader, get_num_tokens_in_batch=tokens_in_batch),
+                      metric_names=list(model.val_metrics),
+                      eval_interval=EvalInterval(plan.config['train']['eval_every'], handoff),
+                      subset_num_batches=batches if batches is not None else -1)]
 
 
-def make_save_interval(every_batches: int, every_seconds: float):
-    """Save when training ends or stops (hand-off), every N batches, and/or every S seconds of
-    training wall-clock. The clock is Composer's total_wct, which rank 0 broadcasts, so all ranks
-    take the same decision (a save is a collective)."""
-    from composer.core import Event
-    last = {'wct': None}
-
-    def should_save(state, event) -> bool:
-        if event != Event.BATCH_CHECKPOINT:
-            return False
-        wct = state.timestamp.total_wct.total_seconds()
-        if last['wct'] is None:
-            last['wct'] = wct
-        step = int(state.timestamp.batch)
-        due = state.get_elapsed_duration() >= 1.0
-        due = due or (every_batches > 0 and step % every_batches == 0)
-        due = due or (every_seconds > 0 and wct - last['wct'] >= every_seconds)
-        if due:
-            last['wct'] = wct
-        return due
-
-    return should_save
-
-
-def prune_checkpoints(folder: Path, keep: int) -> None:
-    """Keep the newest `keep` checkpoints across links (Composer only rotates within one link).
-    The one latest-rank0.pt points at is never removed."""
-    if keep < 0:
-        return
-    import re
-    pattern = re.compile(r'^ep\d+-ba(\d+)-rank0\.pt$')
-    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := pattern.match(p.name)))
-    latest = folder / 'latest-rank0.pt'
-    protected = os.path.realpath(latest) if latest.exists() else None
-    for _, path in found[:max(len(found) - keep, 0)]:
-        if os.path.realpath(path) != protected:
-            path.unlink(missing_ok=True)
-
-
-def make_eval_interval(every: int, handoff):
-    """Evaluate every N batches and at the end of training -- but not on a hand-off: the time
-    before the deadline belongs to the checkpoint."""
-    from composer.core import Event
-    from composer.utils.misc import create_interval_scheduler
-    inner = create_interval_scheduler(f'{every}ba' if every > 0 else '0ba', checkpoint_events=False,
-                                      final_events={Event.FIT_END})
-
-    def should_eval(state, event) -> bool:
-        if handoff.stopped_early:
-            return False
-        if every <= 0:
-            return event == Event.FIT_END and state.get_elapsed_duration() >= 1.0
-        return inner(state, event)
-
-    return should_eval
-
-
-# ---------------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------------
-
-def train(cfg, plan: Plan) -> int:
-    from trainer.progress import Progress, eprint, fail_line
-
-    rank_zero = plan.rank == 0
-    if rank_zero:
-        plan.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    use_wandb = bool(cfg.wandb.enabled)
-    wandb_id = wandb_run_id(plan.run_dir) if (use_wandb and rank_zero) else None
-    progress = Progress(plan.run_dir / 'progress.json', plan.run_name, int(cfg.train.max_steps),
-                        plan.deadline, wandb_id, write=rank_zero)
-    progress.write()  # state "starting": visible to `slmjobs status` during the imports
-    try:
-        code = _train(cfg, plan, progress, use_wandb, wandb_id)
-    except BaseException as e:
-        if not (isinstance(e, SystemExit) and e.code in (EXIT_FINISHED, EXIT_HANDED_OFF)):
-            progress.update(state='failed')
-            progress.write()
-            if isinstance(e, BadInput):
-                eprint(f'error: {e}')
-                return EXIT_BAD_INPUT
-            eprint(f'training failed: {fail_line(e)}')
-        raise
-    return code
-
-
-def _train(cfg, plan: Plan, progress, use_wandb: bool, wandb_id: Optional[str]) -> int:
-    from trainer.progress import say
-
-    device_name, precision = plan.device, plan.precision
-    import torch
+def make_trainer(plan: Plan, device, model, optimizer, scheduler, train_data, evaluators,
+                 callbacks, save_timer, loggers):
     from composer import Trainer
     from composer.algorithms import GradientClipping
-    from composer.core import DataSpec, Evaluator
-    from composer.devices import DeviceCPU, DeviceGPU
-    from composer.optim import CosineAnnealingWithWarmupScheduler
-    from composer.utils import dist, reproducibility
 
-    from trainer.data import make_loader, tokens_in_batch
-    from trainer.gpt import GPTConfig, make_composer_model
-    from trainer.handoff import make_handoff_callback, make_save_timer
-    from trainer.progress import make_progress_callback, on_checkpoint_saved
-
-    device = DeviceGPU() if device_name == 'gpu' else DeviceCPU()
-    dist.initialize_dist(device)
-    rank_zero = dist.get_global_rank() == 0
-    log = say if rank_zero else (lambda message: None)
-    microbatch = plan.microbatch if not (plan.microbatch == 'auto' and device_name == 'cpu') else None
-
-    train_dataset, train_loader = make_loader(
-        plan.data_dir / 'train', plan.per_device_batch, shuffle=bool(cfg.data.shuffle),
-        shuffle_seed=int(cfg.data.shuffle_seed), num_canonical_nodes=int(cfg.data.num_canonical_nodes),
-        num_workers=int(cfg.data.num_workers), drop_last=True)
-    train_spec = DataSpec(train_loader, get_num_tokens_in_batch=tokens_in_batch)
-    evaluators = []
-    if plan.eval_batches != 0:
-        _, val_loader = make_loader(
-            plan.data_dir / 'val', plan.per_device_batch, shuffle=False, shuffle_seed=0,
-            num_canonical_nodes=int(cfg.data.num_canonical_nodes), num_workers=0, drop_last=False)
-        evaluators.append((val_loader, plan.eval_batches))
-
-    reproducibility.seed_all(int(cfg.seed))  # identical initial weights on every rank
-    gpt_config = GPTConfig(vocab_size=plan.vocab_size, block_size=int(cfg.model.block_size),
-                           n_layer=int(cfg.model.n_layer), n_head=int(cfg.model.n_head),
-                           n_embd=int(cfg.model.n_embd), dropout=float(cfg.model.dropout),
-                           bias=bool(cfg.model.bias))
-    bytes_per_token = float(plan.dataset['bytes_per_token'])
-    model = make_composer_model(gpt_config, bytes_per_token, train_metrics=bool(cfg.train.train_metrics))
-    n_params = model.model.num_params()
-    optimizer = torch.optim.AdamW(
-        model.model.optimizer_groups(float(cfg.train.weight_decay)), lr=float(cfg.train.lr),
-        betas=tuple(cfg.train.betas), eps=float(cfg.train.eps))
-    scheduler = CosineAnnealingWithWarmupScheduler(t_warmup=f'{int(cfg.train.warmup_steps)}ba',
-                                                   alpha_f=float(cfg.train.min_lr_ratio))
-
-    save_guess = cfg.checkpoint.save_seconds_guess
-    if save_guess is None:
-        save_guess = 1.0 + n_params * 4 * 3 / SAVE_BYTES_PER_SECOND  # weights + two Adam moments
-    handoff = make_handoff_callback(plan.deadline, float(save_guess), int(cfg.train.eval_every),
-                                    eval_seconds_guess_per_batch=0.5 * (plan.eval_batches or 0))
-    progress_cb = make_progress_callback(progress, int(cfg.train.log_every),
-                                         float(cfg.train.progress_every_seconds), bytes_per_token,
-                                         float(cfg.train.debug_batch_sleep),
-                                         train_dataset if int(cfg.data.num_workers) == 0 else None)
-    record_save = on_checkpoint_saved(progress)
-    keep = int(cfg.checkpoint.keep)
-
-    def saved(state, path, seconds):
-        record_save(state, path, seconds)
-        if rank_zero:
-            prune_checkpoints(plan.checkpoint_dir, keep)
-
-    save_timer = make_save_timer(handoff, saved)
-    eval_interval = make_eval_interval(int(cfg.train.eval_every), handoff)
-    eval_dataloader = [
-        Evaluator(label='val', dataloader=DataSpec(loader, get_num_tokens_in_batch=tokens_in_batch),
-                  metric_names=list(model.val_metrics), eval_interval=eval_interval,
-                  subset_num_batches=batches if batches is not None else -1)
-        for loader, batches in evaluators]
-
-    loggers = []
-    if use_wandb:
-        mode = wandb_mode(str(cfg.wandb.mode))
-        loggers.append(make_wandb_logger(
-            project=str(cfg.wandb.project), entity=cfg.wandb.entity, name=plan.run_name,
-            init_kwargs={'id': wandb_id, 'resume': 'allow', 'dir': str(plan.run_dir), 'mode': mode,
-                         'config': _plain_config(cfg)}))
-
-    log(f'run {plan.run_name}: model {cfg.model.name} ({n_params / 1e6:.2f}M parameters), '
-        f'{plan.world_size} rank(s) on {device_name}, {precision}, global batch '
-        f'{cfg.train.global_batch_size} x {plan.dataset["seq_len"]} tokens, {cfg.train.max_steps} steps')
-    log(f'run dir {plan.run_dir}: checkpoints/ progress.json'
-        + (f' wandb/ ({mode})' if use_wandb else ''))
-    log(f'data {plan.data_dir} ({plan.dataset["tokenizer"]["kind"]} tokenizer, '
-        f'{plan.dataset["bytes_per_token"]:.3f} bytes/token)')
-    if plan.deadline is not None:
-        log(f'deadline {time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(plan.deadline))} '
-            f'(in {plan.deadline - time.time():.0f} s)')
-
+    from trainer.callbacks import SaveInterval
+    train, checkpoint = plan.config['train'], plan.config['checkpoint']
+    microbatch = None if (plan.microbatch == 'auto' and plan.device == 'cpu') else plan.microbatch
     trainer = Trainer(
         run_name=plan.run_name,
         model=model,
-        train_dataloader=train_spec,
-        eval_dataloader=eval_dataloader or None,
-        max_duration=f'{int(cfg.train.max_steps)}ba',
+        train_dataloader=train_data,
+        eval_dataloader=evaluators or None,
+        max_duration=f'{train["max_steps"]}ba',
         optimizers=optimizer,
         schedulers=scheduler,
         step_schedulers_every_batch=True,
-        algorithms=[GradientClipping(clipping_type='norm', clipping_threshold=float(cfg.train.grad_clip))]
-        if cfg.train.grad_clip else [],
-        callbacks=[handoff, progress_cb],
+        algorithms=[GradientClipping(clipping_type='norm', clipping_threshold=float(train['grad_clip']))]
+        if train['grad_clip'] else [],
+        callbacks=callbacks,
         loggers=loggers,
         device=device,
-        precision=precision,
+        precision=plan.precision,
         device_train_microbatch_size=microbatch,
         save_folder=str(plan.checkpoint_dir),
         save_filename='ep{epoch}-ba{batch}-rank{rank}.pt',
         save_latest_filename='latest-rank{rank}.pt',
         save_overwrite=True,  # a torn file newer than latest (kill during a save) must not block resume
-        save_interval=make_save_interval(int(cfg.checkpoint.save_every_batches),
-                                         float(cfg.checkpoint.save_every_seconds)),
-        save_num_checkpoints_to_keep=-1,  # pruned across links by prune_checkpoints
+        save_interval=SaveInterval(checkpoint['save_every_batches'], float(checkpoint['save_every_seconds'])),
+        save_num_checkpoints_to_keep=-1,  # pruned across links by callbacks.prune_checkpoints
         autoresume=True,
-        seed=int(cfg.seed),
+        seed=plan.config['seed'],
         log_to_console=False,
         progress_bar=False,
-        compile_config={} if cfg.train.compile else None,
+        compile_config={} if train['compile'] else None,
     )
     save_timer.saver = trainer._checkpoint_saver
     trainer.state.callbacks.append(save_timer)  # after the CheckpointSaver: times the save
+    return trainer
 
-    trainer.fit()
+
+def announce(plan: Plan, model) -> None:
+    """What this link is about to do, for the job log."""
+    if plan.rank != 0:
+        return
+    config = plan.config
+    wandb = f' wandb/ ({wandb_mode(config["wandb"]["mode"])})' if config['wandb']['enabled'] else ''
+    say(f'run {plan.run_name}: model {config["model"]["name"]} ({model.model.num_params() / 1e6:.2f}M '
+        f'parameters), {plan.world_size} rank(s) on {plan.device}, {plan.precision}, global batch '
+        f'{config["train"]["global_batch_size"]} x {plan.dataset["seq_len"]} tokens, '
+        f'{config["train"]["max_steps"]} steps')
+    say(f'run dir {plan.run_dir}: checkpoints/ progress.json' + wandb)
+    say(f'data {plan.data_dir} ({plan.dataset["tokenizer"]["kind"]} tokenizer, '
+        f'{plan.dataset["bytes_per_token"]:.3f} bytes/token)')
+    if plan.deadline is not None:
+        say(f'deadline {time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(plan.deadline))} '
+            f'(in {plan.deadline - time.time():.0f} s)')
+
+
+def finish(plan: Plan, trainer, handoff, progress: Progress) -> int:
+    """After fit: finished or handed off, in progress.json, the log and the exit status; every
+    rank leaves together with the same status."""
+    from composer.utils import dist
     step = int(trainer.state.timestamp.batch)
-    max_steps = int(cfg.train.max_steps)
+    max_steps = plan.config['train']['max_steps']
     handed_off = handoff.stopped_early and step < max_steps
     progress.update(state='handed_off' if handed_off else 'finished', step=step)
     progress.write()
     trainer.close()
-    dist.barrier()  # every rank leaves together with the same status
+    dist.barrier()
     checkpoint = progress.data['checkpoint_path']
+    log = say if plan.rank == 0 else (lambda message: None)
     if handed_off:
         log(f'handed off at step {step}/{max_steps} ({handoff.reason}); checkpoint {checkpoint}; '
             f'exit {EXIT_HANDED_OFF} (run again to continue)')
         return EXIT_HANDED_OFF
     log(f'finished: step {step}/{max_steps}; checkpoint {checkpoint}; run dir {plan.run_dir} '
-        f'(progress.json' + (', wandb/: metrics, `wandb sync` uploads an offline run' if use_wandb else '') + ')')
+        f'(progress.json' + (', wandb/: metrics, `wandb sync` uploads an offline run'
+                             if plan.config['wandb']['enabled'] else '') + ')')
     return EXIT_FINISHED
-
-
-def make_wandb_logger(**kwargs):
-    """Composer's WandBLogger, with two fixes for this stack:
-    - Composer 0.32.1 (its last release) calls wandb.run.get_url(), which wandb 0.31 removed in
-      favour of the `url` property: give the Run class the old method back if it lacks it.
-    - On a run's first link Composer's autoresume asks every logger for a checkpoint to
-      download, and WandBLogger tries the wandb API (an error without credentials, a stranger's
-      artifact with them). Checkpoints live in run_dir only: say "not there".
-    """
-    from composer.loggers import WandBLogger
-    from wandb.sdk.wandb_run import Run
-    if not hasattr(Run, 'get_url'):
-        Run.get_url = lambda self: self.url
-
-    class LocalCheckpointsWandBLogger(WandBLogger):
-
-        def download_file(self, remote_file_name, destination, overwrite=False, progress_bar=True):
-            raise FileNotFoundError(f'{remote_file_name}: checkpoints are only read from run_dir')
-
-    return LocalCheckpointsWandBLogger(**kwargs)
-
-
-def _plain_config(cfg) -> dict:
-    from omegaconf import OmegaConf
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Entry point
-# ---------------------------------------------------------------------------------------------
-
-_task_started = False
-_exit_code: Optional[int] = None
-
-
-def _exit_without_finalizing() -> None:
-    """Registered first, so it runs as the last atexit hook: Composer, wandb and streaming have
-    closed and unlinked everything by then. What is left is the interpreter's teardown of torch,
-    transformers and friends, measured at 4-8 s here -- time a hand-off before a deadline does
-    not have. Skip it, with the status training decided."""
-    if _exit_code is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(_exit_code)
-
-
-def _task(cfg) -> None:
-    global _task_started
-    _task_started = True
-    from trainer.progress import eprint
-    try:
-        plan = validate(cfg)
-    except BadInput as e:
-        eprint(f'error: {e}')
-        sys.exit(EXIT_BAD_INPUT)
-    global _exit_code
-    code = train(cfg, plan)
-    ignore_signals_for_exit()
-    _exit_code = code
-    sys.exit(code)
-
-
-def main() -> None:
-    os.environ.setdefault('HYDRA_FULL_ERROR', '1')  # whole tracebacks in job logs
-    atexit.register(_exit_without_finalizing)
-    install_signal_handlers()  # before any thread exists; a signal during start-up hands off at the first batch
-    try:
-        check_preset_overrides(sys.argv[1:])
-    except BadInput as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-    import hydra
-    entry = hydra.main(version_base=None, config_path=str(CONF_DIR), config_name='config')(_task)
-    try:
-        entry()
-    except SystemExit as e:
-        # Hydra exits 1 on a bad command line before our task runs.
-        if e.code == 1 and not _task_started:
-            sys.exit(EXIT_BAD_INPUT)
-        raise
-    except Exception as e:
-        # A config that does not compose (unknown key, bad override value) is bad input too.
-        if _task_started:
-            raise
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f'error: {first_line}', file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
 
 
 if __name__ == '__main__':

@@ -30,8 +30,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from slmjobs.backends import (ENDED, HELD, QUEUED, RUNNING, UNKNOWN, Backend, Job,
-                              directives, parse_duration)
+from slmjobs.backends.core import (ENDED, HELD, QUEUED, RUNNING, UNKNOWN, Backend, Job,
+                                   directives, parse_duration)
 from slmjobs.errors import UsageError
 
 POLL_SECONDS = 0.2  # how often a held job looks at its predecessor
@@ -49,8 +49,9 @@ class Store:
         self.jobs = self.root / "jobs"
 
     def ensure(self) -> None:
-        # private: a record keeps the submitter's environment (it may hold API keys)
-        self.jobs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # private: a record names the user's scripts and paths
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.jobs.mkdir(exist_ok=True, mode=0o700)
 
     @contextmanager
     def locked(self):
@@ -71,6 +72,7 @@ class Store:
     def write(self, record: dict) -> None:
         target = self.path(record["job_id"])
         tmp = target.with_suffix(f".tmp{os.getpid()}")
+        tmp.touch(mode=0o600)
         tmp.write_text(json.dumps(record))
         os.replace(tmp, target)
 
@@ -145,6 +147,9 @@ def _output_path(spec: str | None, suffix: str, name: str, job_id: str, workdir:
 # ------------------------------------------------------------------- backend
 class LocalBackend(Backend):
     kind = "local"
+    HEADER_TEMPLATE = "header-local.sh.j2"
+    JOB_ID_VARIABLE = "JOB_ID"   # _start sets these as Grid Engine does
+    SLOTS_VARIABLE = "NSLOTS"
 
     def __init__(self, root: Path | None = None):
         self.store = Store(root or state_dir())
@@ -164,7 +169,7 @@ class LocalBackend(Backend):
                     options["stderr"], "e", options["name"], job_id, options["workdir"]),
                 "hold_on": str(hold_on) if hold_on else None,
                 "state": HELD if hold_on else QUEUED, "submit_time": time.time(),
-                "env": dict(os.environ), "supervisor_pid": None,
+                "supervisor_pid": None,
             }
             self.store.write(record)
         supervisor = subprocess.Popen(
@@ -223,12 +228,30 @@ class LocalBackend(Backend):
         return _to_job(record)
 
 
+# The submitter's PYTHONPATH (absent when it had none), kept for the job while the supervisor
+# runs with its own. The job's environment lives only in these processes' memory, never on disk:
+# it may hold API tokens (WANDB_API_KEY, HF_TOKEN).
+_JOB_PYTHONPATH = "SLMJOBS_LOCAL_JOB_PYTHONPATH"
+
+
 def _supervisor_env() -> dict:
-    """This slmjobs importable by the supervisor even when it is not installed (a checkout on
-    sys.path only). The job itself gets the submitter's environment, unchanged."""
+    """The submitter's environment, with this slmjobs importable by the supervisor even when it
+    is not installed (a checkout on sys.path only)."""
     package_parent = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
+    if "PYTHONPATH" in env:
+        env[_JOB_PYTHONPATH] = env["PYTHONPATH"]
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _job_env() -> dict:
+    """The submitter's environment exactly, from the supervisor's own."""
+    env = dict(os.environ)
+    if _JOB_PYTHONPATH in env:
+        env["PYTHONPATH"] = env.pop(_JOB_PYTHONPATH)
+    else:
+        env.pop("PYTHONPATH", None)
     return env
 
 
@@ -326,7 +349,7 @@ def _wait_for_predecessor(store: Store, job_id: str, predecessor: str) -> bool:
 
 
 def _start(record: dict) -> subprocess.Popen:
-    env = dict(record.get("env") or os.environ)
+    env = _job_env()
     env.update(JOB_ID=record["job_id"], JOB_NAME=record["name"], NSLOTS=str(record["slots"]),
                JOB_SCRIPT=record["script"], SGE_O_WORKDIR=record["workdir"],
                SLMJOBS_SCHEDULER="local")

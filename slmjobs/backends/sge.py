@@ -16,11 +16,16 @@ import xml.etree.ElementTree as ET
 from datetime import datetime
 from pathlib import Path
 
-from slmjobs.backends import (ENDED, ENDING, HELD, QUEUED, RUNNING, Backend, Job,
-                              SchedulerError)
+from slmjobs.backends.core import (ENDED, ENDING, HELD, QUEUED, RUNNING, SAFE_WORD, Backend,
+                                   Job, SchedulerError)
 from slmjobs.errors import UsageError
 
 COMMAND_TIMEOUT = 60  # seconds; a qmaster that does not answer in a minute is down
+# What Grid Engine's clients print when the qmaster is busy, restarting or unreachable: the same
+# request may go through a moment later. Anything else (a bad option, a denied project) won't.
+TRANSIENT = re.compile(r"commlib error|unable to contact qmaster|failed receiving gdi request"
+                       r"|connection refused|can't connect|unable to send message|timed? ?out"
+                       r"|qmaster is not alive|not answer", re.I)
 
 
 def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
@@ -32,10 +37,12 @@ def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
                               stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise SchedulerError(f"{' '.join(argv)} did not answer within {COMMAND_TIMEOUT} s") from None
+        raise SchedulerError(f"{' '.join(argv)} did not answer within {COMMAND_TIMEOUT} s",
+                             transient=True) from None
     if check and proc.returncode != 0:
-        raise SchedulerError(f"{' '.join(argv)} failed (exit {proc.returncode}): "
-                             f"{_one_line(proc.stderr or proc.stdout)}")
+        said = _one_line(proc.stderr or proc.stdout)
+        raise SchedulerError(f"{' '.join(argv)} failed (exit {proc.returncode}): {said}",
+                             transient=bool(TRANSIENT.search(said)))
     return proc
 
 
@@ -103,6 +110,20 @@ def _rank(state: str) -> int:
 
 
 # ---------------------------------------------------------------------- qacct -j
+# qacct's `failed` codes in plain words (FINDINGS 3d-3g); the scheduler's own wording otherwise.
+FAILED_IN_WORDS = {
+    "37": "killed at its walltime limit (h_rt)",
+    "100": "killed by a signal while running (qdel, or the kernel's OOM killer)",
+    "25": "rescheduled (exit 99)",
+    "26": "could not open its output file",
+    "28": "could not change to its working directory",
+}
+
+
+def failed_in_words(code: str, text: str) -> str:
+    return FAILED_IN_WORDS.get(code, text or f"failed {code}")
+
+
 def parse_qacct(text: str) -> Job | None:
     """`qacct -j ID` -> Job(state=ENDED) from its records (a job re-run after exit 99, or an
     array, has several: the last one says how it ended, wallclock is summed)."""
@@ -120,7 +141,8 @@ def parse_qacct(text: str) -> Job | None:
         job_id=last["jobnumber"], state=ENDED, name=last.get("jobname", ""),
         exit_status=exit_status,
         failed=failed_code not in ("", "0"),  # the scheduler's verdict; the script's is exit_status
-        reason=failed_text.strip() if failed_code not in ("", "0") else "",
+        reason=failed_in_words(failed_code, failed_text.strip())
+        if failed_code not in ("", "0") else "",
         wallclock=sum(_seconds(r.get("ru_wallclock")) for r in parsed),
         slots=_int(last.get("slots")),
         gpus=int(gpus.group(1)) if gpus else None,
@@ -162,9 +184,115 @@ def _qacct_time(text: str | None) -> float | None:
         return None
 
 
+# ---------------------------------------------------------------------- profile keys
+_STR, _BOOL, _LIST = (str, type(None)), (bool,), (list, type(None))
+PROFILE_KEYS = {
+    "project": (_STR, None, "a project name (-P) or null"),
+    "project_required": (_BOOL, False, "true or false"),
+    "queue": (_STR, None, "a queue name (-q) or null"),
+    "gpu_resource": (_STR, "gpus", "the consumable for -l NAME=N, or null for none"),
+    "gpu_c": (_STR, None, "a minimum compute capability such as '7.0', or null"),
+    "gpu_memory": ((str, dict, type(None)), None,
+                   "a size such as 16G, a mapping model: size (with optional 'default'), or null"),
+    "gpu_memory_sizes": (_LIST, None, "the sizes the site offers for gpu_memory, or null for any"),
+    "gpu_type": (_STR, None, "a GPU type such as A6000, or null"),
+    "gpu_types": (_LIST, None, "the site's GPU type names (case-sensitive), or null for any"),
+    "cpus_per_gpu": ((int,), 1, "a positive integer"),
+    "pe": (_STR, None, "a parallel environment name (-pe NAME N), or null"),
+    "pe_sizes": (_LIST, None, "a list of allowed slot counts, or null for any"),
+    "notify": (_BOOL, False, "true or false (-notify)"),
+    "mail_events": (_STR, None, "mail events such as 'e', 'ea', or null"),
+    "mail_user": (_STR, None, "an e-mail address or null"),
+    "extra_directives": ((list,), [], "a list of extra qsub option strings, e.g. '-l mem_per_core=8G'"),
+}
+
+
+def _check_profile(p: dict, fail) -> None:
+    if p["cpus_per_gpu"] < 1:
+        raise fail("cpus_per_gpu", p["cpus_per_gpu"], "a positive integer")
+    for key in ("pe_sizes",):
+        if p[key] is not None:
+            if not p[key] or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                                     for n in p[key]):
+                raise fail(key, p[key], "a non-empty list of positive integers")
+            p[key] = sorted(p[key])
+    for key in ("gpu_memory_sizes", "gpu_types"):
+        if p[key] is not None and not all(isinstance(v, str) and SAFE_WORD.match(v) for v in p[key]):
+            raise fail(key, p[key], "a list of names (letters, digits and _.,:=+@%/~-)")
+    if not all(isinstance(item, str) and "\n" not in item for item in p["extra_directives"]):
+        raise fail("extra_directives", p["extra_directives"], "a list of one-line strings")
+    sizes = p["gpu_memory"] if isinstance(p["gpu_memory"], dict) else {"": p["gpu_memory"]}
+    for model, size in sizes.items():
+        key = f"gpu_memory.{model}" if model else "gpu_memory"
+        if size is not None and not isinstance(size, str):
+            raise fail(key, size, "a size such as 16G")
+        if size is not None and p["gpu_memory_sizes"] is not None \
+                and size not in p["gpu_memory_sizes"]:
+            raise fail(key, size, "one of gpu_memory_sizes: " + ", ".join(p["gpu_memory_sizes"]))
+    if p["gpu_type"] is not None and p["gpu_types"] is not None \
+            and p["gpu_type"] not in p["gpu_types"]:
+        near = [t for t in p["gpu_types"] if t.lower() == p["gpu_type"].lower()]
+        hint = f" (names are case-sensitive: {near[0]})" if near else ""
+        raise fail("gpu_type", p["gpu_type"],
+                   "one of gpu_types: " + ", ".join(p["gpu_types"]) + hint)
+    for key in ("project", "queue", "gpu_resource", "gpu_c", "gpu_type", "pe", "mail_events",
+                "mail_user"):
+        if p[key] is not None and not SAFE_WORD.match(p[key]):
+            raise fail(key, p[key], "letters, digits and _.,:=+@%/~- only")
+
+
+def pe_slots(profile: dict, gpus: int) -> int | None:
+    """CPUs for `-pe NAME N`: cpus_per_gpu x gpus rounded up to the next size the site allows."""
+    if not profile["pe"]:
+        return None
+    wanted = profile["cpus_per_gpu"] * gpus
+    sizes = profile["pe_sizes"]
+    if sizes is None:
+        return wanted
+    for size in sizes:
+        if size >= wanted:
+            return size
+    raise UsageError(f"{gpus} GPUs need {wanted} CPUs but {profile['source']} allows -pe "
+                     f"{profile['pe']} sizes up to {sizes[-1]}: use fewer GPUs")
+
+
+def gpu_memory(profile: dict, model: str) -> str | None:
+    value = profile["gpu_memory"]
+    if isinstance(value, dict):
+        return value.get(model, value.get("default"))
+    return value
+
+
 # ---------------------------------------------------------------------- backend
 class SGEBackend(Backend):
     kind = "sge"
+    HEADER_TEMPLATE = "header-sge.sh.j2"
+    JOB_ID_VARIABLE = "JOB_ID"
+    SLOTS_VARIABLE = "NSLOTS"
+    USES_PROJECT = True
+    PROFILE_KEYS = PROFILE_KEYS
+
+    def check_available(self, profile: dict) -> None:
+        if shutil.which("qsub") is None:
+            raise UsageError(f"qsub not found on PATH: cluster {profile['name']!r} needs Grid "
+                             "Engine's client commands; allowed is a profile with scheduler: "
+                             "local (--cluster local)")
+
+    def check_profile(self, profile: dict, fail) -> None:
+        _check_profile(profile, fail)
+
+    def check_request(self, profile: dict, gpus: int, model: str) -> None:
+        pe_slots(profile, gpus)  # raises when no allowed size fits
+
+    def header_context(self, profile: dict, spec: dict) -> dict:
+        return {
+            "project": spec.get("project"), "queue": profile["queue"],
+            "gpu_resource": profile["gpu_resource"], "gpu_c": profile["gpu_c"],
+            "gpu_memory": gpu_memory(profile, spec["model"]), "gpu_type": profile["gpu_type"],
+            "pe": profile["pe"], "pe_slots": pe_slots(profile, spec["gpus"]),
+            "notify": profile["notify"], "mail_events": profile["mail_events"],
+            "mail_user": profile["mail_user"], "extra_directives": profile["extra_directives"],
+        }
 
     def submit(self, script: Path, hold_on: str | None = None) -> str:
         argv = ["qsub", "-terse"]

@@ -145,3 +145,28 @@ def test_a_lost_id_counter_never_reuses_a_job_id(local_backend, tmp_path, wait_u
     second = local_backend.submit(job_script(tmp_path, "loc_id2", "true"))
     assert int(second) > int(first)
     wait_until(lambda: ended(local_backend, second), 10, "the second job")
+
+
+def test_a_held_job_sees_the_submitters_environment_but_no_token_is_written_down(
+        local_backend, tmp_path, wait_until, monkeypatch):
+    """Tokens in the launching user's environment reach the job (as a local user expects)
+    without ever being written to the backend's state files, which are private."""
+    token = "wandb-secret-4242424242"
+    monkeypatch.setenv("WANDB_API_KEY", token)
+    monkeypatch.setenv("HF_TOKEN", token + "-hf")
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    first = job_script(tmp_path, "loc_first", "sleep 1")
+    second = job_script(tmp_path, "loc_env",
+                        'echo "key=$WANDB_API_KEY hf=$HF_TOKEN pp=${PYTHONPATH-unset}"', "-cwd")
+    os.chdir(tmp_path)
+    predecessor = local_backend.submit(first)
+    job_id = local_backend.submit(second, hold_on=predecessor)  # started later, by its supervisor
+    wait_until(lambda: ended(local_backend, job_id), 30, "the held job to run")
+    out = (tmp_path / "loc_env.out").read_text()
+    assert out == f"key={token} hf={token}-hf pp=unset\n"
+    state = local_backend.store.root
+    for path in state.rglob("*"):
+        if path.is_file():
+            assert token not in path.read_text(errors="replace"), path
+            assert path.stat().st_mode & 0o077 == 0 or path.name in ("lock", "next_id"), path
+    assert (state / "jobs").stat().st_mode & 0o077 == 0

@@ -158,4 +158,4 @@ def test_qdel_ignores_jobs_already_gone_but_not_other_failures(fake_bin):
 def test_qacct_deleted_while_running():
     job = parse_qacct((DATA / "qacct_qdel.txt").read_text())
     assert (job.exit_status, job.failed) == (137, True)
-    assert "assumedly after job" in job.reason
+    assert job.reason == "killed by a signal while running (qdel, or the kernel's OOM killer)"

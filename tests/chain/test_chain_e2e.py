@@ -9,24 +9,22 @@ batch last longer without burning CPU, so the chains can share this 2-core machi
 
 The scenarios (issue 4): planned hand-offs (SGE with `--gpus 2`: two gloo ranks through
 `composer -n 2` on the consumable `gpus`, compared with a two-rank reference; and local with one),
-a hard kill at h_rt (the worker gets no deadline: a margin "below zero"), a crash loop (a broken
-override), cancel mid-chain then resume, and a successor that starts after the run finished.
+a hard kill at h_rt (the worker gets no deadline: a margin "below zero"), a crash loop (a dataset
+whose training shard is truncated: launch's checks pass, every worker crashes reading it), cancel mid-chain then resume, and a successor that starts after the run finished.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
-from slmjobs import chain, ledger
+from chain_support import (Campaign, active_jobs, assert_bitwise_equal, events_of, final_weights,
+                           local_profile, prepare_data, settled, sge_profile)
+from slmjobs import events, kinds, ledger, rundir
 from support import wait_until
 
 pytestmark = pytest.mark.timeout(1500)
@@ -58,140 +56,19 @@ SLOW = [f"train.debug_batch_sleep={BATCH_SLEEP}"]
 MIN_LINKS = math.ceil(MAX_STEPS * BATCH_SLEEP / (WALLTIME_S - MARGIN))
 LIMITS = {"max_links": 20, "crash_budget": 3, "no_progress_links": 3}
 WAIT = 900                    # seconds a chain may take on a busy 2-core machine
-CLI = [sys.executable, "-c", "import sys; from slmjobs.cli import main; sys.exit(main())"]
 
 
 # ------------------------------------------------------------------------------ helpers
-def sge_profile(**extra) -> dict:
-    return {"scheduler": "sge", "description": "test cluster, short links", "max_gpus": 4,
-            "gpu_resource": "gpus", "pe": "omp", "cpus_per_gpu": 1,
-            "walltime_default": WALLTIME, "walltime_max": "01:00:00", "handoff_margin": MARGIN,
-            # one thread per rank: the same arithmetic in every link and in the reference
-            "env": {"OMP_NUM_THREADS": "1", **extra.pop("env", {})},
-            "chain": dict(LIMITS), **extra}
-
-
-def local_profile() -> dict:
-    profile = sge_profile()
-    for key in ("gpu_resource", "pe", "cpus_per_gpu"):
-        profile.pop(key)
-    return {**profile, "scheduler": "local", "description": "this machine, short links"}
-
-
-class Campaign:
-    def __init__(self, root: Path, data: Path):
-        self.root = root
-        self.data = data
-        self.runs = root / "runs"
-        self.env = {**os.environ, "SLMJOBS_RUNS_ROOT": str(self.runs),
-                    "SLMJOBS_LOCAL_STATE": str(root / "local-state"),
-                    "SLMJOBS_CONFIG_DIR": str(root / "config"), "OMP_NUM_THREADS": "1"}
-        for name in ("SLMJOBS_DEADLINE", "SLMJOBS_LINK", "SLMJOBS_JOB_START", "SLMJOBS_CLUSTER"):
-            self.env.pop(name, None)
-        self.references: dict[int, subprocess.Popen] = {}
-
-    def training(self) -> list[str]:
-        return [f"data.path={self.data}", *TRAINING]
-
-    def cli(self, *args, check=True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([*CLI, *args], env=self.env, cwd=self.root, capture_output=True,
-                              text=True, timeout=120)
-        if check and proc.returncode != 0:
-            pytest.fail(f"slmjobs {' '.join(args)} exited {proc.returncode}: "
-                        f"{proc.stderr.strip() or proc.stdout.strip()}")
-        return proc
-
-    def profile(self, name: str, data: dict) -> Path:
-        path = self.root / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(data))
-        return path
-
-    def launch(self, name: str, profile: Path, *extra, gpus: int = 1) -> Path:
-        self.cli("launch", "tiny", "--cluster", str(profile), "--name", name, "--gpus", str(gpus),
-                 *self.training(), *SLOW, *extra)
-        return self.runs / name
-
-    def wait_training(self, run_dir: Path) -> None:
-        """Until the chain's first link trains (or stopped): link start-ups are CPU-bound
-        (two `import composer`, ~16 CPU-s), so starting them one after another keeps each
-        link's start-up short on 2 cores."""
-        wait_until(lambda: chain.read_progress(run_dir).get("state") in ("training", "handed_off")
-                   or settled(run_dir), 300, f"{run_dir.name} to start training", interval=0.5)
-
-    def start_reference(self, ranks: int) -> None:
-        """The same training, uninterrupted: no deadline, same thread count, `ranks` ranks
-        (two ranks each average half the batch: other arithmetic than one rank)."""
-        name = f"reference-{ranks}"
-        worker = ([str(Path(sys.executable).with_name("composer")), "-n", str(ranks)]
-                  if ranks > 1 else [sys.executable])
-        log = open(self.root / f"{name}.log", "w")
-        self.references[ranks] = subprocess.Popen(
-            [*worker, "-m", "trainer.train", "model=tiny", f"run_name={name}",
-             f"run_dir={self.root / name}", *self.training()],
-            env=self.env, cwd=self.root, stdout=log, stderr=subprocess.STDOUT)
-
-    def reference_weights(self, ranks: int = 1) -> dict:
-        rc = self.references[ranks].wait(timeout=WAIT)
-        assert rc == 0, (self.root / f"reference-{ranks}.log").read_text()[-3000:]
-        return final_weights(self.root / f"reference-{ranks}")
-
-    def status(self, name: str) -> dict:
-        (row,) = json.loads(self.cli("status", name, "--json").stdout)
-        return row
-
-    def status_table(self, name: str) -> str:
-        return self.cli("status", name).stdout
-
-
-def events(run_dir: Path, kind: str | None = None) -> list[dict]:
-    return [e for e in ledger.read(run_dir) if kind is None or e.get("event") == kind]
-
-
-def settled(run_dir: Path) -> bool:
-    """The chain stopped (any reason) and no link of it is still open in the ledger."""
-    evs = ledger.read(run_dir)
-    if chain.stop_reason(evs) is None:
-        return False
-    opened = {e["link"] for e in evs if e.get("event") in ("submitted", "started")}
-    return opened <= set(chain.ended_links(evs))
-
-
 def wait_settled(run_dir: Path) -> list[dict]:
     wait_until(lambda: settled(run_dir), WAIT, f"chain {run_dir.name} to stop", interval=2.0)
     return ledger.read(run_dir)
 
 
-def active_jobs(run_dir: Path, kind: str) -> dict:
-    """What the scheduler itself says about every job the run ever submitted."""
-    from slmjobs.backends import ACTIVE_STATES, get_backend
-
-    ids = [str(e["job_id"]) for e in events(run_dir, "submitted")]
-    return {j: job.state for j, job in get_backend(kind).query(ids).items()
-            if job.state in ACTIVE_STATES}
-
-
-def final_weights(run_dir: Path) -> dict:
-    import torch
-
-    state = torch.load(run_dir / "checkpoints" / "latest-rank0.pt", map_location="cpu",
-                       weights_only=False)
-    return state["state"]["model"]
-
-
-def assert_bitwise_equal(weights: dict, reference: dict) -> None:
-    import torch
-
-    assert sorted(weights) == sorted(reference)
-    different = [k for k in reference if weights[k].dtype != reference[k].dtype
-                 or not torch.equal(weights[k], reference[k])]
-    assert not different, f"{len(different)} tensors differ from the reference, e.g. {different[:3]}"
-
-
 def trained_links(evs: list[dict]) -> list[dict]:
     """`ended` events of the links that ran the worker, in link order (not those that found
     nothing to do, nor successors removed before they started)."""
-    ended = chain.ended_links(evs)
-    return [ended[k] for k in chain.trained_links(evs) if k in ended]
+    ended = events.ended_links(evs)
+    return [ended[k] for k in events.trained_links(evs) if k in ended]
 
 
 _RESUMED = re.compile(r"resumed from \S+ at step (\d+)/")
@@ -206,7 +83,7 @@ def start_step(run_dir: Path, link: int) -> int:
 
 def assert_finished_without_leftovers(run_dir: Path, kind: str) -> list[dict]:
     evs = wait_settled(run_dir)
-    assert chain.stop_reason(evs) == "finished", evs[-3:]
+    assert events.stop_reason(evs) == "finished", evs[-3:]
     assert (run_dir / "DONE").exists()
     wait_until(lambda: not active_jobs(run_dir, kind), 60, f"{run_dir.name}: no job left", interval=1.0)
     return evs
@@ -248,35 +125,36 @@ def assert_planned_chain_completed(run_dir: Path, kind: str) -> tuple[list[dict]
 
 
 # ------------------------------------------------------------------------------ the campaign
+def damaged_copy(dataset: Path, to: Path) -> Path:
+    """The dataset with its training shard truncated: it passes every check a launch can make
+    (dataset.json is whole) and crashes every worker that reads it."""
+    shutil.copytree(dataset, to)
+    for shard in (to / "train").glob("shard.*.mds"):
+        with open(shard, "r+b") as handle:
+            handle.truncate(100)
+    return to
+
+
+
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory, sge_cluster):
     root = tmp_path_factory.mktemp("chains")
-    data = root / "data" / "builtin"
-    subprocess.run([sys.executable, "-m", "trainer.prepare", "--source", "builtin",
-                    "--max-documents", "40", "--seq-len", "64", "--out", str(data)], check=True,
-                   capture_output=True, timeout=300)
-    c = Campaign(root, data)
-    sge = c.profile("sge-short", sge_profile())
+    c = Campaign(root, prepare_data(root, documents=40, seq_len=64), TRAINING, SLOW, WAIT)
+    sge = c.profile("sge-short", sge_profile(WALLTIME, MARGIN, LIMITS))
     # No deadline reaches the worker (as if the margin were below zero): h_rt SIGKILLs it.
-    nodeadline = c.profile("sge-no-margin", sge_profile(env={"SLMJOBS_DEADLINE": ""}))
-    local = c.profile("local-short", local_profile())
-    c.chains = {}
+    nodeadline = c.profile("sge-no-margin", sge_profile(WALLTIME, MARGIN, LIMITS,
+                                                        env={"SLMJOBS_DEADLINE": ""}))
+    local = c.profile("local-short", local_profile(WALLTIME, MARGIN, LIMITS))
     # planned 2 + cancel 1 + hardkill 1 = the test host's 4 `gpus`; the crash loop's links
     # wait in the queue for a free one, as they would on a full cluster.
     for name, profile, gpus in (("planned", sge, 2), ("cancel", sge, 1),
                                 ("hardkill", nodeadline, 1), ("local", local, 1)):
-        c.chains[name] = c.launch(name, profile, gpus=gpus)
-        c.wait_training(c.chains[name])
-    c.chains["crashloop"] = c.launch("crashloop", sge, "model.n_head=3")  # 64 % 3: never builds
+        c.wait_training(c.launch(name, profile, gpus=gpus))
+    c.launch("crashloop", sge, f"data.path={damaged_copy(c.data, root / 'damaged')}")
     c.start_reference(ranks=1)
     c.start_reference(ranks=2)
     yield c
-    for name, run_dir in c.chains.items():
-        if not settled(run_dir):
-            c.cli("cancel", name, check=False)
-    for reference in c.references.values():
-        if reference.poll() is None:
-            reference.kill()
+    c.close()
 
 
 @pytest.fixture(scope="module")
@@ -295,9 +173,9 @@ def test_cancel_mid_chain_then_resume_completes_with_the_reference_weights(campa
 
     def training_after_a_hand_off():
         """A link after the first trains, a few batches past the checkpoint it resumed from."""
-        progress = chain.read_progress(run_dir)
+        progress = rundir.read_progress(run_dir)
         link = progress.get("link") or 0
-        before = chain.ended_links(ledger.read(run_dir)).get(link - 1)
+        before = events.ended_links(ledger.read(run_dir)).get(link - 1)
         return (link >= 2 and progress.get("state") == "training" and before is not None
                 and progress.get("step", 0) >= (before.get("checkpoint_step") or 0) + 3)
 
@@ -308,8 +186,8 @@ def test_cancel_mid_chain_then_resume_completes_with_the_reference_weights(campa
     wait_until(lambda: not active_jobs(run_dir, "sge"), 60, "the cancelled chain's jobs to go", interval=1.0)
     row = campaign.status("cancel")
     assert row["state"] == "cancelled", row
-    assert chain.stop_reason(ledger.read(run_dir)) == "cancelled"
-    step_at_cancel = chain.checkpoint_step(run_dir)
+    assert events.stop_reason(ledger.read(run_dir)) == "cancelled"
+    step_at_cancel = kinds.Train().durable_progress(run_dir)
 
     out = campaign.cli("resume", "cancel").stdout
     assert "resumed" in out
@@ -355,23 +233,23 @@ def test_planned_hand_offs_of_two_ranks_on_sge_give_the_uninterrupted_weights(
 
 
 def test_a_successor_starting_after_the_finish_exits_at_once(campaign):
-    from slmjobs import launch
+    from slmjobs import submit
 
     run_dir = campaign.chains["planned"]
     wait_settled(run_dir)
-    before = len(events(run_dir, "submitted"))
-    link = max(e["link"] for e in events(run_dir) if isinstance(e.get("link"), int)) + 1
-    job_id = launch.submit_link(run_dir, link)  # e.g. resubmitted by hand, or a lost qdel
+    before = len(events_of(run_dir, "submitted"))
+    link = max(e["link"] for e in events_of(run_dir) if isinstance(e.get("link"), int)) + 1
+    job_id = submit.submit_link(run_dir, link)  # e.g. resubmitted by hand, or a lost qdel
 
     def closed():
-        return chain.ended_links(ledger.read(run_dir)).get(link)
+        return events.ended_links(ledger.read(run_dir)).get(link)
 
     ended = wait_until(closed, 120, f"late link {link} to end", interval=1.0)
-    started = chain.started_links(ledger.read(run_dir))[link]
+    started = events.started_links(ledger.read(run_dir))[link]
     assert ended["how"] == "cancelled" and ended["job_id"] == job_id
     assert ended["time"] - started["time"] < 5, "the late link should exit within seconds"
     wait_until(lambda: not active_jobs(run_dir, "sge"), 60, "the late link's job to leave", interval=1.0)
-    assert len(events(run_dir, "submitted")) == before + 1  # it queued nothing further
+    assert len(events_of(run_dir, "submitted")) == before + 1  # it queued nothing further
 
 
 def test_hard_kill_at_h_rt_continues_from_the_last_checkpoint(campaign, reference):

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 
-from slmjobs import chain, ledger
+from slmjobs import chain, kinds, launch as launcher, ledger, rundir
 from slmjobs.backends import Job
 from slmjobs.errors import UsageError
 
@@ -27,7 +28,7 @@ def events(run_dir, kind=None):
 
 def launch(run_dir, sched):
     """What `slmjobs launch` does: submit link 1, not held."""
-    return sched.submit_link(run_dir, 1, hold_on=None)
+    return sched.launch(run_dir)
 
 
 def job_of(run_dir, link):
@@ -135,10 +136,10 @@ def test_crash_budget_stops_the_chain_and_leaves_nothing_queued(run_dir, sched, 
     run_link(run_dir, sched, 1, 75, 20)      # a planned hand-off: not a crash
     run_link(run_dir, sched, 2, 1, 30)       # crash 1: progress made, the chain goes on
     assert sched.pending() == [job_of(run_dir, 3)]
-    run_link(run_dir, sched, 3, 2, 30)       # crash 2 (bad config counts too) = budget
+    run_link(run_dir, sched, 3, 139, 30)     # crash 2 (a segfault) = budget
 
     (stopped,) = events(run_dir, "stopped")
-    assert stopped["reason"] == "crash_budget" and "exit 2" in stopped["detail"]
+    assert stopped["reason"] == "crash_budget" and "exit 139" in stopped["detail"]
     assert sched.pending() == [] and sched.cancelled == [job_of(run_dir, 4)]
     assert not (run_dir / "DONE").exists()
 
@@ -198,7 +199,7 @@ def test_a_cancelled_chain_does_not_train(run_dir, sched):
 def test_a_cancel_racing_the_successor_submission_removes_the_successor(run_dir, sched):
     launch(run_dir, sched)
 
-    def cancel_lands_now(link, job_id):  # `slmjobs cancel` listed the jobs a moment earlier
+    def cancel_lands_now(job_id):  # `slmjobs cancel` listed the jobs a moment earlier
         ledger.append(run_dir, {"event": "stopped", "reason": "cancelled"})
 
     sched.on_submit = cancel_lands_now
@@ -240,35 +241,58 @@ def test_resume_refuses_a_finished_run_and_an_active_chain(run_dir, sched):
     assert events(run_dir, "resumed") == []
 
 
-def test_resume_changes_the_walltime_of_the_next_links(run_dir, sched, monkeypatch):
-    asked = []
-    monkeypatch.setattr(chain, "set_walltime", lambda d, w: asked.append(w) or "02:00:00")
+def test_resume_changes_the_walltime_of_the_next_links(run_dir, sched):
     launch(run_dir, sched)
     run_link(run_dir, sched, 1, 75, 10)
     ledger.append(run_dir, {"event": "stopped", "reason": "cancelled"})
     sched.cancel([job_of(run_dir, 2)])
     chain.resume_run(run_dir, walltime="2:00:00")
-    assert asked == ["2:00:00"] and events(run_dir, "resumed")[0]["walltime"] == "02:00:00"
+    assert events(run_dir, "resumed")[0]["walltime"] == "02:00:00"
+    assert rundir.load_run(run_dir)["walltime"] == "02:00:00"
+    assert "#$ -l h_rt=02:00:00" in rundir.script_path(run_dir, 3).read_text()
 
 
-def test_checkpoint_step_falls_back_to_the_latest_link_name(run_dir):
-    assert chain.checkpoint_step(run_dir) is None
-    os.symlink("ep0-ba120-rank0.pt", run_dir / "checkpoints" / "latest-rank0.pt")
-    assert chain.checkpoint_step(run_dir) == 120
+def test_a_training_runs_progress_is_the_checkpoint_latest_points_at(run_dir):
+    train = kinds.Train()
+    assert train.durable_progress(run_dir) is None
     set_progress(run_dir, 140)
-    assert chain.checkpoint_step(run_dir) == 140
+    assert train.durable_progress(run_dir) == 140  # the heartbeat, while there is no link
+    os.symlink("ep0-ba120-rank0.pt", run_dir / "checkpoints" / "latest-rank0.pt")
+    assert train.durable_progress(run_dir) == 120  # what the next link resumes from
+
+
+def test_a_single_job_run_never_submits_a_successor(run_dir, sched):
+    spec = rundir.load_run(run_dir)
+    rundir.save_run(run_dir, {**spec, "kind": "job"})
+    job_id = submit_first(run_dir)
+    assert chain.begin(run_dir, 1, job_id=job_id) == chain.TRAIN
+    set_progress(run_dir, 5, state="finished")
+    chain.end(run_dir, 1, 0, job_id=job_id)
+    assert [e["link"] for e in events(run_dir, "submitted")] == [1]
+    assert events(run_dir, "stopped")[-1]["reason"] == "finished"
+
+
+def submit_first(run_dir):
+    from slmjobs import submit
+
+    return submit.submit_link(run_dir, 1)
 
 
 @pytest.mark.parametrize("rc, how", [(0, "finished"), (75, "handed_off"), (1, "crashed"),
-                                     (2, "crashed"), (137, "crashed")])
+                                     (2, "crashed"), (137, "killed"), (139, "crashed")])
 def test_exit_status_meaning(rc, how):
     assert chain.how_it_ended(rc) == how
 
 
-def test_limits_come_from_run_yaml_over_the_profile_over_defaults():
-    assert chain.chain_limits({}) == chain.DEFAULT_LIMITS
-    run = {"cluster": {"chain": {"max_links": 9, "crash_budget": 5}}, "chain": {"max_links": 4}}
-    assert chain.chain_limits(run) == {**chain.DEFAULT_LIMITS, "max_links": 4, "crash_budget": 5}
+def test_limits_come_from_launch_over_the_profile_over_defaults(tmp_path):
+    from slmjobs.profiles import CHAIN_DEFAULTS
+
+    profile = tmp_path / "p.yaml"
+    profile.write_text("scheduler: local\nmax_gpus: 1\nwalltime_default: '01:00:00'\n"
+                       "walltime_max: '02:00:00'\nhandoff_margin: 60\n"
+                       "chain: {max_links: 9, crash_budget: 5}\n")
+    spec = launcher.resolve("tiny", cluster=str(profile), name="r", max_links=4)
+    assert spec["chain"] == {**CHAIN_DEFAULTS, "max_links": 4, "crash_budget": 5}
 
 
 def test_hooks_refuse_a_directory_that_is_not_a_run(tmp_path, capsys):
@@ -279,8 +303,95 @@ def test_hooks_refuse_a_directory_that_is_not_a_run(tmp_path, capsys):
     assert exc.value.code == 2
 
 
-def test_hooks_refuse_a_copied_run_directory(run_dir, sched, monkeypatch, capsys):
-    monkeypatch.setattr(chain, "load_run", lambda d: {"run_dir": "/elsewhere/original"})
-    assert chain.main(["end", str(run_dir), "1", "75"]) == 2
-    assert "copy of run /elsewhere/original" in capsys.readouterr().err
-    assert events(run_dir) == [] and sched.states == {}
+def test_hooks_refuse_a_copied_run_directory(run_dir, sched, tmp_path, capsys):
+    launch(run_dir, sched)
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    before = events(copy)
+    assert chain.main(["end", str(copy), "1", "75"]) == 2
+    assert f"copy of run {run_dir}" in capsys.readouterr().err
+    assert events(copy) == before and list(sched.states) == [job_of(run_dir, 1)]
+
+
+# ------------------------------------------------------------------ a busy scheduler
+BUSY = "qsub failed (exit 1): error: commlib error: got select error (Connection refused)"
+
+
+def busy():
+    from slmjobs.backends import SchedulerError
+
+    return SchedulerError(BUSY, transient=True)
+
+
+def test_a_busy_scheduler_is_asked_again_until_it_answers(run_dir, sched, capsys):
+    launch(run_dir, sched)
+    sched.failures = [busy(), busy()]
+    assert run_link(run_dir, sched, 1, 75, 10) == chain.TRAIN
+    assert sched.attempts == 4  # link 1, then link 2 on the third try
+    assert "asking again" in capsys.readouterr().err
+    assert [e["link"] for e in events(run_dir, "submitted")] == [1, 2]
+    assert events(run_dir, "not_submitted") == [] and events(run_dir, "stopped") == []
+
+
+def test_a_refused_request_is_not_retried(run_dir, sched):
+    from slmjobs.backends import SchedulerError
+
+    launch(run_dir, sched)
+    sched.failures = [SchedulerError("qsub failed (exit 1): Unable to run job: project denied")]
+    job_id = job_of(run_dir, 1)
+    assert chain.begin(run_dir, 1, job_id=job_id) == chain.TRAIN
+    assert sched.attempts == 2  # no second try
+    (missing,) = events(run_dir, "not_submitted")
+    assert (missing["link"], missing["reason"]) == (2, "submit_failed")
+    assert "project denied" in missing["detail"]
+
+
+def test_a_successor_begin_could_not_submit_is_submitted_by_end(run_dir, sched):
+    launch(run_dir, sched)
+    sched.failures = [busy()] * 20  # down for the whole of begin's retries
+    job_id = job_of(run_dir, 1)
+    assert chain.begin(run_dir, 1, job_id=job_id) == chain.TRAIN
+    assert [e["reason"] for e in events(run_dir, "not_submitted")] == ["submit_failed"]
+    sched.failures = []  # back up before the worker is done
+    set_progress(run_dir, 10)
+    chain.end(run_dir, 1, 75, job_id=job_id)
+    assert [(e["link"], e["hold_on"]) for e in events(run_dir, "submitted")] == \
+        [(1, None), (2, job_id)]
+    assert events(run_dir, "stopped") == []
+
+
+def test_a_scheduler_down_for_good_stops_the_chain_with_its_own_message(run_dir, sched, capsys):
+    launch(run_dir, sched)
+    sched.failures = [busy()] * 40
+    job_id = job_of(run_dir, 1)
+    chain.begin(run_dir, 1, job_id=job_id)
+    set_progress(run_dir, 10)
+    chain.end(run_dir, 1, 75, job_id=job_id)
+    (stopped,) = events(run_dir, "stopped")
+    assert stopped["reason"] == "submit_failed" and "Connection refused" in stopped["detail"]
+    assert "slmjobs resume r1" in capsys.readouterr().err
+    sched.failures = []
+    sched.cancel([job_id])
+    new_job = chain.resume_run(run_dir)  # once the scheduler is back
+    assert job_of(run_dir, 2) == new_job
+
+
+# ------------------------------------------------------------------ what the worker said
+def test_a_bad_configuration_stops_the_chain_at_once_with_the_workers_words(run_dir, sched):
+    launch(run_dir, sched)
+    rundir.log_path(run_dir, 1).write_text(
+        "slmjobs: run r1 link 1 ...\nerror: data.path=gone: no prepared dataset (shards) at "
+        "/data/gone; allowed is a directory written by slmjobs prepare\n")
+    assert run_link(run_dir, sched, 1, 2, 0) == chain.TRAIN
+    (stopped,) = events(run_dir, "stopped")
+    assert stopped["reason"] == "bad_config"
+    assert stopped["detail"].startswith("data.path=gone: no prepared dataset")
+    assert sched.pending() == [] and sched.cancelled == [job_of(run_dir, 2)]
+
+
+def test_a_worker_killed_by_the_oom_killer_is_killed_not_crashed(run_dir, sched, limits):
+    launch(run_dir, sched)
+    for link in (1, 2, 3):  # more kills than the crash budget, each with progress
+        assert run_link(run_dir, sched, link, 137, 10 * link) == chain.TRAIN
+    assert [e["how"] for e in events(run_dir, "ended")] == ["killed"] * 3
+    assert events(run_dir, "stopped") == []

@@ -41,7 +41,7 @@ def no_job_left_behind(isolated):
     yield
     from slmjobs import ledger
     from slmjobs.backends import ACTIVE_STATES, get_backend
-    from slmjobs.launch import load_run
+    from slmjobs.rundir import load_run
 
     for run_dir in isolated["runs"].iterdir():
         ids = [e["job_id"] for e in ledger.read(run_dir) if e.get("event") == "submitted"]
@@ -72,3 +72,20 @@ def cli(*args, env=None, cwd=None, timeout=60):
 @pytest.fixture
 def run_cli():
     return cli
+
+
+@pytest.fixture(scope="session")
+def prepared_data_root(tmp_path_factory) -> Path:
+    """A data root holding `builtin` (the default data.path), prepared once: launches are
+    checked by the worker's own rules, which want a finished dataset."""
+    from chain_support import prepare_data
+
+    root = tmp_path_factory.mktemp("data-root")
+    prepare_data(root, documents=60, seq_len=64)
+    return root / "data"
+
+
+@pytest.fixture
+def data_root(prepared_data_root, isolated, monkeypatch) -> Path:
+    monkeypatch.setenv("SLMJOBS_DATA_ROOT", str(prepared_data_root))
+    return prepared_data_root

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from slmjobs import profiles
+from slmjobs.backends.sge import pe_slots
 from slmjobs.errors import UsageError
 
 
@@ -13,7 +14,7 @@ def test_shipped_profiles_load_and_resolve():
     scc = profiles.load("scc")
     assert scc["scheduler"] == "sge" and scc["shell"] == "/bin/bash -l"
     assert scc["project_required"] is True
-    assert scc["pe"] == "omp" and scc["pe_sizes"] == [1, 2, 3, 4, 8, 16, 28, 32, 36]
+    assert scc["pe"] == "omp" and scc["pe_sizes"] == [1, 2, 3, 4, 8, 16, 28, 36]  # no 32: buy-in
     assert scc["walltime_default"] == "12:00:00"
     assert profiles.load("sge")["project_required"] is False
     assert profiles.load("local")["scheduler"] == "local"
@@ -21,13 +22,13 @@ def test_shipped_profiles_load_and_resolve():
 
 @pytest.mark.parametrize("gpus, slots", [(1, 4), (2, 8), (3, 16), (4, 16)])
 def test_cpus_per_gpu_round_up_to_allowed_pe_sizes(gpus, slots):
-    assert profiles.pe_slots(profiles.load("scc"), gpus) == slots
+    assert pe_slots(profiles.load("scc"), gpus) == slots
 
 
 def test_pe_size_beyond_the_site_list_is_refused():
     profile = {**profiles.load("scc"), "cpus_per_gpu": 20}
     with pytest.raises(UsageError, match="sizes up to 36"):
-        profiles.pe_slots(profile, 2)
+        pe_slots(profile, 2)
 
 
 def test_default_profile_is_local_then_env_then_user_config(config_dir, monkeypatch):
@@ -118,3 +119,42 @@ def test_unquoted_walltimes_in_yaml_are_understood(tmp_path):
     path.write_text("scheduler: sge\nmax_gpus: 1\nwalltime_default: 12:00:00\nwalltime_max: 48:00:00\n")
     loaded = profiles.load(str(path))
     assert (loaded["walltime_default"], loaded["walltime_max"]) == ("12:00:00", "48:00:00")
+
+
+def test_scc_gpu_names_are_checked_case_sensitively_with_a_hint(config_dir):
+    scc = (profiles.SHIPPED_DIR / "scc.yaml").read_text()
+    (config_dir / "clusters" / "mine.yaml").write_text(scc.replace("gpu_type: null", "gpu_type: a100"))
+    with pytest.raises(UsageError, match=r"'gpu_type' has bad value 'a100': allowed is one of "
+                                         r"gpu_types: A100, .* \(names are case-sensitive: A100\)"):
+        profiles.load("mine")
+
+
+def test_scc_gpu_memory_must_be_one_of_bus_sizes(config_dir):
+    scc = (profiles.SHIPPED_DIR / "scc.yaml").read_text()
+    (config_dir / "clusters" / "mine.yaml").write_text(scc.replace("default: 16G", "default: 15G"))
+    with pytest.raises(UsageError, match=r"gpu_memory.default' has bad value '15G': allowed is "
+                                         r"one of gpu_memory_sizes: 12G, 16G, 24G, 32G, 48G, 80G"):
+        profiles.load("mine")
+
+
+def test_scc_walltime_maxima_for_gpu_and_cpu_only_jobs():
+    scc = profiles.load("scc")
+    assert profiles.walltime_max(scc, gpus=2) == "48:00:00"
+    assert profiles.walltime_max(scc, gpus=0) == "720:00:00"
+    assert profiles.walltime_max(profiles.load("sge"), gpus=0) == "720:00:00"  # no cpu key
+
+
+def test_scc_loads_the_venvs_python_module_first(monkeypatch):
+    from slmjobs import launch, render
+
+    monkeypatch.setenv("SLMJOBS_PROJECT", "p")
+    text = render.render_link(launch.resolve("tiny", cluster="scc", name="m"), 1)
+    loads = [line for line in text.splitlines() if line.startswith("module load")]
+    assert loads == ["module load python3/3.10.12", "module load cuda/12.2"]
+
+
+def test_a_scheduler_key_on_a_local_profile_is_refused(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("scheduler: local\nmax_gpus: 1\npe: omp\n")
+    with pytest.raises(UsageError, match="unknown key 'pe' for scheduler 'local'"):
+        profiles.load(str(path))

@@ -53,7 +53,7 @@ def test_scc_gpt2_two_gpus_carries_the_original_script_and_more(monkeypatch):
     text = render.render_link(golden_spec("scc", "gpt2", 2, monkeypatch), 1)
     lines = text.splitlines()
     assert lines[0] == "#!/bin/bash -l"
-    for directive in ("-pe omp 8", "-l gpus=2", "-l gpu_c=7.0", "-l gpu_memory=15G", "-j y", "-m e",
+    for directive in ("-pe omp 8", "-l gpus=2", "-l gpu_c=7.0", "-l gpu_memory=16G", "-j y", "-m e",
                       "-P myproj", "-l h_rt=12:00:00", "-N golden-gpt2-2",
                       "-o /runs/golden-gpt2-2/logs/link-001.log", f"-wd {FIXED_WORKDIR}"):
         assert f"#$ {directive}" in lines, directive

@@ -10,21 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
-from slmjobs import ledger, monitor
+from slmjobs import chain, ledger, logs, monitor
 from slmjobs.backends import ACTIVE_STATES
+from support import make_run_dir
 
 PY = sys.executable
 
 
 def make_run(root: Path, name: str, scheduler: str) -> Path:
-    run_dir = root / name
-    (run_dir / "logs").mkdir(parents=True)
-    (run_dir / "run.yaml").write_text(yaml.safe_dump(
-        {"run_name": name, "model": "tiny", "gpus": 1, "scheduler": scheduler,
-         "chain": {"max_links": 3}}))
-    return run_dir
+    return make_run_dir(root / name, scheduler, max_links=3)
 
 
 def link_script(run_dir: Path, link: int, body: str) -> Path:
@@ -100,8 +94,8 @@ def test_a_job_gone_from_qstat_but_not_in_qacct_is_ending_never_finished(sge, tm
                 elif row["state"] == "ending":
                     assert not accounted and row["job_state"] == "ending"
                     seen_ending += 1
-                else:  # exit 0 and no chain hooks: "ended", and only once accounted
-                    assert row["state"] == "ended" and len(accounted) == 1
+                else:  # exit 0, no chain hooks, nothing queued: broken, once accounted
+                    assert row["state"] == "broken" and len(accounted) == 1
                     assert accounted[0]["exit_status"] == 0
                     final.add(run)
         if seen_ending:
@@ -118,7 +112,7 @@ def test_cancel_run_leaves_nothing_queued_or_held(sge, tmp_path, wait_until):
     wait_until(lambda: monitor.run_statuses([run])[0]["state"] == "running", 20, "link 1 running")
     assert monitor.is_active(run)
 
-    assert sorted(monitor.cancel_run(run)) == sorted([first, second])
+    assert sorted(chain.cancel_run(run)) == sorted([first, second])
     events = ledger.read(run)
     kinds = [e["event"] for e in events]
     assert kinds.index("stopped") < len(kinds) - 2  # written before the jobs' `ended` events
@@ -136,10 +130,31 @@ def test_follow_logs_across_links_on_the_local_backend(local_backend, tmp_path):
     second = local_backend.submit(link_script(run, 2, "echo end of 2"), hold_on=first)
     ledger.append(run, {"event": "submitted", "link": 2, "job_id": second})
     out = io.StringIO()
-    assert monitor.follow_logs(run, follow=True, poll_seconds=0.1, status_seconds=0.5,
+    assert logs.follow_logs(run, follow=True, poll_seconds=0.1, status_seconds=0.5,
                                out=out) == 0
     assert out.getvalue() == (f"link 1 job {first}\nend of 1\nlink 2 job {second}\nend of 2\n")
     row = monitor.run_statuses([run])[0]
     assert row["state"] == "finished" and row["previous_link"] == "handed off"
     assert all(job.state not in ACTIVE_STATES
                for job in local_backend.query([first, second]).values())
+
+
+def test_status_says_so_and_fails_when_the_scheduler_cannot_be_asked(tmp_path):
+    """A `qstat` first on PATH that fails as an unreachable qmaster does: the table still
+    prints (state unknown), one line on stderr names the reason, the exit status is 1."""
+    import os
+
+    run = make_run(tmp_path, "unreachable", "sge")
+    ledger.append(run, {"event": "submitted", "link": 1, "job_id": "4242", "hold_on": None})
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "qstat").write_text("#!/bin/bash\necho 'error: unable to contact qmaster using port"
+                                " 6444 on host \"vm\"' >&2\nexit 1\n")
+    (shim / "qstat").chmod(0o755)
+    env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}",
+           "SLMJOBS_RUNS_ROOT": str(tmp_path)}
+    proc = subprocess.run([PY, "-m", "slmjobs", "status"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "unreachable" in proc.stdout and "unknown" in proc.stdout
+    assert proc.stderr.count("\n") == 1 and "unable to contact qmaster" in proc.stderr

@@ -1,4 +1,5 @@
-"""Status logic with a stand-in scheduler (the real one: test_monitor_real.py)."""
+"""Status logic with a stand-in scheduler in the backend registry (the real one:
+test_monitor_real.py). Run directories are written by the launcher's own writers."""
 
 from __future__ import annotations
 
@@ -9,52 +10,57 @@ import time
 import pytest
 import yaml
 
-from slmjobs import ledger, monitor
+from slmjobs import backends as registry, chain, ledger, logs, monitor, rundir, table
 from slmjobs.backends import ENDED, ENDING, HELD, QUEUED, RUNNING, Job, SchedulerError
+from slmjobs.backends.local import LocalBackend
+from slmjobs.backends.sge import SGEBackend
+from support import make_run_dir
 
 
-class FakeBackend:
-    def __init__(self, kind):
-        self.kind = kind
-        self.states: dict[str, Job] = {}
-        self.accounts: dict[str, Job] = {}
-        self.queries: list[list[str]] = []
-        self.accounting_calls: list[str] = []
-        self.cancelled: list[str] = []
-        self.on_cancel = None
-        self.fail = False
+def fake_backend(real: type):
+    """The real backend of a scheduler (its profile keys, header, environment) whose jobs are
+    whatever the test says."""
 
-    def query(self, job_ids):
-        if self.fail:
-            raise SchedulerError("qstat failed (exit 1): unable to contact qmaster")
-        self.queries.append(list(job_ids))
-        return {j: self.states.get(j, Job(job_id=j, state=ENDING)) for j in job_ids}
+    class FakeBackend(real):
+        def __init__(self):
+            self.states: dict[str, Job] = {}
+            self.accounts: dict[str, Job] = {}
+            self.queries: list[list[str]] = []
+            self.accounting_calls: list[str] = []
+            self.cancelled: list[str] = []
+            self.on_cancel = None
+            self.fail = False
 
-    def accounting(self, job_id):
-        self.accounting_calls.append(job_id)
-        return self.accounts.get(job_id)
+        def query(self, job_ids):
+            if self.fail:
+                raise SchedulerError("qstat failed (exit 1): unable to contact qmaster")
+            self.queries.append(list(job_ids))
+            return {j: self.states.get(j, Job(job_id=j, state=ENDING)) for j in job_ids}
 
-    def cancel(self, job_ids):
-        self.cancelled += list(job_ids)
-        for j in job_ids:
-            self.states.pop(j, None)
-        if self.on_cancel:
-            self.on_cancel()
+        def accounting(self, job_id):
+            self.accounting_calls.append(job_id)
+            return self.accounts.get(job_id)
+
+        def cancel(self, job_ids):
+            self.cancelled += list(job_ids)
+            for j in job_ids:
+                self.states.pop(j, None)
+            if self.on_cancel:
+                self.on_cancel()
+
+    return FakeBackend()
 
 
 @pytest.fixture
 def backends(monkeypatch):
-    fakes = {"sge": FakeBackend("sge"), "local": FakeBackend("local")}
-    monkeypatch.setattr(monitor, "get_backend", lambda kind: fakes[kind])
+    fakes = {"sge": fake_backend(SGEBackend), "local": fake_backend(LocalBackend)}
+    for kind, fake in fakes.items():
+        monkeypatch.setitem(registry.REGISTRY, kind, lambda fake=fake: fake)
     return fakes
 
 
 def make_run(root, name, scheduler="sge", gpus=2, max_links=5, events=(), progress=None):
-    run_dir = root / name
-    run_dir.mkdir(parents=True)
-    (run_dir / "run.yaml").write_text(yaml.safe_dump(
-        {"run_name": name, "model": "tiny", "gpus": gpus, "scheduler": scheduler,
-         "chain": {"max_links": max_links}}))
+    run_dir = make_run_dir(root / name, scheduler, gpus=gpus, max_links=max_links)
     for event in events:
         ledger.append(run_dir, event)
     if progress is not None:
@@ -81,10 +87,13 @@ def test_one_query_per_scheduler_for_all_runs(tmp_path, backends):
 def test_accounting_is_asked_once_and_recorded(tmp_path, backends):
     run = make_run(tmp_path, "r", events=[
         submitted(1, "7"), {"event": "started", "link": 1, "job_id": "7"},
+        submitted(2, "8", hold_on="7"),
         {"event": "ended", "link": 1, "job_id": "7", "how": "handed_off", "exit_status": 75}])
     sge = backends["sge"]
+    sge.states["8"] = Job(job_id="8", state=QUEUED)
     # qacct lags qstat: gone from the queue, not accounted -> ending, nothing recorded
-    assert monitor.run_statuses([run])[0]["state"] == "handed off"
+    row = monitor.run_statuses([run])[0]
+    assert (row["state"], row["previous_link"]) == (QUEUED, "handed off")
     assert sge.accounting_calls == ["7"]
     assert not [e for e in ledger.read(run) if e["event"] == "accounted"]
     sge.accounts["7"] = Job(job_id="7", state=ENDED, exit_status=75, failed=True,
@@ -93,7 +102,7 @@ def test_accounting_is_asked_once_and_recorded(tmp_path, backends):
     assert row["gpu_hours"] == pytest.approx(1.0)
     row = monitor.run_statuses([run])[0]
     assert sge.accounting_calls == ["7", "7"]  # never asked again
-    assert sge.queries == [["7"], ["7"]]          # and no more queried once accounted
+    assert sge.queries == [["7", "8"], ["7", "8"], ["8"]]  # and no more queried once accounted
     assert row["gpu_hours"] == pytest.approx(1.0)
     assert len([e for e in ledger.read(run) if e["event"] == "accounted"]) == 1
 
@@ -102,7 +111,18 @@ def test_a_job_gone_from_the_queue_and_not_accounted_is_ending(tmp_path, backend
     run = make_run(tmp_path, "r", events=[submitted(1, "7"),
                                           {"event": "started", "link": 1, "job_id": "7"}])
     row = monitor.run_statuses([run])[0]
-    assert (row["state"], row["job_state"]) == (ENDING, ENDING)
+    assert (row["state"], row["job_state"]) == (ENDING, ENDING)  # neither finished nor lost
+
+
+def test_a_run_with_nothing_queued_held_or_running_is_broken(tmp_path, backends):
+    run = make_run(tmp_path, "r", events=[
+        submitted(1, "7"), {"event": "started", "link": 1, "job_id": "7"},
+        {"event": "not_submitted", "link": 2, "reason": "submit_failed", "detail": "qsub: busy"}])
+    backends["sge"].accounts["7"] = Job(job_id="7", state=ENDED, exit_status=137, failed=True)
+    row = monitor.run_statuses([run])[0]
+    assert row["state"] == "broken"
+    assert table.note(row) == ("broken: link 2 was never submitted (submit_failed: qsub: busy); "
+                               "continue: slmjobs resume r")
 
 
 def test_long_lost_accounting_is_recorded_once_as_missing(tmp_path, backends):
@@ -111,7 +131,7 @@ def test_long_lost_accounting_is_recorded_once_as_missing(tmp_path, backends):
         {**submitted(1, "7"), "time": old}, {"event": "started", "link": 1, "job_id": "7",
                                              "time": old},
         {"event": "ended", "link": 1, "job_id": "7", "how": "crashed", "time": old}])
-    assert monitor.run_statuses([run])[0]["state"] == "failed"
+    assert monitor.run_statuses([run])[0]["state"] == "broken"  # and no successor either
     monitor.run_statuses([run])
     assert backends["sge"].accounting_calls == ["7"]
 
@@ -135,28 +155,32 @@ def test_chain_view_running_link_previous_link_eta_and_checkpoint_age(tmp_path, 
     assert row["eta_seconds"] == pytest.approx(150)
     assert 89 <= row["checkpoint_age_seconds"] < 100
     assert row["gpu_hours"] == pytest.approx(2 + 1, abs=0.01)  # accounted 1 h x 2 + running 0.5 h x 2
-    table = monitor.format_table([row])
-    assert "RUN" in table.splitlines()[0] and "2/5" in table and "100/400" in table
-    assert "2m30s" in table and "3.500" in table and "handed off" in table
+    text = table.format_table([row])
+    assert "RUN" in text.splitlines()[0] and "2/5" in text and "100/400" in text
+    assert "2m30s" in text and "3.500" in text and "handed off" in text
 
 
 def test_killed_link_without_its_end_hook(tmp_path, backends):
     run = make_run(tmp_path, "r", events=[
         submitted(1, "7"), {"event": "started", "link": 1, "job_id": "7"},
+        submitted(2, "8", hold_on="7"),
         {"event": "accounted", "link": 1, "job_id": "7", "exit_status": 137, "failed": True,
          "wallclock": 60}])
-    assert monitor.run_statuses([run])[0]["state"] == "killed"
+    backends["sge"].states["8"] = Job(job_id="8", state=QUEUED)
+    row = monitor.run_statuses([run])[0]
+    assert (row["state"], row["previous_link"]) == (QUEUED, "killed")
 
 
 @pytest.mark.parametrize("reason,state,note", [
     ("cancelled", "cancelled", ""), ("finished", "finished", ""),
-    ("crash_budget", "failed", "stopped: crash_budget"), ("max_links", "stopped", "stopped: max_links")])
+    ("crash_budget", "failed", "stopped: crash_budget (d); continue: slmjobs resume r"),
+    ("max_links", "stopped", "stopped: max_links (d); continue: slmjobs resume r")])
 def test_stopped_chains(tmp_path, backends, reason, state, note):
     run = make_run(tmp_path, "r", events=[
         submitted(1, "7"), {"event": "stopped", "reason": reason, "detail": "d"}])
     row = monitor.run_statuses([run])[0]
     assert (row["state"], row["stop_reason"]) == (state, reason)
-    assert monitor._cell(row, "note") == note
+    assert table.note(row) == note
     assert row["eta_seconds"] is None
 
 
@@ -181,7 +205,7 @@ def test_new_run_and_runs_without_jobs(tmp_path, backends):
     run = make_run(tmp_path, "r")
     row = monitor.run_statuses([run])[0]
     assert row["state"] == "new" and backends["sge"].queries == []
-    assert monitor.format_table([]) == "no runs"
+    assert table.format_table([]) == "no runs"
     assert not monitor.is_active(run)
 
 
@@ -198,7 +222,7 @@ def test_cancel_writes_stopped_first_and_catches_a_late_successor(tmp_path, back
             sge.states["9"] = Job(job_id="9", state=HELD)
 
     sge.on_cancel = late_successor
-    assert monitor.cancel_run(run) == ["7", "8", "9"]
+    assert chain.cancel_run(run) == ["7", "8", "9"]
     events = ledger.read(run)
     first_stop = next(i for i, e in enumerate(events) if e["event"] == "stopped")
     first_end = next(i for i, e in enumerate(events) if e["event"] == "ended")
@@ -210,12 +234,11 @@ def test_cancel_writes_stopped_first_and_catches_a_late_successor(tmp_path, back
 
 def test_logs_in_link_order_and_follow_until_settled(tmp_path, backends, monkeypatch):
     run = make_run(tmp_path, "r", events=[submitted(1, "7"), submitted(2, "8")])
-    logs = run / "logs"
-    logs.mkdir()
-    (logs / "link-002.log").write_text("second\n")
-    (logs / "link-001.log").write_text("first\n")
+    log_dir = run / "logs"
+    (log_dir / "link-002.log").write_text("second\n")
+    (log_dir / "link-001.log").write_text("first\n")
     out = io.StringIO()
-    assert monitor.follow_logs(run, follow=False, out=out) == 0
+    assert logs.follow_logs(run, follow=False, out=out) == 0
     assert out.getvalue() == "first\nsecond\n"
 
     sge = backends["sge"]
@@ -225,49 +248,51 @@ def test_logs_in_link_order_and_follow_until_settled(tmp_path, backends, monkeyp
 
     def sleep(_seconds):  # the job writes more, then ends after a few polls
         polls.append(1)
-        with open(logs / "link-002.log", "a") as handle:
+        with open(log_dir / "link-002.log", "a") as handle:
             handle.write(f"more {len(polls)}\n")
         if len(polls) == 3:
             sge.states.pop("8")
             sge.accounts["8"] = Job(job_id="8", state=ENDED, exit_status=0)
-            (logs / "link-003.log").write_text("third\n")
+            (log_dir / "link-003.log").write_text("third\n")
 
-    monkeypatch.setattr(monitor.time, "sleep", sleep)
+    monkeypatch.setattr(logs.time, "sleep", sleep)
     out = io.StringIO()
-    assert monitor.follow_logs(run, follow=True, status_seconds=0.5, out=out) == 0
+    assert logs.follow_logs(run, follow=True, status_seconds=0.5, out=out) == 0
     assert out.getvalue() == "first\nsecond\nmore 1\nmore 2\nmore 3\nthird\n"
 
 
 def test_logs_of_something_that_is_not_a_run(tmp_path):
     from slmjobs.errors import UsageError
     with pytest.raises(UsageError, match="not a run directory"):
-        monitor.follow_logs(tmp_path / "nope")
+        logs.follow_logs(tmp_path / "nope")
 
 
 def test_run_yaml_is_read_through_its_json_digest_until_it_changes(tmp_path, backends,
                                                                    monkeypatch):
     run = make_run(tmp_path, "r", gpus=2)
     parsed = []
-    real = monitor.read_run_yaml
-    monkeypatch.setattr(monitor, "read_run_yaml", lambda d: parsed.append(d) or real(d))
+    real = rundir.read_run_yaml
+    monkeypatch.setattr(rundir, "read_run_yaml", lambda d: parsed.append(d) or real(d))
+    (run / rundir.SUMMARY_FILE).unlink()  # as a run from an older slmjobs
     assert monitor.run_statuses([run])[0]["gpus"] == 2
-    assert parsed == [run]  # no digest yet (a run from an older slmjobs): built from the YAML
-    assert (run / monitor.SUMMARY_FILE).exists()
+    assert parsed == [run]  # no digest: built from the YAML
+    assert (run / rundir.SUMMARY_FILE).exists()
     monkeypatch.setenv("SLMJOBS_CACHE_DIR", str(tmp_path / "cold"))  # no cached rows either
     assert monitor.run_statuses([run])[0]["gpus"] == 2
     assert parsed == [run]  # from the digest
-    (run / "run.yaml").write_text(yaml.safe_dump({"model": "gpt2", "gpus": 4,
-                                                  "scheduler": "sge"}))
+    rundir.atomic_write(run / "run.yaml", yaml.safe_dump(
+        {**rundir.load_run(run), "model": "gpt2", "gpus": 4}))  # edited by hand
     row = monitor.run_statuses([run])[0]
     assert (row["gpus"], row["model"], parsed) == (4, "gpt2", [run, run])
 
 
 def test_a_digest_that_cannot_be_written_only_costs_time(tmp_path, backends):
     run = make_run(tmp_path, "r", gpus=2)
-    (run / monitor.SUMMARY_FILE).mkdir()  # in the way, as a read-only run would be (even to root)
+    (run / rundir.SUMMARY_FILE).unlink()
+    (run / rundir.SUMMARY_FILE).mkdir()  # in the way, as a read-only run would be (even to root)
     for _ in range(2):
         assert monitor.run_statuses([run])[0]["gpus"] == 2
-    assert not list(run.glob(f".{monitor.SUMMARY_FILE}.*"))  # no scratch left behind
+    assert not list(run.glob(f".{rundir.SUMMARY_FILE}.*"))  # no scratch left behind
 
 
 def test_cancel_with_the_scheduler_down_tries_and_fails_loudly(tmp_path, backends):
@@ -280,7 +305,7 @@ def test_cancel_with_the_scheduler_down_tries_and_fails_loudly(tmp_path, backend
 
     sge.on_cancel = qdel_fails
     with pytest.raises(SchedulerError, match="unable to contact qmaster"):
-        monitor.cancel_run(run)
+        chain.cancel_run(run)
     assert sge.cancelled == ["7"]
     assert ledger.read(run)[-1]["event"] == "stopped"  # the intent is recorded: no new links
 
@@ -341,3 +366,12 @@ def test_a_settled_run_is_not_reread_until_one_of_its_files_changes(tmp_path, ba
     backends["sge"].states["8"] = Job(job_id="8", state=QUEUED)
     row = monitor.run_statuses([run])[0]
     assert reads and (row["state"], row["link"]) == (QUEUED, 2)
+
+
+def test_a_corrupt_run_yaml_is_shown_as_unreadable_and_no_scheduler_is_asked(tmp_path, backends):
+    run = make_run(tmp_path, "r", events=[submitted(1, "7")])
+    (run / rundir.SUMMARY_FILE).unlink()
+    (run / "run.yaml").write_text("{{{ not yaml")
+    row = monitor.run_statuses([run])[0]
+    assert row["state"] == "unreadable" and "run.yaml" in row["job_reason"]
+    assert backends["sge"].queries == [] and backends["local"].queries == []

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, REPO, SMALL
+from support import PYTHON, REPO, SMALL
 
 
 def run_module(module: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -74,9 +74,12 @@ def test_data_path_is_relative_to_slmjobs_data_root(tmp_path):
     assert_one_line_error(proc, str(tmp_path / 'root' / 'somewhere'))
 
 
-def test_unknown_config_key_exits_2(tmp_path):
-    proc = run_module('trainer.train', 'train.no_such_key=1', cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
+def test_unknown_config_key_exits_2_naming_the_closest_key(tmp_path):
+    proc = run_module('trainer.train', 'train.max_stepz=1', cwd=tmp_path)
+    assert_one_line_error(proc, 'train.max_stepz: unknown key; did you mean train.max_steps?')
+    added = run_module('trainer.train', '+checkpoint.kepe=1', cwd=tmp_path)  # hydra would add it
+    assert_one_line_error(added, 'checkpoint.kepe: unknown key; did you mean checkpoint.keep?')
+    assert sorted(os.listdir(tmp_path)) == []
 
 
 def test_empty_corpus_exits_2_and_creates_no_dataset(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO
+from support import REPO
 from trainer.gpt import GPT, GPTConfig, padded_vocab_size
 
 PRESETS = REPO / 'trainer' / 'conf' / 'model'

@@ -12,7 +12,7 @@ import shutil
 import signal
 import time
 
-from conftest import (MAX_STEPS, assert_bitwise_equal, checkpoint_step, read_progress)
+from support import (MAX_STEPS, assert_bitwise_equal, checkpoint_step, read_progress)
 
 CONTRACT_FIELDS = {
     'run_name', 'state', 'link', 'step', 'max_steps', 'tokens_seen', 'loss', 'tokens_per_sec',

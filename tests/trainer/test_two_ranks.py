@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 
-from conftest import assert_bitwise_equal, checkpoint_step
+from support import assert_bitwise_equal, checkpoint_step
 
 STEPS = 12
 

@@ -7,7 +7,7 @@
 #$ -P myproj
 #$ -l gpus=1
 #$ -l gpu_c=7.0
-#$ -l gpu_memory=15G
+#$ -l gpu_memory=16G
 #$ -pe omp 4
 #$ -m e
 # Rendered by slmjobs from the run's run.yaml: the exact script submitted for one link.

@@ -7,7 +7,7 @@
 #$ -P myproj
 #$ -l gpus=2
 #$ -l gpu_c=7.0
-#$ -l gpu_memory=15G
+#$ -l gpu_memory=16G
 #$ -pe omp 8
 #$ -m e
 # Rendered by slmjobs from the run's run.yaml: the exact script submitted for one link.

@@ -1,0 +1,89 @@
+"""The status table: one line per run, one column per entry of COLUMNS.
+
+The rule for a column: a title, the row key it shows, and a function from the row to the cell's
+text. A later addition (a kind's own progress, a swept value, a score) is one more Column whose
+key the status row carries; nothing else changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+def duration(seconds) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds >= 86400:
+        return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def _plain(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def _out_of(key: str, total_key: str) -> Callable[[dict], str]:
+    def cell(row: dict) -> str:
+        if row.get(key) is None:
+            return "-"
+        return f"{row[key]}/{row[total_key]}" if row.get(total_key) else str(row[key])
+    return cell
+
+
+def _number(key: str, spec: str) -> Callable[[dict], str]:
+    return lambda row: "-" if row.get(key) is None else format(row[key], spec)
+
+
+def note(row: dict) -> str:
+    """Why a run stopped or is broken, and the command that continues it; else what the
+    scheduler says about its job."""
+    resume = f"continue: slmjobs resume {row.get('name')}"
+    if row.get("state") == "broken":
+        return f"broken: {row.get('stop_detail')}; {resume}"
+    if row.get("state") == "new":
+        return f"no link submitted yet; {resume}"
+    if row.get("stop_reason") and row["stop_reason"] not in ("finished", "cancelled"):
+        detail = f" ({row['stop_detail']})" if row.get("stop_detail") else ""
+        return f"stopped: {row['stop_reason']}{detail}; {resume}"
+    return row.get("job_reason") or ""
+
+
+@dataclass(frozen=True)
+class Column:
+    title: str
+    key: str
+    cell: Callable[[dict], str] | None = None  # default: the value as text, "-" for none
+
+    def text(self, row: dict) -> str:
+        return self.cell(row) if self.cell else _plain(row.get(self.key))
+
+
+COLUMNS = [
+    Column("RUN", "name"), Column("MODEL", "model"), Column("GPUS", "gpus"),
+    Column("LINK", "link", _out_of("link", "max_links")), Column("JOB", "job_id"),
+    Column("STATE", "state"), Column("PREV LINK", "previous_link"),
+    Column("STEP", "step", _out_of("step", "max_steps")),
+    Column("LOSS", "loss", _number("loss", ".3f")),
+    Column("TOK/S", "tokens_per_sec", _number("tokens_per_sec", ",.0f")),
+    Column("ETA", "eta_seconds", lambda row: duration(row.get("eta_seconds"))),
+    Column("CKPT AGE", "checkpoint_age_seconds",
+           lambda row: duration(row.get("checkpoint_age_seconds"))),
+    Column("GPU-H", "gpu_hours", _number("gpu_hours", ".2f")),
+    Column("NOTE", "note", note),
+]
+
+
+def format_table(rows: list[dict], columns: list[Column] = COLUMNS) -> str:
+    if not rows:
+        return "no runs"
+    table = [[column.title for column in columns]]
+    table += [[column.text(row) for column in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+                     for line in table)

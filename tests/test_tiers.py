@@ -1,0 +1,24 @@
+"""The tiers tests/conftest.py assigns, checked over every test this session collected (in a
+plain `pytest` or `pytest -m unit` run: all of them, before `-m` deselects any): each test is in
+a tier, and `unit` holds nothing that needs Grid Engine or starts the training worker."""
+
+from __future__ import annotations
+
+from support import COLLECTED_TIERS
+
+# modules whose every test needs the real scheduler or trains
+NEVER_UNIT = ('tests/chain/test_chain_e2e.py', 'tests/chain/test_scheduler_faults.py',
+              'tests/chain/test_bad_config_local.py', 'tests/backends/test_sge_real.py',
+              'tests/trainer/test_resume.py', 'tests/trainer/test_two_ranks.py')
+
+
+def test_every_test_has_a_tier_and_the_unit_tier_has_no_scheduler_and_no_training(request):
+    tiers = request.config.stash[COLLECTED_TIERS]
+    assert request.node.nodeid in tiers and tiers[request.node.nodeid] == ['unit']
+    assert not [t for t, found in tiers.items() if not found], 'tests in no tier'
+    assert not [t for t, found in tiers.items() if 'unit' in found and len(found) > 1]
+    unit = {t for t, found in tiers.items() if 'unit' in found}
+    assert not [t for t in unit if t.startswith(NEVER_UNIT)]
+    assert not [t for t in unit if 'real_launch' in t or t.startswith('tests/test_demo.py::test_demo_')]
+    chain = [found for t, found in tiers.items() if t.startswith('tests/chain/test_chain_e2e.py')]
+    assert all(set(found) == {'cluster', 'e2e'} for found in chain)
