@@ -48,34 +48,20 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+# dataset.json's reader owns its name, format and the finished-dataset rule (re-exported here)
+from trainer.dataset_format import (DATASET_FILE, FORMAT_VERSION, SPLITS, data_root,  # noqa: F401
+                                    is_finished_dataset, read_dataset_info)
 from trainer.errors import BadInput
 from trainer.mds import write_shards
 
-DATASET_FILE = 'dataset.json'
 JOURNAL_FILE = 'pieces.jsonl'
-FORMAT_VERSION = 1
 DEFAULT_SEQ_LEN = 256
 DEFAULT_VAL_FRACTION = 0.01
 DEFAULT_PIECE_CHARS = 8 << 20  # ~8 MB of text: ~2M GPT-2 tokens, a few seconds per worker
 SHARD_SIZE_LIMIT = 1 << 26  # 64 MiB per shard
-SPLITS = ('train', 'val')
 # Testing aid only: SLMJOBS_PREPARE_HOLD_PIECE=K stops (sleeps) while piece K is half written
 # (train shards on disk, val not yet, nothing renamed), so a test can SIGKILL it mid-write.
 HOLD_ENV = 'SLMJOBS_PREPARE_HOLD_PIECE'
-
-
-def data_root() -> Path:
-    """The root for relative dataset names: $SLMJOBS_DATA_ROOT (the cluster profile's data_root),
-    else ./data."""
-    return Path(os.environ.get('SLMJOBS_DATA_ROOT') or 'data')
-
-
-def is_finished_dataset(path: Path) -> bool:
-    return (path / DATASET_FILE).is_file()
-
-
-def read_dataset_info(path: Path) -> dict:
-    return json.loads((path / DATASET_FILE).read_text())
 
 
 def default_workers() -> int:
