@@ -22,7 +22,8 @@ by path; site-packages left out) and `builtin` (the offline corpus, ~5 MB). For 
 
 Each measurement is repeated (--repeat, interleaved) and the best kept: the least disturbed.
 Targets (issue 13): -w 2 >= 1.6x -w 1; -w 2 >= 80% of the limit on the same cores.
-Other people's load skews everything: read `uptime` (printed first and last).
+Other people's load skews everything: read `uptime` and the machine's own parallelism right
+now (how much more pure-CPU work 2 busy processes do than 1), printed first and last.
 """
 
 from __future__ import annotations
@@ -43,6 +44,24 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 PIECE_CHARS = 1 << 20  # 1 MB pieces: tens of pieces even on the ~5 MB corpus
+
+
+def _spin(seconds: float) -> int:
+    started, n = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        n += sum(range(10000))  # pure Python arithmetic: only the CPU share counts
+    return n
+
+
+def machine_parallelism(cpus: int, seconds: float = 2.0) -> float:
+    """How much more pure-CPU work `cpus` busy processes do than one, right now: ~cpus on idle
+    cores; on a machine others keep busy it can be 1 or less, and no pool can beat that."""
+    from concurrent.futures import ProcessPoolExecutor
+    work = {}
+    for k in (1, cpus):
+        with ProcessPoolExecutor(k) as pool:
+            work[k] = sum(pool.map(_spin, [seconds] * k))
+    return work[cpus] / work[1]
 
 
 def stdlib_jsonl(path: Path, mb: int) -> int:
@@ -174,7 +193,8 @@ def main() -> None:
     p.add_argument('--repeat', type=int, default=2, help='interleaved runs of each; the best counts')
     args = p.parse_args()
     cpus = min(2, len(os.sched_getaffinity(0)))
-    print(f'uptime: {os.getloadavg()} (load averages), {cpus} CPUs used', flush=True)
+    print(f'uptime: {os.getloadavg()} (load averages), {cpus} CPUs used; {cpus} busy processes do '
+          f'{machine_parallelism(cpus):.2f}x the work of one right now', flush=True)
     with tempfile.TemporaryDirectory(prefix='bench-prepare-') as tmp:
         tmp = Path(tmp)
         sources = {'builtin': 'builtin'}
@@ -217,7 +237,8 @@ def main() -> None:
                           f'{resumed:4.1f} s = {killed_at + resumed:4.1f} s against a full run of {wn:4.1f} s '
                           f'({(killed_at + resumed) / wn:.2f}x); identical: '
                           f'{_same_shards(out, tmp / f"{corpus}-{tok}-w{cpus}")}', flush=True)
-    print(f'uptime: {os.getloadavg()} (load averages)')
+    print(f'uptime: {os.getloadavg()} (load averages); {cpus} busy processes do '
+          f'{machine_parallelism(cpus):.2f}x the work of one right now')
 
 
 def _best(kept, new):
