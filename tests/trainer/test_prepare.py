@@ -1,12 +1,20 @@
-"""Data preparation: windows, split, tokenizer description."""
+"""Data preparation: windows, split, tokenizers, identical output for any number of workers,
+bad input. (Kills and resuming: test_prepare_kill.py.)"""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
 
+from trainer.corpus import builtin_documents
 from trainer.prepare import prepare
+from trainer.tokenizer import GPT2_VOCAB, gpt2_to_hf, make_tokenizer
 
 
 def read_windows(split_dir) -> list[np.ndarray]:
@@ -45,16 +53,6 @@ def test_builtin_bpe_tokenizer_is_offline_and_saved(tmp_path):
 
 
 # --- parallel, tokenizers, bad input (issue 13) ------------------------------------------------
-
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-import pytest
-
-from trainer.corpus import builtin_documents
-from trainer.tokenizer import GPT2_VOCAB, gpt2_to_hf, make_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_FIELDS = ('workers', 'resumed_at_piece', 'tokens_this_run', 'seconds', 'tokenize_seconds',
