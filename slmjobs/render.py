@@ -91,6 +91,7 @@ def context(spec: dict, link: int) -> dict:
     return {
         "scheduler": profile["scheduler"],
         "header_template": backend.HEADER_TEMPLATE,
+        "slots_variable": backend.SLOTS_VARIABLE,
         "shell": profile["shell"],
         "run_name": spec["name"],
         "job_name": spec["name"],

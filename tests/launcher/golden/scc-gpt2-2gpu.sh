@@ -35,6 +35,9 @@ module load cuda/12.2
 export OMP_NUM_THREADS=4
 export TOKENIZERS_PARALLELISM=false
 export PYTHONUNBUFFERED=1
+# The CPUs the scheduler granted (data preparation uses that many, never a node's whole count).
+SLOTS_VARIABLE=NSLOTS
+if [ -n "${!SLOTS_VARIABLE:-}" ]; then export SLMJOBS_CPUS="${!SLOTS_VARIABLE}"; fi
 export SLMJOBS_DATA_ROOT=/projectnb/myproj/tester/slmjobs/data
 # The same Python as the launcher; its bin dir first on PATH so `composer` resolves to it.
 SLMJOBS_PYTHON=/opt/venv/bin/python
