@@ -190,10 +190,11 @@ def resume(run, walltime):
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("runs", nargs=-1, required=True, metavar="RUN...")
-@click.option("-o", "--output", metavar="FILE.png", help="Where to write (default: RUN/plots/METRIC.png).")
-@click.option("--metric", default="loss", show_default=True,
+@click.option("-o", "--output", metavar="FILE.png", help="Where to write (default: the first RUN's plots/METRIC.png).")
+@click.option("--metric", metavar="METRIC", default="loss", show_default=True,
               help="loss, val_loss, bits_per_byte, lr or tokens_per_sec.")
-@click.option("--x", "x_axis", default="step", show_default=True, help="step, tokens or hours (of training).")
+@click.option("--x", "x_axis", metavar="AXIS", default="step", show_default=True,
+              help="step, tokens or hours (training time: no queue waits).")
 def plot(runs, output, metric, x_axis):
     """Plot a metric of one or more runs across all their links, as a PNG; print its path."""
     from pathlib import Path
