@@ -9,14 +9,10 @@ which record counts; everything that shows the history (`slmjobs plot`) reads it
 from __future__ import annotations
 
 import json
-import os
 
-HISTORY_NAME = "metrics.jsonl"
+from slmjobs.rundir import history_path
+
 VALUE_EVENTS = ("train", "eval")
-
-
-def history_path(run_dir) -> str:
-    return os.path.join(run_dir, HISTORY_NAME)
 
 
 def read_records(run_dir) -> list[dict]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from slmjobs import ledger
+from slmjobs import events, ledger, rundir
 from slmjobs.errors import UsageError
-from slmjobs.history import HISTORY_NAME, current_history
+from slmjobs.history import current_history
 
 # metric -> (record event, field, axis label); train metrics also show their validation points
 METRICS = {
@@ -33,10 +33,10 @@ X_AXES = {
 # how a link ended (the ledger's `ended` event) -> line style and legend text of the boundary
 # drawn where the next link resumed
 BOUNDARY_STYLES = {
-    "handed_off": ("--", "planned hand-off"),
-    "killed": ("-", "hard kill (steps since the checkpoint trained again)"),
-    "crashed": ("-.", "crash"),
-    "cancelled": (":", "cancelled, resumed"),
+    events.HANDED_OFF: ("--", "planned hand-off"),
+    events.KILLED: ("-", "hard kill (steps since the checkpoint trained again)"),
+    events.CRASHED: ("-.", "crash"),
+    events.CANCELLED: (":", "cancelled, resumed"),
 }
 UNKNOWN_BOUNDARY = (":", "restart (how the link ended is not in the ledger)")
 # tab10 without its red and grey, so that every run's colour stays apart from the text
@@ -53,7 +53,7 @@ def check_choices(metric: str, x: str) -> None:
 
 
 def has_history(path: Path) -> bool:
-    return (Path(path) / HISTORY_NAME).is_file()
+    return os.path.isfile(rundir.history_path(path))
 
 
 def series(records: list[dict], event: str, field: str, x: str) -> tuple[list, list]:
@@ -69,8 +69,7 @@ def link_boundaries(run_dir, records: list[dict]) -> list[tuple[dict, str | None
     """(start record, how the previous link ended) for every link after the run's first:
     `how` from the ledger's `ended` event of link N-1, None when the ledger does not say
     (a run trained without the launcher)."""
-    how_by_link = {e.get("link"): e.get("how") for e in ledger.read(run_dir)
-                   if e.get("event") == "ended"}
+    how_by_link = {link: e.get("how") for link, e in events.ended_links(ledger.read(run_dir)).items()}
     boundaries, trained_before = [], False
     for record in records:
         if record.get("event") == "start" and trained_before:
@@ -90,14 +89,10 @@ def load_histories(run_dirs, metric: str) -> list[tuple[Path, list[dict]]]:
         if not any(r.get("event") == event and isinstance(r.get(field), (int, float))
                    for r in records):
             what = "no metrics history yet" if not records else f"no {metric} values yet"
-            raise UsageError(f"run {run_dir.name}: {what} ({run_dir / HISTORY_NAME}); "
+            raise UsageError(f"run {run_dir.name}: {what} ({rundir.history_path(run_dir)}); "
                              f"the trainer writes it from the run's first logged step")
         loaded.append((run_dir, records))
     return loaded
-
-
-def default_output(run_dir: Path, metric: str) -> Path:
-    return Path(run_dir) / "plots" / f"{metric}.png"
 
 
 def plot(run_dirs, metric: str = "loss", x: str = "step", output=None) -> Path:
@@ -107,7 +102,7 @@ def plot(run_dirs, metric: str = "loss", x: str = "step", output=None) -> Path:
         raise UsageError(f"-o {output}: allowed: a path ending in .png")
     histories = load_histories(run_dirs, metric)
     figure = draw(histories, metric, x)
-    path = Path(output) if output is not None else default_output(histories[0][0], metric)
+    path = Path(output) if output is not None else rundir.plot_path(histories[0][0], metric)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

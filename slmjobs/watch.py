@@ -13,7 +13,7 @@ import shutil
 import sys
 import time
 
-from slmjobs import monitor
+from slmjobs import monitor, table
 from slmjobs.errors import UsageError
 
 MIN_SECONDS = 1.0
@@ -54,8 +54,8 @@ def frame(rows: list[dict], seconds: float, done: bool) -> list[str]:
         header = f"{clock}  every run shown has finished or stopped"
     else:
         header = f"{clock}  slmjobs status, every {seconds:g} s (Ctrl-C quits)"
-    table = monitor.format_table(rows) if rows else "no runs yet (slmjobs launch MODEL to start one)"
-    return [header, "", *table.splitlines()]
+    text = table.format_table(rows) if rows else "no runs yet (slmjobs launch MODEL to start one)"
+    return [header, "", *text.splitlines()]
 
 
 def show(lines: list[str], out, in_place: bool) -> None:

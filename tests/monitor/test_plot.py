@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from slmjobs.history import HISTORY_NAME, current_history
+from slmjobs.history import current_history
+from slmjobs.rundir import HISTORY_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 def write_history(run_dir: Path, lines: list) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     text = "".join(line if isinstance(line, str) else json.dumps(line) + "\n" for line in lines)
-    (run_dir / HISTORY_NAME).write_text(text)
+    (run_dir / HISTORY_FILE).write_text(text)
 
 
 def train(link, step):
@@ -57,7 +58,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path):
     (fresh / "run.yaml").write_text(yaml.safe_dump({"run_name": "fresh", "scheduler": "local"}))
     write_history(tmp_path / "trained", [{"event": "start", "link": None, "step": 0}, train(1, 1)])
     cases = [
-        (["fresh"], f"run fresh: no metrics history yet ({fresh / HISTORY_NAME})"),
+        (["fresh"], f"run fresh: no metrics history yet ({fresh / HISTORY_FILE})"),
         (["nosuch"], "unknown run 'nosuch'"),
         (["trained", "--metric", "val_loss"], "run trained: no val_loss values yet"),
         (["trained", "--metric", "acc"], "--metric acc: unknown; allowed: loss, val_loss, "

@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from slmjobs import ledger, monitor, watch
+from slmjobs import backends as registry, ledger, watch
 from slmjobs.backends import ENDED, RUNNING, Job
+from slmjobs.backends.sge import SGEBackend
+from support import make_run_dir
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -28,11 +29,7 @@ RUNS = 30  # if each run asked the scheduler, one redraw alone would exceed the 
 
 
 def make_run(root: Path, name: str, scheduler: str, events=(), progress=None) -> Path:
-    run_dir = root / name
-    (run_dir / "logs").mkdir(parents=True)
-    (run_dir / "run.yaml").write_text(yaml.safe_dump(
-        {"run_name": name, "model": "tiny", "gpus": 1, "scheduler": scheduler,
-         "chain": {"max_links": 3}}))
+    run_dir = make_run_dir(root / name, scheduler, max_links=3)
     for event in events:
         ledger.append(run_dir, event)
     if progress is not None:
@@ -176,8 +173,8 @@ def test_watch_ends_by_itself_when_every_run_shown_has_finished_or_stopped(
     assert all(job.state == ENDED for job in local_backend.query(["1", "2"]).values())
 
 
-class CountingBackend:
-    """Stands in for a scheduler: counts queries, ends every job at the third."""
+class CountingBackend(SGEBackend):
+    """Grid Engine whose queue the test makes up: counts queries, ends every job at the third."""
 
     def __init__(self):
         self.queries: list[list[str]] = []
@@ -193,7 +190,7 @@ class CountingBackend:
 
 def test_one_query_per_redraw_whatever_the_number_of_runs(tmp_path, monkeypatch):
     backend = CountingBackend()
-    monkeypatch.setattr(monitor, "get_backend", lambda kind: backend)
+    monkeypatch.setitem(registry.REGISTRY, "sge", lambda: backend)
     slept: list[float] = []
     monkeypatch.setattr(watch.time, "sleep", slept.append)
     runs = []

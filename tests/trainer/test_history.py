@@ -23,7 +23,8 @@ from PIL import Image
 
 from conftest import MAX_STEPS, REPO, Worker, assert_bitwise_equal, checkpoint_step
 from slmjobs import ledger
-from slmjobs.history import HISTORY_NAME, current_history, read_records
+from slmjobs.history import current_history, read_records
+from slmjobs.rundir import HISTORY_FILE
 from slmjobs.plot import DPI, FIGSIZE, RUN_COLORS, link_boundaries
 
 TORN = b'{"event":"train","link":2,"step":1'
@@ -44,7 +45,7 @@ def chain(dataset, tmp_path_factory):
         second = worker.run('chain', run_dir=run_dir, wrapper='kill_at_step.py', expect=None,
                             env={'KILL_AT_STEP': kill_at, 'SLMJOBS_LINK': 2})
         assert second.proc.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL), second.output()[-3000:]
-        with open(run_dir / HISTORY_NAME, 'ab') as handle:
+        with open(run_dir / HISTORY_FILE, 'ab') as handle:
             handle.write(TORN)  # what a kill in the middle of a write leaves
         third = worker.run('chain', run_dir=run_dir, env={'SLMJOBS_LINK': 3})
         resumed_at = int(re.search(r'resumed from \S+ at step (\d+)/', third.output()).group(1))
@@ -83,7 +84,7 @@ def test_a_chain_with_a_hand_off_and_a_hard_kill_logs_the_uninterrupted_runs_los
         (1, 0), (2, c.handed_off_at), (3, c.resumed_at)]
 
     # The torn line stayed a line of its own, skipped; link 3 started on a fresh line.
-    assert TORN in (c.run_dir / HISTORY_NAME).read_bytes().splitlines()
+    assert TORN in (c.run_dir / HISTORY_FILE).read_bytes().splitlines()
 
     evals = [(r['step'], r['val_loss'].hex()) for r in records if r['event'] == 'eval']
     assert evals == [(r['step'], r['val_loss'].hex()) for r in current_history(reference)
