@@ -103,11 +103,13 @@ def plot(run_dirs, metric: str = "loss", x: str = "step", output=None) -> Path:
     histories = load_histories(run_dirs, metric)
     figure = draw(histories, metric, x)
     path = Path(output) if output is not None else rundir.plot_path(histories[0][0], metric)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(tmp, format="png", dpi=DPI)
         os.replace(tmp, path)  # a reader never sees half a PNG
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write the plot there ({exc.strerror or exc})") from None
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -65,6 +65,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path):
                                          "bits_per_byte, lr, tokens_per_sec"),
         (["trained", "--x", "minutes"], "--x minutes: unknown; allowed: step, tokens, hours"),
         (["trained", "-o", "loss.svg"], "-o loss.svg: allowed: a path ending in .png"),
+        (["trained", "-o", "/proc/loss.png"], "/proc/loss.png: cannot write the plot there"),
     ]
     for args, message in cases:
         done = slmjobs("plot", *args, cwd=tmp_path)
