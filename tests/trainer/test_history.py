@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import MAX_STEPS, REPO, Worker, assert_bitwise_equal, checkpoint_step
+from support import MAX_STEPS, REPO, Worker, assert_bitwise_equal, checkpoint_step
 from slmjobs import ledger
 from slmjobs.history import current_history, read_records
 from slmjobs.rundir import HISTORY_FILE
