@@ -77,10 +77,11 @@ def plain_loop(data: Path, steps: int, warmup: int, num_workers: int) -> float:
     return tokens / (time.perf_counter() - started)
 
 
-def worker_tokens_per_sec(run_dir: Path, warmup: int, overrides: list[str]) -> float:
-    """The real `python -m trainer.train` with checkpoints and wandb off: tokens/s after
-    `warmup` steps, from its log lines. bench_gpu.py uses it too."""
-    cmd = [sys.executable, '-m', 'trainer.train', 'train.eval_every=0',
+def worker_tokens_per_sec(run_dir: Path, warmup: int, overrides: list[str],
+                          entry: tuple[str, ...] = ('-m', 'trainer.train')) -> float:
+    """The real `python -m trainer.train` (or `python ENTRY...`) with checkpoints and wandb off:
+    tokens/s after `warmup` steps, from its log lines. bench_gpu.py and bench_history.py use it."""
+    cmd = [sys.executable, *entry, 'train.eval_every=0',
            'checkpoint.save_every_batches=0', 'checkpoint.save_every_seconds=0',
            'wandb.enabled=false', f'run_dir={run_dir}', *overrides]
     out = subprocess.run(cmd, cwd=run_dir.parent, capture_output=True, text=True,

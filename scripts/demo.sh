@@ -21,11 +21,13 @@ slmjobs logs "$name" --follow
 slmjobs status "$name"
 
 run_dir=$(slmjobs status "$name" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["run_dir"])')
+plot=$(slmjobs plot "$name")
 cat <<EOM
 
 demo finished: run $name
   checkpoints  $run_dir/checkpoints/  (latest-rank0.pt is the newest)
   log          $run_dir/logs/link-001.log
-  metrics      $run_dir/progress.json, and the offline wandb run in $run_dir/wandb/
+  metrics      $run_dir/metrics.jsonl (every logged step; plotted in $plot),
+               $run_dir/progress.json, and the offline wandb run in $run_dir/wandb/
   ledger       $run_dir/jobs.jsonl
 EOM

@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 bash scripts/setup.sh --dev
+# tmux: the `status --watch` tests drive a real terminal
+command -v tmux >/dev/null || { as_root apt-get update -q &&
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q tmux; }
 as_root bash scripts/sge-up.sh up
 qstat -f >/dev/null   # the cluster answers, or we stop here
 

@@ -123,12 +123,20 @@ def _find_run(run: str):
 @cli.command(context_settings=CONTEXT)
 @click.argument("runs", nargs=-1, metavar="[RUN]...")
 @click.option("--json", "as_json", is_flag=True, help="JSON for scripts instead of a table.")
-def status(runs, as_json):
+@click.option("--watch", "watch_seconds", type=float, is_flag=False, flag_value=5.0, metavar="[SECONDS]",
+              help="Redraw every SECONDS (default 5) until every run shown has ended; Ctrl-C quits.")
+def status(runs, as_json, watch_seconds):
     """Where every run (or the named ones) stands: link, job state, step, loss, ETA."""
     import json
 
     from slmjobs import monitor, table
 
+    if watch_seconds is not None:
+        from slmjobs.watch import watch
+
+        if as_json:
+            raise UsageError("--watch with --json: allowed: one of them")
+        return watch(lambda: [_find_run(r) for r in runs] if runs else _all_runs(), watch_seconds)
     run_dirs = [_find_run(r) for r in runs] if runs else _all_runs()
     rows = monitor.run_statuses(run_dirs)
     if as_json:
@@ -178,6 +186,23 @@ def resume(run, walltime):
     job_id = resume_run(run_dir, walltime=walltime)
     click.echo(f"run {run_dir.name} resumed: next link submitted as job {job_id}\n"
                f"  slmjobs status {run_dir.name}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...")
+@click.option("-o", "--output", metavar="FILE.png", help="Where to write (default: the first RUN's plots/METRIC.png).")
+@click.option("--metric", metavar="METRIC", default="loss", show_default=True,
+              help="loss, val_loss, bits_per_byte, lr or tokens_per_sec.")
+@click.option("--x", "x_axis", metavar="AXIS", default="step", show_default=True,
+              help="step, tokens or hours (training time: no queue waits).")
+def plot(runs, output, metric, x_axis):
+    """Plot a metric of one or more runs across all their links, as a PNG; print its path."""
+    from pathlib import Path
+
+    from slmjobs.plot import has_history, plot as draw_plot
+
+    run_dirs = [Path(r).resolve() if has_history(Path(r)) else _find_run(r) for r in runs]
+    click.echo(draw_plot(run_dirs, metric=metric, x=x_axis, output=output))
 
 
 # ------------------------------------------------------------------- profiles, data

@@ -24,6 +24,7 @@ DONE_FILE = "DONE"
 LEDGER_FILE = ledger.LEDGER_NAME   # its format and writers: slmjobs.ledger
 CHECKPOINTS = "checkpoints"
 LATEST_CHECKPOINT = "latest-rank0.pt"
+HISTORY_FILE = "metrics.jsonl"     # its format and reader: slmjobs.history
 # The files a status row is computed from: a row is valid while none of them changed.
 STATUS_INPUTS = (RUN_FILE, LEDGER_FILE, PROGRESS_FILE, DONE_FILE)
 
@@ -43,6 +44,14 @@ def link_logs(run_dir) -> list[Path]:
 
 def checkpoints_dir(run_dir) -> Path:
     return Path(run_dir) / CHECKPOINTS
+
+
+def history_path(run_dir) -> str:
+    return os.path.join(run_dir, HISTORY_FILE)
+
+
+def plot_path(run_dir, metric: str) -> Path:
+    return Path(run_dir) / "plots" / f"{metric}.png"
 
 
 def is_run_dir(path) -> bool:

@@ -59,7 +59,7 @@ def make_run_dir(path: Path, scheduler: str = "local", gpus: int = 1, **chain) -
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 COMPOSER = str(Path(sys.executable).with_name('composer'))
-WRAPPERS = REPO / 'tests' / 'trainer'  # deadline_in.py, kill_in_save.py
+WRAPPERS = REPO / 'tests' / 'trainer'  # deadline_in.py, kill_in_save.py, kill_at_step.py
 
 # A very small model on 33-token windows: a step is a few milliseconds, startup dominates.
 SMALL = [

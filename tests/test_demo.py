@@ -39,6 +39,7 @@ def test_demo_prepares_the_offline_corpus_and_trains_tiny_to_the_end(tmp_path):
     # The model learned something: uniform over 257 byte ids would be ln(257) = 5.55 nats.
     assert progress["loss"] < 3.5
     # It says where everything is.
-    for what in ("checkpoints/", "logs/link-001.log", "progress.json", "wandb/"):
+    for what in ("checkpoints/", "logs/link-001.log", "progress.json", "wandb/", "metrics.jsonl",
+                 "plots/loss.png"):
         assert f"{run_dir}/{what}" in out
     assert re.search(rf"{name}\s+tiny\s+1\s+1/\d+\s+\S+\s+finished", out)

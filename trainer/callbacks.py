@@ -7,7 +7,8 @@ module boundary keeps `import composer` (seconds) off the path of the configurat
     SaveInterval    BATCH_CHECKPOINT: is a checkpoint due? (Composer's CheckpointSaver asks)
     SaveTimer       after the CheckpointSaver: how long the save took; progress.json; pruning
     EvalInterval    is an evaluation due? (not on a hand-off)
-    ProgressLogger  console lines and the progress.json heartbeat
+    ProgressLogger  console lines and the progress.json heartbeat (trainer.history's
+                    MetricsHistory, after it, appends what it logged to metrics.jsonl)
     LocalCheckpointsWandBLogger  wandb, with checkpoints kept in run_dir only
 """
 
@@ -270,8 +271,13 @@ class ProgressLogger(Callback):
             max_steps = progress.data['max_steps']
             eta = (max_steps - step) / steps_per_sec if steps_per_sec > 0 else math.inf
             lr = state.schedulers[0].get_last_lr()[0] if state.schedulers else float('nan')
+            bits_per_byte = loss / math.log(2) / self.bytes_per_token
+            progress.last_log = {
+                'step': step, 'tokens': tokens, 'loss': loss, 'bits_per_byte': bits_per_byte,
+                'lr': lr, 'tokens_per_sec': round(tokens_per_sec, 1),
+                'steps_per_sec': round(steps_per_sec, 4)}
             self._log(f'step {step}/{max_steps} | loss {loss:.4f} | '
-                      f'bpb {loss / math.log(2) / self.bytes_per_token:.3f} | lr {lr:.2e} | '
+                      f'bpb {bits_per_byte:.3f} | lr {lr:.2e} | '
                       f'{tokens_per_sec:,.0f} tok/s | {steps_per_sec:.2f} step/s | '
                       f'eta {format_duration(eta) if eta != math.inf else "?"}')
         progress.write_if_due(self.progress_every_seconds)
@@ -279,6 +285,8 @@ class ProgressLogger(Callback):
     def eval_end(self, state: State, logger: Logger) -> None:
         values = {name: float(metric.compute()) for name, metric in state.eval_metrics.get('val', {}).items()}
         if values:
+            self.progress.last_eval = {'step': int(state.timestamp.batch), 'tokens': int(state.timestamp.token),
+                                       **{f'val_{name}': value for name, value in values.items()}}
             self._log(f'eval step {int(state.timestamp.batch)} | val loss {values["loss"]:.4f} | '
                       f'ppl {values["perplexity"]:.2f} | bpb {values["bits_per_byte"]:.3f} | '
                       f'acc {values["accuracy"]:.3f}')

@@ -60,6 +60,10 @@ class Progress:
             deadline=deadline, wandb_id=wandb_id)
         self.data.update(_previous_measurements(path, run_name))
         self.last_write = 0.0
+        # What the latest console line reported, for the metrics history (trainer/history.py)
+        # to record as is: one place computes loss, lr and the windowed speeds.
+        self.last_log: Optional[dict] = None   # training: step, tokens, loss, lr, ...
+        self.last_eval: Optional[dict] = None  # validation: step, tokens, val_* metrics
 
     def update(self, **fields) -> None:
         unknown = set(fields) - set(PROGRESS_FIELDS)

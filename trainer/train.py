@@ -242,12 +242,14 @@ def make_callbacks(plan: Plan, progress: Progress, handoff, train_dataset) -> li
     """The callbacks Composer runs, in this order, before its own CheckpointSaver (the
     SaveTimer runs after it, see make_save_timer). HandOff stays first: it decides the stop."""
     from trainer.callbacks import ProgressLogger
+    from trainer.history import HISTORY_NAME, MetricsHistory
     train = plan.config['train']
     return [
         handoff,
         ProgressLogger(progress, train['log_every'], float(train['progress_every_seconds']),
                        float(plan.dataset['bytes_per_token']), float(train['debug_batch_sleep']),
                        train_dataset if plan.config['data']['num_workers'] == 0 else None),
+        MetricsHistory(plan.run_dir / HISTORY_NAME, progress),  # records what ProgressLogger logged
     ]
 
 
@@ -378,7 +380,7 @@ def finish(plan: Plan, trainer, handoff, progress: Progress) -> int:
             f'exit {EXIT_HANDED_OFF} (run again to continue)')
         return EXIT_HANDED_OFF
     log(f'finished: step {step}/{max_steps}; checkpoint {checkpoint}; run dir {plan.run_dir} '
-        f'(progress.json' + (', wandb/: metrics, `wandb sync` uploads an offline run'
+        f'(progress.json, metrics.jsonl' + (', wandb/: metrics, `wandb sync` uploads an offline run'
                              if plan.config['wandb']['enabled'] else '') + ')')
     return EXIT_FINISHED
 
