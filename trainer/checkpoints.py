@@ -97,3 +97,24 @@ def newest_intact(folder: Path) -> tuple[Optional[Path], Optional[int], list[tup
             return path, step_of(path), skipped
         skipped.append((path, why))
     return None, None, skipped
+
+
+def for_run(run_dir: Path, explicit: Optional[str] = None) -> tuple[Path, Optional[int], list[tuple[Path, str]]]:
+    """The checkpoint sample and export read: the one named (it must load), else the run's newest
+    intact one. Raises BadInput (one line) when there is none."""
+    from trainer.errors import BadInput
+    if explicit is not None:
+        path = Path(explicit).expanduser().absolute()
+        why = why_damaged(path)
+        if why is not None:
+            raise BadInput(f'--checkpoint {explicit}: {why}; allowed: a checkpoint file that loads')
+        return path, step_of(path), []
+    folder = Path(run_dir) / 'checkpoints'
+    path, step, skipped = newest_intact(folder)
+    if path is None:
+        if not skipped:
+            raise BadInput(f'{run_dir}: no checkpoint in {folder} yet (has the run trained past its '
+                           f'first save?)')
+        passed = '; '.join(f'{p.name}: {why}' for p, why in skipped)
+        raise BadInput(f'{run_dir}: no intact checkpoint in {folder} ({passed})')
+    return path, step, skipped
