@@ -102,7 +102,7 @@ def dataset_info(run_dir: Path) -> dict:
 EOT = '<|endoftext|>'
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's printable stand-in for each byte, the alphabet of tokenizers' ByteLevel."""
     printable = list(range(ord('!'), ord('~') + 1)) + list(range(ord('\xa1'), ord('\xac') + 1)) \
         + list(range(ord('\xae'), ord('\xff') + 1))
@@ -121,7 +121,7 @@ def byte_level_tokenizer():
     end-of-text. A byte-level BPE without merges, so text -> UTF-8 bytes -> the same ids as
     trainer.tokenizer.ByteTokenizer, and decoding turns the ids back into those bytes."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    vocab = {c: b for b, c in _bytes_to_unicode().items()}
+    vocab = {c: b for b, c in bytes_to_unicode().items()}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()

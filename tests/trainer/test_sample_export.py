@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, REPO, Worker
+from offline_tokenizers import gpt2_sized_tokenizer
 
 HERE = Path(__file__).resolve().parent
 TEXT = 'The quick brown fox -- déjà vu, naïve café, 日本語, ✓ -- jumps over the lazy dog.\n\tEnd.'
@@ -127,24 +128,6 @@ def test_export_of_a_bpe_run_drops_the_padded_rows(bpe_run, tmp_path):
     config = json.loads((out / 'config.json').read_text())
     assert config['vocab_size'] == 4096 and config['model_type'] == 'gpt2'
     assert_export_matches(bpe_run, out, 4096, tmp_path)
-
-
-def gpt2_sized_tokenizer():
-    """A byte-level BPE with GPT-2's 50257 ids (<|endoftext|> = 50256), made up offline: the 256
-    bytes, then 50000 two-byte merges. GPT-2's own tokenizer needs the network."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
-    from trainer.run_inputs import _bytes_to_unicode
-    alphabet = [_bytes_to_unicode()[b] for b in range(256)]
-    pairs = [(a, b) for a in alphabet for b in alphabet][:50000]
-    vocab = {c: i for i, c in enumerate(alphabet)}
-    vocab.update({a + b: 256 + i for i, (a, b) in enumerate(pairs)})
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken('<|endoftext|>', special=True)])
-    assert tok.get_vocab_size() == 50257 and tok.token_to_id('<|endoftext|>') == 50256
-    return tok
 
 
 def test_export_of_an_untrained_gpt2_124m(tmp_path):
