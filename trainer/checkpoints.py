@@ -25,6 +25,7 @@ MODEL_PREFIX = 'model.'  # ComposerGPT keeps the GPT as its `model` attribute
 
 
 def step_of(path: Path) -> Optional[int]:
+    """The batch in Composer's file name (None for a file named otherwise)."""
     m = CHECKPOINT_NAME.match(Path(path).name)
     return int(m.group(1)) if m else None
 
@@ -108,7 +109,10 @@ def for_run(run_dir: Path, explicit: Optional[str] = None) -> tuple[Path, Option
         why = why_damaged(path)
         if why is not None:
             raise BadInput(f'--checkpoint {explicit}: {why}; allowed: a checkpoint file that loads')
-        return path, step_of(path), []
+        step = step_of(path)
+        if step is None:  # renamed by the user: the step it was saved at is inside
+            step = int(load(path)['state']['timestamp']['Timestamp']['batch'])
+        return path, step, []
     folder = Path(run_dir) / 'checkpoints'
     path, step, skipped = newest_intact(folder)
     if path is None:

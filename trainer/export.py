@@ -93,6 +93,7 @@ def hf_weights(weights: dict, vocab_size: int) -> dict:
 def write_safetensors(path: Path, tensors: dict) -> None:
     """The safetensors format (8-byte header length, JSON header, raw little-endian data), written
     one tensor at a time: safetensors.torch.save_file would hold every tensor's bytes at once."""
+    import torch
     header, offset = {}, 0
     for name, t in tensors.items():
         n = t.numel() * t.element_size()
@@ -106,7 +107,7 @@ def write_safetensors(path: Path, tensors: dict) -> None:
         f.write(struct.pack('<Q', len(raw)))
         f.write(raw)
         for t in tensors.values():
-            f.write(t.contiguous().view(-1).view(__import__('torch').uint8).numpy().data)
+            f.write(t.contiguous().view(-1).view(torch.uint8).numpy().data)  # one tensor's copy at most
 
 
 def write_config(out: Path, model_cfg: dict, vocab_size: int, eos_id: int) -> None:

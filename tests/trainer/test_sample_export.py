@@ -193,6 +193,11 @@ def test_sample_skips_a_truncated_latest_checkpoint(reference, tmp_path):
     proc = cli('export', str(run_dir), '--out', str(out), cwd=tmp_path)
     assert proc.returncode == 0 and 'exported ep0-ba20-rank0.pt (step 20)' in proc.stdout, proc.stderr
     assert_export_matches(run_dir, out, 257, tmp_path)
+    # a checkpoint named by the user, under any name: its step is read from inside it
+    mine = tmp_path / 'mine.pt'
+    shutil.copyfile(run_dir / 'checkpoints' / 'ep0-ba12-rank0.pt', mine)
+    proc = cli('sample', str(run_dir), '--checkpoint', str(mine), '--max-new-tokens', '5', cwd=tmp_path)
+    assert proc.returncode == 0 and 'sampling mine.pt (step 12)' in proc.stderr, proc.stderr
 
 
 # ---------------------------------------------------------------------------------- bad input
