@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, REPO, Worker
+from conftest import PYTHON, REPO, SMALL, Worker
 from offline_tokenizers import gpt2_sized_tokenizer
 
 HERE = Path(__file__).resolve().parent
@@ -160,6 +160,25 @@ def test_export_of_an_untrained_gpt2_124m(tmp_path):
     config = json.loads((out / 'config.json').read_text())
     assert (config['vocab_size'], config['n_positions'], config['n_layer'], config['n_head']) == (50257, 1024, 12, 12)
     assert_export_matches(run_dir, out, 50257, tmp_path)
+
+
+def test_a_run_from_before_model_json_is_read_through_its_run_yaml(reference, dataset, tmp_path):
+    """No model.json or tokenizer/: the shape comes from the preset plus the run's overrides, the
+    tokenizer from its data.path (relative to data_root, as the worker resolves it)."""
+    import yaml
+    run_dir = copy_run(reference, tmp_path / 'old-run')
+    (run_dir / 'model.json').unlink()
+    shutil.rmtree(run_dir / 'tokenizer')
+    overrides = [o for o in SMALL if o != 'model=tiny'] + [f'data.path={dataset.name}']
+    (run_dir / 'run.yaml').write_text(yaml.safe_dump(
+        {'name': 'old-run', 'model': 'tiny', 'overrides': overrides, 'data_root': str(dataset.parent)}))
+    out = tmp_path / 'hf'
+    proc = cli('export', str(run_dir), '--out', str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert_export_matches(run_dir, out, 257, tmp_path)
+    (run_dir / 'run.yaml').write_text(yaml.safe_dump({'name': 'old-run', 'model': 'tiny', 'overrides': overrides,
+                                                      'data_root': str(tmp_path / 'moved')}))
+    assert_one_line_error(cli('sample', str(run_dir), cwd=tmp_path), 'no tokenizer/dataset.json', 'moved')
 
 
 # ---------------------------------------------------------------------------------- sample
