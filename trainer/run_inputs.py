@@ -95,10 +95,6 @@ def model_config(run_dir: Path) -> dict:
     return model
 
 
-def dataset_info(run_dir: Path) -> dict:
-    return json.loads((tokenizer_dir(run_dir) / DATASET_FILE).read_text())
-
-
 EOT = '<|endoftext|>'
 
 
