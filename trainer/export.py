@@ -11,8 +11,9 @@ architecture, so the conversion is a renaming and a transpose: transformers' GPT
 projections as Conv1D, weights stored (in, out) where nn.Linear stores (out, in). The padded
 vocabulary rows (50304 -> 50257) are dropped: the export has exactly the tokenizer's ids.
 
-Memory: the checkpoint is memory-mapped and tensors are written one at a time, so optimizer
-state is never read and no second copy of the model is ever held (gpt2-xl: benchmarks/bench_export.py).
+Memory: the checkpoint is memory-mapped and tensors are written one at a time, each one's pages
+handed back to the kernel once written, so optimizer state is never read and resident memory stays
+near one tensor whatever the model's size (gpt2-xl: benchmarks/bench_export.py).
 DIR is built beside itself and renamed into place: a failed export leaves nothing behind, and an
 existing DIR is only replaced with --force.
 
@@ -108,6 +109,24 @@ def write_safetensors(path: Path, tensors: dict) -> None:
         f.write(raw)
         for t in tensors.values():
             f.write(t.contiguous().view(-1).view(torch.uint8).numpy().data)  # one tensor's copy at most
+            page_out(t)
+
+
+MADV_PAGEOUT = 21  # Linux >= 5.4 (<sys/mman.h>); Python's mmap module does not name it everywhere
+
+
+def page_out(tensor) -> None:
+    """Hint that the checkpoint pages behind `tensor` are done with, so the export's resident
+    memory stays about one tensor instead of growing to the whole model. Only a hint: the data
+    stays valid (it is read from the file again if touched); where the kernel lacks it, nothing."""
+    import ctypes
+    import mmap
+    storage = tensor.untyped_storage()
+    start = -(-storage.data_ptr() // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside it
+    end = storage.data_ptr() + storage.nbytes()
+    if end > start:
+        ctypes.CDLL(None, use_errno=True).madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start),
+                                                  MADV_PAGEOUT)
 
 
 def write_config(out: Path, model_cfg: dict, vocab_size: int, eos_id: int) -> None:
