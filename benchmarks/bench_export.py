@@ -10,9 +10,9 @@ Then it runs the real export in a fresh process, samples that process's /proc/PI
 0.1 s (VmRSS, RssAnon, RssFile) and reports the peaks with the wall time, checks one transposed
 tensor of the result against the checkpoint, and deletes everything (unless --keep).
 
-RssFile counts the checkpoint's memory-mapped pages the export has read (the weights, never the
-optimizer state): clean page cache the kernel can drop at any time. RssAnon is what the export
-itself allocates. The checkpoint was just written, so much of it may still be in the page cache:
+RssFile counts the shared libraries (~0.3 GB of torch) and the checkpoint's memory-mapped pages
+the export is reading (weights only, never the optimizer state; each tensor's pages are handed
+back once written). RssAnon is what the export itself allocates. The checkpoint was just written, so much of it may still be in the page cache:
 the export's time is for a warm cache.
 """
 

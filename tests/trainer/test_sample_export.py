@@ -22,8 +22,8 @@ HERE = Path(__file__).resolve().parent
 TEXT = 'The quick brown fox -- déjà vu, naïve café, 日本語, ✓ -- jumps over the lazy dog.\n\tEnd.'
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), WANDB_MODE='offline')
+def cli(*args: str, cwd: Path, **env_extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), WANDB_MODE='offline', **env_extra)
     return subprocess.run([PYTHON, '-m', 'slmjobs', *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
@@ -184,15 +184,15 @@ def test_a_run_from_before_model_json_is_read_through_its_run_yaml(reference, da
 # ---------------------------------------------------------------------------------- sample
 
 def test_sample_is_reproducible_by_seed(reference, tmp_path):
-    run_dir = copy_run(reference, tmp_path / 'run')
+    run_dir = copy_run(reference, tmp_path / 'runs' / 'ref')
 
-    def sample(seed):
-        proc = cli('sample', str(run_dir), '--prompt', 'The ', '--max-new-tokens', '40', '--seed', str(seed),
-                   cwd=tmp_path)
+    def sample(seed, run=str(run_dir)):
+        proc = cli('sample', run, '--prompt', 'The ', '--max-new-tokens', '40', '--seed', str(seed),
+                   cwd=tmp_path, SLMJOBS_RUNS_ROOT=str(run_dir.parent))
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
-    first, again, other = sample(1), sample(1), sample(2)
+    first, again, other = sample(1), sample(1, run='ref'), sample(2)  # by path, by name
     assert first == again
     assert first != other
     assert len(first.encode()) > 5
