@@ -1,6 +1,6 @@
 """Time and peak memory of `python -m trainer.export` on a gpt2-xl checkpoint with optimizer state.
 
-    .venv/bin/python benchmarks/bench_export.py [--preset gpt2-xl] [--scratch DIR] [--keep]
+    .venv/bin/python benchmarks/bench_export.py [--preset gpt2-xl] [--sample] [--scratch DIR] [--keep]
 
 Builds a run directory the way the worker leaves it (model.json, tokenizer/ with a GPT-2-sized
 50257-id tokenizer, checkpoints/ep0-ba1-rank0.pt in Composer's layout: the model's weights and
@@ -8,7 +8,8 @@ AdamW's two moments per parameter, ~19 GB for gpt2-xl) without ever holding it i
 tensor is file-backed (torch.from_file(shared=True)), weights random N(0, 0.02), moments zero.
 Then it runs the real export in a fresh process, samples that process's /proc/PID/status every
 0.1 s (VmRSS, RssAnon, RssFile) and reports the peaks with the wall time, checks one transposed
-tensor of the result against the checkpoint, and deletes everything (unless --keep).
+tensor of the result against the checkpoint, and deletes everything (unless --keep). With
+--sample, the same for `python -m trainer.sample` (8 new tokens on the CPU) on that checkpoint.
 
 RssFile counts the shared libraries (~0.3 GB of torch) and the checkpoint's memory-mapped pages
 the export is reading (weights only, never the optimizer state; each tensor's pages are handed
@@ -111,25 +112,25 @@ def status_kb(pid: int) -> dict:
     return out
 
 
-# `python -m trainer.export ...` that also leaves its own VmHWM (peak RSS) in a file at exit. Not
+# `python -m MODULE ...` that also leaves its own VmHWM (peak RSS) in a file at exit. Not
 # RUSAGE_CHILDREN's ru_maxrss: that counts the child while it was still a fork of this process.
-EXPORT_REPORTING_PEAK = """
+REPORTING_PEAK = """
 import atexit, runpy, sys
 from pathlib import Path
-hwm_file = sys.argv.pop(1)
+hwm_file, module = sys.argv.pop(1), sys.argv.pop(1)
 atexit.register(lambda: Path(hwm_file).write_text(
     [l for l in Path('/proc/self/status').read_text().splitlines() if l.startswith('VmHWM:')][0]))
-sys.argv[0] = 'trainer.export'
-runpy.run_module('trainer.export', run_name='__main__', alter_sys=True)
+sys.argv[0] = module
+runpy.run_module(module, run_name='__main__', alter_sys=True)
 """
 
 
-def run_export(run_dir: Path, out: Path) -> tuple[float, dict, str]:
+def run_measured(module: str, *args: str) -> tuple[float, dict, str]:
+    """Wall seconds, memory peaks (kB) and output of `python -m MODULE ARGS`."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    hwm_file = out.with_name('vmhwm.txt')
+    hwm_file = Path(tempfile.mkstemp(prefix='vmhwm-')[1])
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, '-c', EXPORT_REPORTING_PEAK, str(hwm_file), str(run_dir),
-                             '--out', str(out)],
+    proc = subprocess.Popen([sys.executable, '-c', REPORTING_PEAK, str(hwm_file), module, *args],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peaks = {'VmRSS': 0, 'RssAnon': 0, 'RssFile': 0}
 
@@ -145,9 +146,15 @@ def run_export(run_dir: Path, out: Path) -> tuple[float, dict, str]:
     seconds = time.perf_counter() - started
     watcher.join()
     if proc.returncode != 0:
-        sys.exit(f'export failed ({proc.returncode}):\n{output}')
+        sys.exit(f'{module} failed ({proc.returncode}):\n{output}')
     peaks['VmHWM'] = int(hwm_file.read_text().split()[1])
+    hwm_file.unlink()
     return seconds, peaks, output.strip()
+
+
+def peaks_line(peaks: dict) -> str:
+    return (f'peak RSS (VmHWM) {peaks["VmHWM"] / 1e6:.2f} GB (sampled every 0.1 s: VmRSS {peaks["VmRSS"] / 1e6:.2f} GB'
+            f' = anonymous {peaks["RssAnon"] / 1e6:.2f} GB + file-backed {peaks["RssFile"] / 1e6:.2f} GB)')
 
 
 def check_one_tensor(run_dir: Path, out: Path) -> None:
@@ -168,6 +175,7 @@ def main() -> None:
     p.add_argument('--preset', default='gpt2-xl')
     p.add_argument('--scratch', default=None, help='where to build (default: a new temporary directory)')
     p.add_argument('--keep', action='store_true', help='keep the checkpoint and the export')
+    p.add_argument('--sample', action='store_true', help='also time `trainer.sample` on the same checkpoint')
     args = p.parse_args()
 
     params = {'gpt2': 124e6, 'gpt2-medium': 355e6, 'gpt2-large': 774e6, 'gpt2-xl': 1558e6}[args.preset]
@@ -185,14 +193,17 @@ def main() -> None:
         t0 = time.perf_counter()
         size = build_run(run_dir, args.preset, scratch / 'backing')
         print(f'built the checkpoint: {size / GB:.1f} GB in {time.perf_counter() - t0:.0f} s', flush=True)
-        seconds, peaks, line = run_export(run_dir, out)
+        seconds, peaks, line = run_measured('trainer.export', str(run_dir), '--out', str(out))
         check_one_tensor(run_dir, out)
         exported = sum(f.stat().st_size for f in out.iterdir())
         print(line)
-        print(f'export: {seconds:.1f} s wall, {exported / GB:.2f} GB written; peak RSS (VmHWM) {peaks["VmHWM"] / 1e6:.2f} GB '
-              f'(sampled: VmRSS {peaks["VmRSS"] / 1e6:.2f} GB = anonymous {peaks["RssAnon"] / 1e6:.2f} GB + '
-              f'file-backed {peaks["RssFile"] / 1e6:.2f} GB); checkpoint {size / GB:.1f} GB; '
-              f'load {os.getloadavg()[0]:.2f}')
+        print(f'export: {seconds:.1f} s wall, {exported / GB:.2f} GB written; {peaks_line(peaks)}; '
+              f'checkpoint {size / GB:.1f} GB; load {os.getloadavg()[0]:.2f}', flush=True)
+        if args.sample:
+            seconds, peaks, _ = run_measured('trainer.sample', str(run_dir), '--max-new-tokens', '8',
+                                             '--device', 'cpu')
+            print(f'sample (8 new tokens, CPU, weights mapped from the checkpoint): {seconds:.1f} s wall; '
+                  f'{peaks_line(peaks)}; load {os.getloadavg()[0]:.2f}')
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
