@@ -112,7 +112,7 @@ def write_safetensors(path: Path, tensors: dict) -> None:
             page_out(t)
 
 
-MADV_PAGEOUT = 21  # Linux >= 5.4 (<sys/mman.h>); Python's mmap module does not name it everywhere
+MADV_PAGEOUT = 21  # Linux >= 5.4 (<linux/mman.h>); Python's mmap module does not always name it
 
 
 def page_out(tensor) -> None:
@@ -121,6 +121,8 @@ def page_out(tensor) -> None:
     stays valid (it is read from the file again if touched); where the kernel lacks it, nothing."""
     import ctypes
     import mmap
+    if not sys.platform.startswith('linux'):
+        return
     storage = tensor.untyped_storage()
     start = -(-storage.data_ptr() // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside it
     end = storage.data_ptr() + storage.nbytes()
