@@ -15,11 +15,11 @@ import json
 import os
 from pathlib import Path
 
+from trainer.dataset_format import DATASET_FILE
 from trainer.errors import BadInput
 
 MODEL_FILE = 'model.json'
 TOKENIZER_DIR = 'tokenizer'
-DATASET_FILE = 'dataset.json'
 MODEL_FIELDS = ('vocab_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'dropout', 'bias')
 # Whatever a dataset keeps to rebuild its tokenizer (BPE kinds: tokenizer.json).
 TOKENIZER_FILES = (DATASET_FILE, 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
@@ -58,23 +58,22 @@ def _run_yaml(run_dir: Path) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def _composed_config(run_dir: Path):
+def _composed_config(run_dir: Path) -> dict:
     """The trainer's config as the run's links composed it: preset plus the run's overrides."""
-    from hydra import compose, initialize_config_dir
+    from trainer.validate import compose
     spec = _run_yaml(run_dir)
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent / 'conf'), version_base=None):
-        return compose(config_name='config', overrides=[f'model={spec["model"]}', *spec.get('overrides', [])])
+    return compose([f'model={spec["model"]}', *spec.get('overrides', [])])
 
 
 def tokenizer_dir(run_dir: Path) -> Path:
     """The directory holding the run's dataset.json (and tokenizer.json for BPE kinds)."""
+    from trainer.dataset_format import resolve_dataset_path
     kept = run_dir / TOKENIZER_DIR
     if (kept / DATASET_FILE).is_file():
         return kept
     data_root = _run_yaml(run_dir).get('data_root')
-    path = Path(os.path.expanduser(str(_composed_config(run_dir).data.path)))
-    if not path.is_absolute():
-        path = Path(data_root or os.environ.get('SLMJOBS_DATA_ROOT') or 'data') / path
+    path = resolve_dataset_path(str(_composed_config(run_dir)['data']['path']),
+                                Path(data_root) if data_root else None)
     if not (path / DATASET_FILE).is_file():
         raise BadInput(f'{run_dir}: no {TOKENIZER_DIR}/{DATASET_FILE}, and its data.path {path} has no '
                        f'{DATASET_FILE} either; allowed: a run whose dataset still exists')
@@ -87,7 +86,7 @@ def model_config(run_dir: Path) -> dict:
     if path.is_file():
         model = json.loads(path.read_text())
         return {k: model[k] for k in MODEL_FIELDS}
-    cfg = _composed_config(run_dir).model
+    cfg = _composed_config(run_dir)['model']
     model = {k: cfg[k] for k in MODEL_FIELDS}
     if model['vocab_size'] is None:  # the dataset's, as trainer.train.validate decides
         info = json.loads((tokenizer_dir(run_dir) / DATASET_FILE).read_text())

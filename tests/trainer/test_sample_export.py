@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, REPO, SMALL, Worker
+from support import PYTHON, REPO, SMALL, Worker
 from offline_tokenizers import gpt2_sized_tokenizer
 
 HERE = Path(__file__).resolve().parent
