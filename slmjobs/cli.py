@@ -242,6 +242,47 @@ def prepare(args):
     return subprocess.call([sys.executable, "-m", "trainer.prepare", *args])
 
 
+# ------------------------------------------------------------------ sample, export
+def _forward_to_worker(module, run, options):
+    """Run `python -m trainer.MODULE RUN_DIR --option value ...` with the options the user gave
+    (the worker owns the defaults and the checks; torch lives there, never in the CLI)."""
+    import subprocess
+
+    args = []
+    for name, value in options.items():
+        if value is True:
+            args.append(f"--{name.replace('_', '-')}")
+        elif value not in (None, False):
+            args += [f"--{name.replace('_', '-')}", str(value)]
+    return subprocess.call([sys.executable, "-m", module, str(_find_run(run)), *args])
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run")
+@click.option("--prompt", metavar="TEXT", help="Text to continue (default: start after end-of-text).")
+@click.option("--max-new-tokens", metavar="N", help="Most tokens to generate (default 200).")
+@click.option("--temperature", metavar="T", help="Softmax temperature, 0 = greedy (default 0.8).")
+@click.option("--top-k", metavar="K", help="Draw from the K likeliest tokens only (default 200).")
+@click.option("--seed", metavar="S", help="Random seed: the same seed gives the same text (default 1337).")
+@click.option("--checkpoint", metavar="PATH", help="A checkpoint file (default: the newest intact one).")
+@click.option("--device", metavar="auto|cpu|cuda", help="Where to run the model (default auto).")
+def sample(run, **options):
+    """Print the text the run's newest intact checkpoint writes after --prompt."""
+    return _forward_to_worker("trainer.sample", run, options)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run")
+@click.option("--out", metavar="DIR", required=True, help="The Hugging Face model directory to write.")
+@click.option("--checkpoint", metavar="PATH", help="A checkpoint file (default: the newest intact one).")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+def export(run, **options):
+    """Write the run's newest intact checkpoint as a Hugging Face GPT-2 model directory, which
+    transformers alone loads: AutoModelForCausalLM / AutoTokenizer.from_pretrained(DIR),
+    pipeline("text-generation", model=DIR)."""
+    return _forward_to_worker("trainer.export", run, options)
+
+
 # ------------------------------------------------------------------------ entry point
 def main(argv=None) -> None:
     try:

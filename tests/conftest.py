@@ -30,11 +30,12 @@ from support import COLLECTED_TIERS, wait_until
 
 # What puts a test in a tier: fixtures it uses (directly or through other fixtures), or its id.
 CLUSTER_FIXTURES = {"sge_cluster"}  # the real Grid Engine (`sge` builds on it)
-TRAINING_FIXTURES = {"worker", "reference", "reference_two_ranks", "campaign"}  # start the worker
+TRAINING_FIXTURES = {"worker", "reference", "reference_two_ranks", "campaign", "bpe_run"}  # start the worker
 TRAINING_TESTS = (  # start the worker without one of those fixtures
     "tests/test_demo.py::test_demo_",
     "tests/launcher/test_launch.py::test_real_launch_on_the_local_backend",
     "tests/chain/test_bad_config_local.py::",  # a chain on the local backend (chain_support.Campaign)
+    "tests/trainer/test_sample_export.py::test_export_of_an_untrained_gpt2",  # no worker, but 124M: a minute
 )
 
 

@@ -12,3 +12,14 @@ class BadInput(Exception):
     """The message names the bad value and what is allowed."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+def one_line_parser(**kwargs):
+    """argparse whose errors are BadInput (one line, exit 2) instead of usage text plus a line."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise BadInput(message)
+
+    return Parser(**kwargs)

@@ -36,6 +36,7 @@ from trainer.errors import EXIT_BAD_INPUT, EXIT_FINISHED, EXIT_HANDED_OFF, BadIn
 from trainer.failures import exit_for
 from trainer.handoff import deadline_from_env, ignore_signals_for_exit, install_signal_handlers
 from trainer.progress import Progress, eprint, fail_line, say
+from trainer.run_inputs import keep_run_inputs
 from trainer.validate import Plan, check_device_and_precision, compose, validate
 
 SAVE_BYTES_PER_SECOND = 200e6  # save-time guess before the first save is measured
@@ -134,6 +135,7 @@ def start_progress(plan: Plan) -> Progress:
     rank_zero = plan.rank == 0
     if rank_zero:
         plan.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        keep_run_inputs(plan.run_dir, plan.data_dir, plan.config['model'], plan.vocab_size)  # for sample, export
     wandb_id = wandb_run_id(plan.run_dir) if (plan.config['wandb']['enabled'] and rank_zero) else None
     progress = Progress(plan.run_dir / 'progress.json', plan.run_name, plan.config['train']['max_steps'],
                         plan.deadline, wandb_id, write=rank_zero)
