@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,17 @@ def checkpoint_step(run_dir: Path) -> int:
 def read_progress(run_dir: Path) -> dict:
     import json
     return json.loads((run_dir / 'progress.json').read_text())
+
+
+@contextmanager
+def tmpfs(mount: Path, size: str):
+    """A real, small filesystem at `mount` (a full disk or quota, for real). Needs root, which
+    CI and scripts/test.sh have: it fails, never skips, without."""
+    if os.geteuid() != 0:
+        pytest.fail("this test mounts a tmpfs: run it as root (CI and scripts/test.sh do)")
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)

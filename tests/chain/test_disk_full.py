@@ -4,23 +4,17 @@ small tmpfs mounted here (the test setup runs as root), filled with a real file.
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
 from slmjobs import chain, events, ledger, monitor, rundir, table
-from support import make_run_dir
+from support import make_run_dir, tmpfs
 
 
 @pytest.fixture
 def small_disk(tmp_path):
-    if os.geteuid() != 0:
-        pytest.fail("these tests mount a tmpfs: run them as root (CI and scripts/test.sh do)")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
+    with tmpfs(tmp_path / "small", "4m") as mount:
+        yield mount
 
 
 def fill(directory, leave: int = 0) -> os.PathLike:
@@ -134,13 +128,8 @@ def test_the_next_link_records_the_stop_a_full_ledger_kept_out(run_dir, sched):
 @pytest.fixture
 def runs_disk(tmp_path):
     """A 16 MB tmpfs for a whole chain: its dataset, runs and checkpoints."""
-    if os.geteuid() != 0:
-        pytest.fail("this test mounts a tmpfs: run it as root (CI and scripts/test.sh do)")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
+    with tmpfs(tmp_path / "disk", "16m") as mount:
+        yield mount
 
 
 def test_a_chain_on_a_full_disk_stops_with_disk_full_and_resume_finishes_it(runs_disk,

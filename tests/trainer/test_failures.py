@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import http.server
 import os
-import subprocess
 import threading
 
 import pytest
+
+from support import tmpfs
 
 
 class Refuses(http.server.BaseHTTPRequestHandler):
@@ -45,13 +46,8 @@ def test_wandb_refusing_the_credentials_is_a_bad_configuration(worker, refusing_
 
 @pytest.fixture
 def small_disk(tmp_path):
-    if os.geteuid() != 0:
-        pytest.fail("this test mounts a tmpfs: run it as root (CI and scripts/test.sh do)")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
+    with tmpfs(tmp_path / "small", "8m") as mount:
+        yield mount
 
 
 def leave_free(directory, free: int) -> None:
