@@ -129,7 +129,9 @@ def damaged_copy(dataset: Path, to: Path) -> Path:
     """The dataset with its training shard truncated: it passes every check a launch can make
     (dataset.json is whole) and crashes every worker that reads it."""
     shutil.copytree(dataset, to)
-    for shard in (to / "train").glob("shard.*.mds"):
+    shards = sorted((to / "train").rglob("shard.*.mds"))
+    assert shards, f"no training shard under {to}"
+    for shard in shards:
         with open(shard, "r+b") as handle:
             handle.truncate(100)
     return to
