@@ -182,14 +182,6 @@ def test_a_file_that_cannot_be_read_is_refused_after_pieces_were_written(tmp_pat
     assert_refused(proc, tmp_path, str(corpus / 'b.txt'), 'cannot read')
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason='root reads a mode-000 file; the /proc/self/mem test covers it')
-def test_a_file_without_read_permission_is_refused_before_any_work(tmp_path):
-    src = corpus_jsonl(tmp_path / 'docs.jsonl', documents=3)
-    src.chmod(0)
-    proc = run_prepare('--source', str(src), '--tokenizer', 'bytes', '--out', str(tmp_path / 'ds'))
-    assert_refused(proc, tmp_path, str(src), 'permission')
-
-
 @pytest.mark.parametrize('content', ['', '\n\n', '{"text": ""}\n'])
 def test_an_empty_source_is_refused(tmp_path, content):
     src = tmp_path / 'docs.jsonl'
