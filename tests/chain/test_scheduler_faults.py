@@ -33,6 +33,7 @@ from support import wait_until
 pytestmark = pytest.mark.timeout(1200)
 
 WALLTIME, WALLTIME_S, MARGIN = "00:01:40", 100, 40
+ORPHAN_WALLTIME = "00:10:00"
 MAX_STEPS, BATCH_SLEEP = 100, 0.75
 # No link trains longer than h_rt - margin: 75 s of batches need two links at least.
 assert math.ceil(MAX_STEPS * BATCH_SLEEP / (WALLTIME_S - MARGIN)) >= 2
@@ -88,7 +89,9 @@ def faults(tmp_path_factory, sge_cluster):
     for name, failures in (("orphan", "always"), ("retry", 2), ("down", "always")):
         shim = c.qsub[name] = FailingQsub(root / f"shim-{name}")
         shim.set(failures)
-        profile = c.profile(name, sge_profile(WALLTIME, MARGIN, LIMITS, submit_retry_seconds=6,
+        # the orphan's link must still be training when it is killed, however slow its start
+        walltime = ORPHAN_WALLTIME if name == "orphan" else WALLTIME
+        profile = c.profile(name, sge_profile(walltime, MARGIN, LIMITS, submit_retry_seconds=6,
                                               env_setup=[f'export PATH="{shim.dir}:$PATH"']))
         c.wait_training(c.launch(name, profile))
         if name == "orphan":
