@@ -40,6 +40,9 @@ def test_a_truncated_newest_checkpoint_is_set_aside_and_the_run_finishes_from_th
     monkeypatch.setenv("SLMJOBS_LOCAL_STATE", c.env["SLMJOBS_LOCAL_STATE"])
     try:
         run_dir = c.launch("damaged", c.profile("gated", profile))
+        # one at a time: two workers opening streaming datasets at the same instant can collide
+        # on a shared-memory name (FileExistsError: /000386_locals)
+        c.wait_training(run_dir)
         c.start_reference(ranks=1)
         wait_until(lambda: (rundir.read_progress(run_dir).get("checkpoint_step") or 0) >= 3 * SAVE_EVERY,
                    300, "link 1's third checkpoint", interval=0.2)
