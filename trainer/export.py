@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from trainer.errors import EXIT_BAD_INPUT, BadInput, one_line_parser
+from trainer.files import replace_directory
 
 # trainer.gpt.GPT Linear weights that transformers' GPT-2 keeps as Conv1D, i.e. transposed.
 CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
@@ -162,17 +163,6 @@ def check_out(out: Path, force: bool) -> None:
                        f'another --out')
 
 
-def install(tmp: Path, out: Path) -> None:
-    """The finished export replaces `out`; an old one is removed only once the new one is there."""
-    old = None
-    if out.exists():
-        old = out.with_name(f'.{out.name}.old-{os.getpid()}')
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def export(run_dir: Path, out: Path, checkpoint=None, force: bool = False) -> str:
     from trainer import checkpoints
     from trainer.run_inputs import load_tokenizer, model_config
@@ -198,7 +188,7 @@ def export(run_dir: Path, out: Path, checkpoint=None, force: bool = False) -> st
         write_safetensors(tmp / 'model.safetensors', hf_weights(weights, vocab_size))
         write_config(tmp, model_cfg, vocab_size, int(info['eos_id']))
         write_tokenizer(tmp, tok, model_cfg['block_size'])
-        install(tmp, out)
+        replace_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -52,6 +52,7 @@ import numpy as np
 from trainer.dataset_format import (DATASET_FILE, FORMAT_VERSION, SPLITS, data_root,  # noqa: F401
                                     is_finished_dataset, read_dataset_info)
 from trainer.errors import BadInput
+from trainer.files import replace_directory
 from trainer.mds import write_shards
 
 JOURNAL_FILE = 'pieces.jsonl'
@@ -379,18 +380,6 @@ def _forget_unrecorded(work: Path, pieces: int) -> None:
                 shutil.rmtree(d)
 
 
-def _install(work: Path, out: Path) -> None:
-    """Move the finished work directory into place; the old dataset (if any, --force) is
-    removed only after the new one is there."""
-    old = None
-    if out.exists():
-        old = out.with_name(f'.{out.name}.old-{os.getpid()}')
-        out.rename(old)
-    work.rename(out)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def _progress(total: Optional[int], done: int):
     from tqdm import tqdm
     return tqdm(total=total, initial=done, unit='doc', desc='tokenizing', file=sys.stderr,
@@ -436,14 +425,14 @@ def prepare(sources: list[str], out: Path, tokenizer: str = 'bytes', seq_len: in
                                f'resume it, or add --force to start over')
             header = state = None
         if header is not None and is_finished_dataset(work):  # killed between marker and rename
-            _install(work, out)
+            replace_directory(work, out)
             return read_dataset_info(out)
         try:
             info = _build(work, journal, header, state, source, command, tokenizer, workers, quiet)
         except BadInput:
             shutil.rmtree(work, ignore_errors=True)  # bad input: nothing of it is worth resuming
             raise
-        _install(work, out)
+        replace_directory(work, out)
     return info
 
 
