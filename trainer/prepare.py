@@ -127,16 +127,31 @@ def tokenize_piece(tok, texts: list[str], first_document: int, val_every: int, d
 
 
 _worker_tokenizer = None
+_all_started = None  # a Barrier of the pool's size
 
 
-def _start_worker(tok) -> None:
-    global _worker_tokenizer
+def _start_worker(tok, all_started) -> None:
+    global _worker_tokenizer, _all_started
     os.environ['TOKENIZERS_PARALLELISM'] = 'false'  # one process per core already
-    _worker_tokenizer = tok
+    _worker_tokenizer, _all_started = tok, all_started
 
 
-def _worker_ready(_) -> tuple[int, float]:
-    return os.getpid(), time.process_time()  # its start-up's CPU time
+def _wait_for_the_others(_) -> float:
+    """Run once per worker: the barrier holds each until all have started, so no worker can take
+    two of these while another is still starting. -> its start-up's CPU time."""
+    _all_started.wait()
+    return time.process_time()
+
+
+def start_pool(tok, n: int):
+    """-> (a spawn pool of n tokenizing processes, every one started and idle; their start-up's CPU
+    seconds). Spawn: a forked child of a process that already ran Rust threads (BPE training) can
+    hang."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    spawn = multiprocessing.get_context('spawn')
+    pool = ProcessPoolExecutor(n, mp_context=spawn, initializer=_start_worker, initargs=(tok, spawn.Barrier(n)))
+    return pool, sum(pool.map(_wait_for_the_others, range(n)))
 
 
 def _tokenize_in_worker(texts, first_document, val_every, dtype) -> dict:
@@ -155,14 +170,8 @@ class Workers:
         if self.n == 1:
             os.environ['TOKENIZERS_PARALLELISM'] = 'false'  # one thread: the baseline the pool is measured against
             return self
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
         self.reaped_cpu = _children_cpu()
-        # spawn: a forked child of a process that already ran Rust threads (BPE training) can hang
-        self.pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context('spawn'),
-                                        initializer=_start_worker, initargs=(self.tok,))
-        # A worker that answered twice keeps its start-up in `cpu`: an overcount, never an under.
-        self.startup_cpu = sum(dict(self.pool.map(_worker_ready, range(self.n))).values())
+        self.pool, self.startup_cpu = start_pool(self.tok, self.n)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -98,6 +98,19 @@ def test_one_and_two_workers_write_identical_datasets(tmp_path):
     assert np.array_equal(targets[:len(stream) - 1], stream[1:])  # piece boundaries lose nothing
 
 
+def test_the_pool_starts_every_worker_before_the_first_piece():
+    """The tokenizing clock starts when start_pool returns: by then each of the n processes has
+    run its initializer and taken exactly one start-up task (a barrier holds them), so none is
+    still importing while the other takes the first pieces."""
+    from trainer.prepare import _wait_for_the_others, start_pool
+    pool, startup_cpu = start_pool(make_tokenizer('bytes'), 3)
+    with pool:
+        assert startup_cpu > 0
+        assert len(pool._processes) == 3 and all(p.is_alive() for p in pool._processes.values())
+        # The barrier again: it passes only when three distinct idle workers each take one task.
+        assert len(list(pool.map(_wait_for_the_others, range(3), timeout=60))) == 3
+
+
 def test_default_workers_is_the_affinity_capped_by_slmjobs_cpus(tmp_path):
     src = corpus_jsonl(tmp_path / 'docs.jsonl', documents=5)
     proc = run_prepare('--source', str(src), '--tokenizer', 'bytes', '--out', str(tmp_path / 'ds'),
