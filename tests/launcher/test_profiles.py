@@ -121,17 +121,22 @@ def test_unquoted_walltimes_in_yaml_are_understood(tmp_path):
     assert (loaded["walltime_default"], loaded["walltime_max"]) == ("12:00:00", "48:00:00")
 
 
-def test_scc_gpu_names_are_checked_case_sensitively_with_a_hint(config_dir):
+def scc_copy_with(config_dir, old: str, new: str) -> None:
+    """The shipped scc.yaml as the user's profile "mine", one line changed."""
     scc = (profiles.SHIPPED_DIR / "scc.yaml").read_text()
-    (config_dir / "clusters" / "mine.yaml").write_text(scc.replace("gpu_type: null", "gpu_type: a100"))
+    assert old in scc
+    (config_dir / "clusters" / "mine.yaml").write_text(scc.replace(old, new))
+
+
+def test_scc_gpu_names_are_checked_case_sensitively_with_a_hint(config_dir):
+    scc_copy_with(config_dir, "gpu_type: null", "gpu_type: a100")
     with pytest.raises(UsageError, match=r"'gpu_type' has bad value 'a100': allowed is one of "
                                          r"gpu_types: A100, .* \(names are case-sensitive: A100\)"):
         profiles.load("mine")
 
 
 def test_scc_gpu_memory_must_be_one_of_bus_sizes(config_dir):
-    scc = (profiles.SHIPPED_DIR / "scc.yaml").read_text()
-    (config_dir / "clusters" / "mine.yaml").write_text(scc.replace("default: 16G", "default: 15G"))
+    scc_copy_with(config_dir, "default: 16G", "default: 15G")
     with pytest.raises(UsageError, match=r"gpu_memory.default' has bad value '15G': allowed is "
                                          r"one of gpu_memory_sizes: 12G, 16G, 24G, 32G, 48G, 80G"):
         profiles.load("mine")
