@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from trainer.errors import EXIT_BAD_INPUT, EXIT_DISK_FULL
+from trainer.errors import EXIT_BAD_INPUT, EXIT_DISK_FULL, BadInput
 
 NEARLY_FULL = 64 << 20  # bytes free under which a failed write is taken for a full disk
 _WRITE_FAILED = re.compile(r'unexpected pos|file write failed|no space left|quota', re.I)
@@ -28,6 +28,8 @@ _AUTH_FAILED = re.compile(r'not logged in|401|unauthori[sz]ed|invalid api key|ap
 def exit_for(exc: BaseException, checkpoint_dir: Path) -> Optional[tuple[int, str]]:
     """(exit status, one line) when `exc` is one of the failures above, else None."""
     for cause in causes(exc):
+        if isinstance(cause, BadInput):  # found only once training started (e.g. no checkpoint loads)
+            return EXIT_BAD_INPUT, str(cause)
         if is_wandb_auth_failure(cause):
             return EXIT_BAD_INPUT, (f'wandb refused the credentials ({first_line(cause)}): allowed '
                                     'is a valid WANDB_API_KEY (wandb login), or wandb.mode=offline')

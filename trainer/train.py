@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import math
 import os
 import secrets
 import sys
@@ -162,6 +163,7 @@ def wandb_run_id(run_dir: Path) -> str:
 
 def fit(plan: Plan, progress: Progress) -> int:
     device = start_ranks(plan)
+    settle_resume_point(plan)
     train_dataset, train_data, val_loader = make_data(plan)
     model = make_model(plan)
     optimizer, scheduler = make_optimizer(plan, model)
@@ -184,6 +186,30 @@ def start_ranks(plan: Plan):
     device = DeviceGPU() if plan.device == 'gpu' else DeviceCPU()
     dist.initialize_dist(device)
     return device
+
+
+def settle_resume_point(plan: Plan) -> None:
+    """Rank 0 makes `latest-rank0.pt` name the newest checkpoint that really loads, so a file
+    damaged after the chain's `begin` checked it (a bad disk, a second writer) is set aside,
+    said in the log and the ledger, instead of crashing this link; the other ranks wait, then
+    Composer's autoresume loads what it points at. No intact checkpoint at all: nothing to
+    resume from, and training from scratch would silently drop the run's work."""
+    from composer.utils import dist
+
+    from trainer.checkpoints import record_set_aside, settle_latest
+    if plan.rank == 0:
+        step, passed = settle_latest(plan.checkpoint_dir)
+        for path, bad_step, why in passed:
+            say(f'checkpoint {path} (step {bad_step}) cannot be resumed from: {why}; '
+                + (f'set aside, resuming from step {step}' if step is not None else 'set aside'))
+        link = os.environ.get('SLMJOBS_LINK')
+        record_set_aside(plan.run_dir, int(link) if link and link.isdigit() else None, passed, step)
+        if passed and step is None:
+            dist.barrier()
+            raise BadInput(f'no intact checkpoint is left in {plan.checkpoint_dir} to resume from '
+                           f'(damaged ones are set aside as *.damaged); remove latest-rank0.pt '
+                           f'to start the training over')
+    dist.barrier()
 
 
 def make_data(plan: Plan):
@@ -237,7 +263,18 @@ def make_handoff(plan: Plan, model):
     if save_guess is None:
         save_guess = 1.0 + model.model.num_params() * 4 * 3 / SAVE_BYTES_PER_SECOND  # weights + two Adam moments
     return HandOff(plan.deadline, float(save_guess), plan.config['train']['eval_every'],
-                   eval_seconds_guess_per_batch=0.5 * (plan.eval_batches or 0))
+                   eval_seconds_guess_per_batch=0.5 * eval_batches_per_rank(plan))
+
+
+def eval_batches_per_rank(plan: Plan) -> int:
+    """How many batches one evaluation reads on each rank: `train.eval_batches`, or for the
+    whole split (null) its windows over the ranks' batches. Until the first evaluation is timed,
+    the hand-off guesses its length from this: a whole-split evaluation is never guessed at 0 s
+    (a link that starts one just before its deadline would overrun into the h_rt kill)."""
+    if plan.eval_batches is not None:
+        return plan.eval_batches
+    windows = plan.dataset['splits'].get('val', {}).get('windows') or 0
+    return math.ceil(windows / (plan.per_device_batch * plan.world_size))
 
 
 def make_callbacks(plan: Plan, progress: Progress, handoff, train_dataset) -> list:
