@@ -247,10 +247,41 @@ def list_clusters():
                                "help_option_names": []})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def prepare(args):
-    """Prepare a dataset: forwards to `python -m trainer.prepare ARGS` (try `prepare --help`)."""
+    """Prepare a dataset: forwards to `python -m trainer.prepare ARGS` (try `prepare --help`).
+    With --submit: as a chain of CPU-only jobs instead (try `prepare --submit --help`)."""
+    if "--submit" in args:
+        return prepare_job.main(args=list(args), prog_name="slmjobs prepare", standalone_mode=False)
     import subprocess
 
     return subprocess.call([sys.executable, "-m", "trainer.prepare", *args])
+
+
+@click.command(context_settings={**CONTEXT, "ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="PREPARE_OPTION...")
+@click.option("--submit", is_flag=True, required=True, help="Run it as a chain of CPU-only jobs.")
+@click.option("--cpus", type=int, help="CPU slots (-pe omp N on Grid Engine; default: the profile's "
+              "cpus_per_gpu); the worker tokenizes with that many processes.")
+@click.option("--cluster", metavar="NAME|PATH",
+              help="Cluster profile name or file (default: env SLMJOBS_CLUSTER, user config, local).")
+@click.option("--walltime", metavar="HH:MM:SS", help="Walltime of each link (default: the profile's; "
+              "CPU-only jobs may ask up to its walltime_max_cpu).")
+@click.option("--name", help="Run name (default: prepare-YYYYmmdd-HHMMSS).")
+@click.option("--max-links", type=int, help="Most jobs the chain may use (default: the profile's).")
+@click.option("--project", help="Scheduler project (-P); default env SLMJOBS_PROJECT or the profile's.")
+@click.option("--dry-run", is_flag=True, help="Print the exact job script; write and submit nothing.")
+@click.option("--validate", is_flag=True, help="Ask the scheduler (qsub -w v) whether it can ever run.")
+def prepare_job(args, submit, cpus, cluster, walltime, name, max_links, project, dry_run, validate):
+    """Prepare a dataset as a run of kind `prepare`: CPU-only jobs chained across walltime
+    limits, each continuing from the preparation's journal. PREPARE_OPTIONs are those of
+    `slmjobs prepare --help` (--source, --out, --tokenizer, ...). Then train on it with
+    `slmjobs launch MODEL data.path=OUT --after NAME`.
+    """
+    from slmjobs.launch import Request, launch as do_launch
+
+    request = Request(kind="prepare", options={"args": list(args)}, cluster=cluster, cpus=cpus,
+                      walltime=walltime, name=name, max_links=max_links, project=project)
+    result = do_launch(request, dry_run=dry_run, validate=validate)
+    _report_launch(result, dry_run)
 
 
 # ------------------------------------------------------------------ sample, export

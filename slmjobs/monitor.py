@@ -169,11 +169,7 @@ def status_row(info: RunInfo, answers: dict[tuple[str, str], Job]) -> dict:
         state = BROKEN
     step, max_steps = kind.position(progress)
     step = _at_least_ledger(info, lambda e: e.get("step"), step)
-    rate = progress.get("steps_per_sec")
-    eta = None
-    if state not in TERMINAL and isinstance(step, int) and isinstance(max_steps, int) \
-            and isinstance(rate, (int, float)) and rate > 0:
-        eta = max(max_steps - step, 0) / rate
+    eta = kind.eta(progress, step, max_steps) if state not in TERMINAL else None
     checkpoint_time = progress.get("checkpoint_time")
     return {
         "name": run.get("name") or info.dir.name,

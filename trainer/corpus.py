@@ -48,6 +48,9 @@ class BuiltinSource:
     def position(self) -> dict:
         return {'document': self._done}
 
+    def fraction(self, position: Optional[dict]) -> float:
+        return (position or {}).get('document', 0) / max(self.total, 1)
+
     def documents(self, position: Optional[dict] = None) -> Iterator[str]:
         skip = (position or {}).get('document', 0)
         self._done = 0
@@ -74,6 +77,22 @@ class FileSource:
 
     def position(self) -> dict:
         return dict(self._at)
+
+    def fraction(self, position: Optional[dict]) -> Optional[float]:
+        """Bytes of the files before the position, and of the current one up to it (a parquet
+        file's rows, as a share of its size), over all their bytes."""
+        at = position or {'file': 0, 'offset': 0, 'line': 0}
+        sizes = [size for _, size, _ in self.fingerprint['files']]
+        if not sum(sizes):
+            return None
+        done = sum(sizes[:at['file']])
+        if at['file'] < len(self.files):
+            current = self.files[at['file']]
+            if current.suffix == '.parquet' and at['line']:
+                done += sizes[at['file']] * at['line'] / max(_parquet_rows(current), 1)
+            else:
+                done += at['offset']
+        return min(1.0, done / sum(sizes))
 
     def documents(self, position: Optional[dict] = None) -> Iterator[str]:
         start = position or {'file': 0, 'offset': 0, 'line': 0}
@@ -132,6 +151,11 @@ class FileSource:
                 self._at = {'file': self._at['file'], 'offset': 0, 'line': row}
                 if text:
                     yield text
+
+
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+    return pq.ParquetFile(path).metadata.num_rows
 
 
 def _file_identity(path: Path) -> list:

@@ -30,6 +30,12 @@ done in `.NAME.partial` beside OUT (locked while a preparation runs), renamed to
 dataset.json is written. Killed at any moment, the same command continues from the last recorded
 piece; a different one is refused with what differs (--force discards the unfinished one). An
 existing finished dataset is only replaced with --force, and only once the new one is complete.
+
+As a job (`slmjobs prepare ... --submit`: a chain of CPU-only links) it keeps to its deadline:
+with $SLMJOBS_DEADLINE set, it stops after a piece when the next one (as long as the longest piece
+of this run so far) would cross it, and exits 75 (handed off); the next link runs the same command
+and continues from the journal. `--progress-file` is the heartbeat status reads; `--plan` prints
+what the preparation will produce (the dataset's path, windows, vocabulary) without doing it.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ import numpy as np
 # dataset.json's reader owns its name, format and the finished-dataset rule (re-exported here)
 from trainer.dataset_format import (DATASET_FILE, FORMAT_VERSION, SPLITS, data_root,  # noqa: F401
                                     is_finished_dataset, read_dataset_info)
-from trainer.errors import BadInput
+from trainer.errors import EXIT_HANDED_OFF, BadInput
 from trainer.files import replace_directory
 from trainer.mds import write_shards
 
@@ -63,6 +69,7 @@ SHARD_SIZE_LIMIT = 1 << 26  # 64 MiB per shard
 # Testing aid only: SLMJOBS_PREPARE_HOLD_PIECE=K stops (sleeps) while piece K is half written
 # (train shards on disk, val not yet, nothing renamed), so a test can SIGKILL it mid-write.
 HOLD_ENV = 'SLMJOBS_PREPARE_HOLD_PIECE'
+DEADLINE_ENV = 'SLMJOBS_DEADLINE'  # epoch seconds: a job's deadline (docs/CONTRACTS.md)
 
 
 def default_workers() -> int:
@@ -223,9 +230,11 @@ def piece_name(index: int) -> str:
 
 
 def write_piece(work: Path, index: int, streams: dict, state: dict, window: int, dtype: str,
-                final: bool = False) -> dict:
+                final: bool = False, pause: float = 0.0) -> dict:
     """Append one piece's tokens to each split; write its full windows (with final: the padded
-    last one too) as durable shards; -> the state after it, ready to be recorded."""
+    last one too) as durable shards; -> the state after it, ready to be recorded. `pause`
+    (--debug-piece-sleep, a testing aid): seconds to sleep half-way, train shards written and
+    nothing renamed, so a piece takes at least that long and a kill then lands mid-piece."""
     state = json.loads(json.dumps(state))  # the recorded state stays as it was until we are done
     written = []
     for split in SPLITS:
@@ -249,6 +258,8 @@ def write_piece(work: Path, index: int, streams: dict, state: dict, window: int,
         if split == 'train' and os.environ.get(HOLD_ENV) == str(index):
             print(f'holding in piece {index} ({HOLD_ENV})', file=sys.stderr, flush=True)
             time.sleep(3600)
+        if split == 'train' and pause:
+            time.sleep(pause)
     for tmp in written:
         make_durable(tmp, tmp.with_name(piece_name(index)))
     state['pieces'] = index + 1
@@ -395,17 +406,7 @@ def _progress(total: Optional[int], done: int):
                 mininterval=1.0, dynamic_ncols=True, disable=None)  # None: only on a terminal
 
 
-def prepare(sources: list[str], out: Path, tokenizer: str = 'bytes', seq_len: int = DEFAULT_SEQ_LEN,
-            val_fraction: float = DEFAULT_VAL_FRACTION, force: bool = False,
-            max_documents: Optional[int] = None, text_field: str = 'text',
-            hf_config: Optional[str] = None, hf_split: str = 'train', quiet: bool = False,
-            workers: Optional[int] = None, piece_chars: int = DEFAULT_PIECE_CHARS, source=None) -> dict:
-    """Prepare (or resume preparing) a dataset at `out`; returns its dataset.json contents.
-    Raises BadInput. `source`: an already opened trainer.corpus source (tests)."""
-    from trainer.corpus import open_source
-    from trainer.tokenizer import describe
-
-    out = Path(out).absolute()
+def check_numbers(seq_len: int, val_fraction: float, max_documents: Optional[int], piece_chars: int) -> None:
     if seq_len < 1:
         raise BadInput(f'--seq-len {seq_len}: must be a positive number of tokens')
     if not 0 < val_fraction <= 0.5:
@@ -414,16 +415,43 @@ def prepare(sources: list[str], out: Path, tokenizer: str = 'bytes', seq_len: in
         raise BadInput(f'--max-documents {max_documents}: must be at least 1')
     if piece_chars < 1:
         raise BadInput(f'--piece-chars {piece_chars}: must be a positive number of characters')
+
+
+def recorded_command(source, tokenizer: str, seq_len: int, val_fraction: float,
+                     max_documents: Optional[int], piece_chars: int) -> dict:
+    """What the journal records and a resumed preparation must match: what decides the data."""
+    from trainer.tokenizer import describe
+    return {'format': FORMAT_VERSION, **source.fingerprint, 'tokenizer': describe(tokenizer),
+            'seq_len': seq_len, 'val_fraction': val_fraction, 'max_documents': max_documents,
+            'piece_chars': piece_chars}
+
+
+def prepare(sources: list[str], out: Path, tokenizer: str = 'bytes', seq_len: int = DEFAULT_SEQ_LEN,
+            val_fraction: float = DEFAULT_VAL_FRACTION, force: bool = False,
+            max_documents: Optional[int] = None, text_field: str = 'text',
+            hf_config: Optional[str] = None, hf_split: str = 'train', quiet: bool = False,
+            workers: Optional[int] = None, piece_chars: int = DEFAULT_PIECE_CHARS, source=None,
+            progress_file: Optional[Path] = None, piece_sleep: float = 0.0) -> dict:
+    """Prepare (or resume preparing) a dataset at `out`; returns its dataset.json contents.
+    Raises BadInput, or HandedOff when $SLMJOBS_DEADLINE comes before the end. `source`: an
+    already opened trainer.corpus source (tests). `progress_file`: the heartbeat (Heartbeat);
+    `piece_sleep`: --debug-piece-sleep."""
+    from trainer.corpus import open_source
+
+    out = Path(out).absolute()
+    check_numbers(seq_len, val_fraction, max_documents, piece_chars)
+    if piece_sleep < 0:
+        raise BadInput(f'--debug-piece-sleep {piece_sleep}: must be 0 or more seconds')
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise BadInput(f'--workers {workers}: must be at least 1 (default: the CPUs this process may use)')
+    deadline = Deadline.from_env()
     _check_out(out, force)
     source = source or open_source(sources, text_field, hf_config, hf_split)
-    command = {'format': FORMAT_VERSION, **source.fingerprint, 'tokenizer': describe(tokenizer),
-               'seq_len': seq_len, 'val_fraction': val_fraction, 'max_documents': max_documents,
-               'piece_chars': piece_chars}
+    command = recorded_command(source, tokenizer, seq_len, val_fraction, max_documents, piece_chars)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = work_dir(out)
+    heartbeat = Heartbeat(progress_file, out, source, command)
     with locked(work, out):
         journal = Journal(work)
         header, state = journal.read()
@@ -435,18 +463,22 @@ def prepare(sources: list[str], out: Path, tokenizer: str = 'bytes', seq_len: in
             header = state = None
         if header is not None and is_finished_dataset(work):  # killed between marker and rename
             replace_directory(work, out)
+            heartbeat.finished(read_dataset_info(out))
             return read_dataset_info(out)
         try:
-            info = _build(work, journal, header, state, source, command, tokenizer, workers, quiet)
+            info = _build(work, journal, header, state, source, command, tokenizer, workers, quiet,
+                          Pace(deadline, piece_sleep), heartbeat)
         except BadInput:
             shutil.rmtree(work, ignore_errors=True)  # bad input: nothing of it is worth resuming
             raise
         replace_directory(work, out)
+        heartbeat.finished(info)
     return info
 
 
 def _build(work: Path, journal: Journal, header: Optional[dict], state: Optional[dict], source,
-           command: dict, tokenizer: str, workers: int, quiet: bool) -> dict:
+           command: dict, tokenizer: str, workers: int, quiet: bool, pace: 'Pace',
+           heartbeat: 'Heartbeat') -> dict:
     from trainer.tokenizer import TOKENIZER_FILE, make_tokenizer
 
     started = time.time()
@@ -472,7 +504,8 @@ def _build(work: Path, journal: Journal, header: Optional[dict], state: Optional
     if not state['final']:
         with Workers(tok, workers) as pool:
             started_at, main_started = time.time(), time.process_time()  # after all start-up
-            state = _write_pieces(work, journal, state, source, command, tok, pool, quiet)
+            state = _write_pieces(work, journal, state, source, command, tok, pool, quiet, pace,
+                                  heartbeat)
             seconds, main_cpu = time.time() - started_at, time.process_time() - main_started
         workers_cpu = pool.cpu
         if state['documents'] == 0:
@@ -518,26 +551,155 @@ def _build(work: Path, journal: Journal, header: Optional[dict], state: Optional
 
 
 def _write_pieces(work: Path, journal: Journal, state: dict, source, command: dict, tok,
-                  pool: Workers, quiet: bool) -> dict:
-    """Tokenize and write every piece from the recorded state on; -> the state after the last."""
+                  pool: Workers, quiet: bool, pace: 'Pace', heartbeat: 'Heartbeat') -> dict:
+    """Tokenize and write every piece from the recorded state on; -> the state after the last.
+    Raises HandedOff, the state recorded, when the next piece would not fit before the deadline."""
     dtype = shard_dtype(tok)
     val_every = max(1, round(1 / command['val_fraction']))
     pieces = cut_pieces(source, state['position'], state['pieces'], state['documents'],
                         command['piece_chars'], command['max_documents'])
-    total = source.total if command['max_documents'] is None else command['max_documents']
+    total = total_documents(source, command)
     bar = None
+    pace.start()
+    heartbeat.started(state)
     for piece, streams in pool.tokenized(pieces, val_every, dtype):
+        if not pace.next_piece_fits():
+            heartbeat.handed_off(state)
+            raise HandedOff(state['pieces'], pace)
         if bar is None and not quiet:
             bar = _progress(total, state['documents'])  # only once there is text: an empty corpus is one error line
-        state = write_piece(work, piece.index, streams, state, command['seq_len'] + 1, dtype)
+        state = write_piece(work, piece.index, streams, state, command['seq_len'] + 1, dtype,
+                            pause=pace.piece_sleep)
         state['documents'] += len(piece.texts)
         state['position'] = piece.position
         journal.append(state)
+        pace.piece_done()
+        heartbeat.piece_done(state)
         if bar is not None:
             bar.update(len(piece.texts))
     if bar is not None:
         bar.close()
     return state
+
+
+def total_documents(source, command: dict) -> Optional[int]:
+    return source.total if command['max_documents'] is None else command['max_documents']
+
+
+# --- as a job: the deadline, and the heartbeat status reads ------------------------------------
+
+class HandedOff(Exception):
+    """The deadline comes before the next piece could be done: everything up to `pieces` is
+    recorded, and the same command continues from there (exit 75)."""
+
+    def __init__(self, pieces: int, pace: 'Pace'):
+        super().__init__(f'handed off after piece {pieces}: the next piece (~{pace.longest:.1f} s, the '
+                         f'longest of this run) would cross the deadline ({DEADLINE_ENV}); run the '
+                         f'same command again to continue')
+        self.pieces = pieces
+
+
+class Deadline:
+    """$SLMJOBS_DEADLINE (epoch seconds) when a job script set it, else none."""
+
+    def __init__(self, at: Optional[float]):
+        self.at = at
+
+    @classmethod
+    def from_env(cls) -> 'Deadline':
+        text = os.environ.get(DEADLINE_ENV)
+        if not text:
+            return cls(None)
+        try:
+            return cls(float(text))
+        except ValueError:
+            raise BadInput(f'{DEADLINE_ENV}={text!r}: must be epoch seconds (a number)') from None
+
+
+class Pace:
+    """How long a piece takes here (from one recorded piece to the next: reading, waiting for the
+    tokenizers, writing), so the run stops while the next piece still fits before the deadline.
+    The longest piece so far is the guess: pieces are alike, and a short guess costs a kill."""
+
+    def __init__(self, deadline: Deadline, piece_sleep: float = 0.0):
+        self.deadline, self.piece_sleep = deadline, piece_sleep
+        self.longest, self.last = 0.0, None
+
+    def start(self) -> None:
+        self.last = time.time()
+
+    def piece_done(self) -> None:
+        now = time.time()
+        self.longest = max(self.longest, now - self.last)
+        self.last = now
+
+    def next_piece_fits(self) -> bool:
+        return self.deadline.at is None or time.time() + self.longest <= self.deadline.at
+
+
+class Heartbeat:
+    """--progress-file (a job's `<run_dir>/progress.json`, docs/CONTRACTS.md): after every recorded
+    piece, atomically: state (preparing, handed_off, finished), the link, pieces, documents (and
+    their total when known: --max-documents, the built-in corpus), tokens, this run's tokens/s,
+    the fraction of the source done and the ETA it gives (none for a hub stream). No file: a no-op."""
+
+    def __init__(self, path: Optional[Path], out: Path, source, command: dict):
+        self.path, self.out, self.source, self.command = path, out, source, command
+        self.started_at, self.tokens_before = time.time(), 0
+
+    def started(self, state: dict) -> None:
+        self.started_at, self.tokens_before = time.time(), _tokens(state)
+        self._write('preparing', state)
+
+    def piece_done(self, state: dict) -> None:
+        self._write('preparing', state)
+
+    def handed_off(self, state: dict) -> None:
+        self._write('handed_off', state)
+
+    def finished(self, info: dict) -> None:
+        splits = info['splits']
+        state = {'pieces': info['pieces'], 'splits': splits,
+                 'documents': sum(s['documents'] for s in splits.values())}
+        self._write('finished', state, fraction=1.0)
+
+    def _write(self, name: str, state: dict, fraction: Optional[float] = None) -> None:
+        if self.path is None:
+            return
+        seconds = max(time.time() - self.started_at, 1e-9)
+        tokens = _tokens(state)
+        if fraction is None:
+            fraction = fraction_done(self.source, state, self.command)
+        done_now = fraction is not None and fraction > 0 and self.tokens_before < tokens
+        # this run's share of the source over its time: the rest at the same rate
+        share = fraction * (1 - self.tokens_before / tokens) if done_now else None
+        beat = {'state': name, 'link': _link(), 'out': str(self.out), 'pieces': state['pieces'],
+                'documents': state['documents'], 'total_documents': total_documents(self.source, self.command),
+                'tokens': tokens, 'tokens_per_sec': round((tokens - self.tokens_before) / seconds, 1),
+                'fraction_done': None if fraction is None else round(fraction, 6),
+                'eta_seconds': round(seconds * (1 - fraction) / share, 1) if share else None,
+                'updated_at': time.time()}
+        tmp = self.path.with_name(f'.{self.path.name}.tmp')
+        tmp.write_text(json.dumps(beat))
+        os.replace(tmp, self.path)
+
+
+def _tokens(state: dict) -> int:
+    return sum(s['tokens'] for s in state['splits'].values())
+
+
+def _link() -> Optional[int]:
+    link = os.environ.get('SLMJOBS_LINK', '')
+    return int(link) if link.isdigit() else None
+
+
+def fraction_done(source, state: dict, command: dict) -> Optional[float]:
+    """How much of the work is done, when it can be known: documents of --max-documents, else
+    the source's own measure (documents of the built-in corpus, bytes of local files)."""
+    if command['max_documents'] is not None:
+        return min(1.0, state['documents'] / command['max_documents'])
+    measure = getattr(source, 'fraction', None)
+    return measure(state['position']) if measure else None
 
 
 def shard_dtype(tok) -> str:
@@ -553,6 +715,56 @@ def prepare_builtin(out_dir, tokenizer: str = 'bytes', seq_len: int = DEFAULT_SE
         prepare(['builtin'], out, tokenizer=tokenizer, seq_len=seq_len, val_fraction=val_fraction,
                 force=force, max_documents=max_documents, quiet=quiet)
     return out
+
+
+# --- the plan: what a preparation will produce, before it runs ---------------------------------
+
+def plan(args: argparse.Namespace, tokenizer: str, elsewhere: bool = False) -> tuple[dict, list[str]]:
+    """-> (what `args` will produce: the dataset's path, windows and vocabulary; what could not be
+    checked here). Checks what preparing would check first (numbers, sources, tokenizer, --out,
+    an unfinished preparation of other arguments), touching nothing. `elsewhere` (a dry run for
+    another machine's filesystem): a source or tokenizer path that is not on this machine is
+    named in the second list instead of refused."""
+    from trainer.corpus import open_source
+    from trainer.tokenizer import vocabulary_size
+
+    check_numbers(args.seq_len, args.val_fraction, args.max_documents, args.piece_chars)
+    out = Path(args.out).absolute()
+    unchecked = []
+    missing = [s for s in args.source if os.path.isabs(os.path.expanduser(s)) and not os.path.exists(os.path.expanduser(s))]
+    if missing and not elsewhere:
+        raise BadInput(f'--source {missing[0]}: no such file or directory')
+    unchecked += [f'--source {s}: not on this machine; read when the job runs' for s in missing]
+    vocab = None
+    if elsewhere and os.path.isabs(tokenizer) and not os.path.exists(tokenizer):
+        unchecked.append(f'--tokenizer {tokenizer}: not on this machine; its vocabulary is not checked')
+    else:
+        vocab = vocabulary_size(tokenizer)
+    total = None
+    if not missing:
+        source = open_source(args.source, args.text_field, args.hf_config, args.hf_split)
+        command = recorded_command(source, tokenizer, args.seq_len, args.val_fraction,
+                                   args.max_documents, args.piece_chars)
+        _check_out(out, args.force)
+        _refuse_other_command(out, command, args.force)
+        total = total_documents(source, command)
+    return {'out': str(out), 'seq_len': args.seq_len, 'window': args.seq_len + 1,
+            'tokenizer': {'kind': tokenizer, 'vocab_size': vocab}, 'max_documents': args.max_documents,
+            'total_documents': total}, unchecked
+
+
+def _refuse_other_command(out: Path, command: dict, force: bool) -> None:
+    """The run would refuse an unfinished preparation of other arguments: say so before it is queued."""
+    journal = work_dir(out) / JOURNAL_FILE
+    try:
+        with journal.open('rb') as f:
+            header = json.loads(f.readline())
+    except (OSError, ValueError):
+        return
+    if not force and isinstance(header, dict) and header.get('command') != command:
+        raise BadInput(f'--out {out}: an unfinished preparation with other arguments is in {journal.parent} '
+                       f'({differences(header.get("command") or {}, command)}); run its command again to '
+                       f'resume it, or add --force to start over')
 
 
 def summary(out: Path, info: dict) -> str:
@@ -589,6 +801,17 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help='characters of text per piece, the unit of parallel work and of resuming')
     p.add_argument('--force', action='store_true',
                    help='replace a finished dataset at --out, or discard an unfinished one with other arguments')
+    job = p.add_argument_group('as a job (slmjobs prepare --submit sets these)')
+    job.add_argument('--progress-file', type=Path, default=None,
+                     help='write the heartbeat (pieces, documents, tokens, tokens/s, ETA) there after every piece')
+    job.add_argument('--plan', action='store_true',
+                     help='print what the preparation will produce (JSON: path, windows, vocabulary), check '
+                          'the arguments, and prepare nothing')
+    job.add_argument('--plan-elsewhere', action='store_true',
+                     help='with --plan: a source or tokenizer path absent here is a warning, not an error')
+    job.add_argument('--debug-piece-sleep', type=float, default=0.0, metavar='SECONDS',
+                     help='TESTING AID ONLY: sleep this long in the middle of writing every piece, so that '
+                          'a preparation spans several links of a chain and kills land mid-piece')
     return p.parse_args(argv)
 
 
@@ -603,14 +826,24 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.out = str(data_root() / 'builtin')
     out = Path(args.out).absolute()
     try:
+        if args.plan:
+            planned, unchecked = plan(args, tokenizer, elsewhere=args.plan_elsewhere)
+            for line in unchecked:
+                print(f'warning: {line}', file=sys.stderr)
+            print(json.dumps(planned))
+            return 0
         info = prepare(args.source, out, tokenizer=tokenizer, seq_len=args.seq_len,
                        val_fraction=args.val_fraction, force=args.force,
                        max_documents=args.max_documents, text_field=args.text_field,
                        hf_config=args.hf_config, hf_split=args.hf_split, workers=args.workers,
-                       piece_chars=args.piece_chars)
+                       piece_chars=args.piece_chars, progress_file=args.progress_file,
+                       piece_sleep=args.debug_piece_sleep)
     except BadInput as e:
         print(f'error: {e}', file=sys.stderr)
         return e.exit_code
+    except HandedOff as e:
+        print(f'prepare: {e}', file=sys.stderr)
+        return EXIT_HANDED_OFF
     print(summary(out, info))
     return 0
 

@@ -110,7 +110,10 @@ def _eos_id(tok, preferred: Optional[str], spec: str) -> int:
                    f'{", ".join(END_TOKENS)}); documents are joined with one')
 
 
-def train_builtin_bpe(vocab_size: int = 4096) -> HFTokenizer:
+BPE_BUILTIN_VOCAB = 4096
+
+
+def train_builtin_bpe(vocab_size: int = BPE_BUILTIN_VOCAB) -> HFTokenizer:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from trainer.corpus import builtin_documents
@@ -126,6 +129,11 @@ def train_builtin_bpe(vocab_size: int = 4096) -> HFTokenizer:
 
 
 def gpt2_tokenizer(vocab: Path) -> TiktokenGPT2:
+    check_gpt2_vocab(vocab)
+    return TiktokenGPT2(vocab)
+
+
+def check_gpt2_vocab(vocab: Path) -> None:
     if not vocab.is_file():
         raise BadInput(f'--tokenizer gpt2: no GPT-2 vocabulary at {vocab}; run scripts/setup.sh '
                        f'(it installs one from the openai-whisper sdist) or pass --tokenizer PATH/gpt2.tiktoken')
@@ -133,7 +141,6 @@ def gpt2_tokenizer(vocab: Path) -> TiktokenGPT2:
     if digest != GPT2_VOCAB_SHA256:
         raise BadInput(f'--tokenizer {vocab}: not GPT-2\'s vocabulary (sha256 {digest[:12]}..., '
                        f'expected r50k_base {GPT2_VOCAB_SHA256[:12]}...)')
-    return TiktokenGPT2(vocab)
 
 
 def tokenizer_file(path: Path, kind: str = 'hf') -> HFTokenizer:
@@ -176,6 +183,19 @@ def make_tokenizer(spec: str, saved: Optional[Path] = None):
     if path.is_dir() or '/' in spec:
         return hf_named(spec)
     raise BadInput(f'--tokenizer {spec!r}: unknown; allowed: {ALLOWED}')
+
+
+def vocabulary_size(spec: str) -> int:
+    """The vocabulary `spec` gives, at the least cost: known sizes for the built-in kinds (no BPE
+    training, no tiktoken), loading the tokenizer otherwise. Raises BadInput as make_tokenizer."""
+    if spec == 'bytes':
+        return ByteTokenizer.vocab_size
+    if spec == 'bpe-builtin':
+        return BPE_BUILTIN_VOCAB
+    if spec == 'gpt2' or spec.endswith('.tiktoken'):
+        check_gpt2_vocab(GPT2_VOCAB if spec == 'gpt2' else Path(spec).absolute())
+        return TiktokenGPT2.vocab_size
+    return make_tokenizer(spec).vocab_size
 
 
 def describe(spec: str) -> str:

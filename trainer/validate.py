@@ -1,6 +1,8 @@
 """Can this configuration train? The checks, without torch, numpy or Composer.
 
     python -m trainer.validate [--ranks N] [--device cpu|gpu] [override ...]   # exit 0, or 2 + one line
+        [--pending-dataset JSON]   # the dataset is a preparation still to run: check against its plan
+        [--dataset-elsewhere]      # a dataset absent here is a warning (a dry run for another machine)
 
 `validate(config, world_size, device)` takes the composed configuration as a plain dict (what
 `compose(overrides)` returns) and raises BadInput with one line naming the bad value and what is
@@ -45,7 +47,7 @@ class Plan:
     run_name: str
     run_dir: Path
     data_dir: Path
-    dataset: dict  # dataset.json
+    dataset: Optional[dict]  # dataset.json; a pending preparation's plan; None: not checked here
     vocab_size: int
     world_size: int
     per_device_batch: int
@@ -55,6 +57,7 @@ class Plan:
     precision: Optional[str]  # resolved where the device is known
     rank: int = 0  # the worker's own, filled in by trainer.train
     deadline: Optional[float] = None
+    unchecked: tuple = ()  # what could not be checked here, one line each (validate's `dataset_elsewhere`)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -156,29 +159,35 @@ def unparsable_override(overrides: list[str]) -> Optional[str]:
 # ---------------------------------------------------------------------------------------------
 
 def validate(config: dict, world_size: int = 1, device: Optional[str] = None,
-             gpu_capability: Optional[float] = None, data_root: Optional[Path] = None) -> Plan:
+             gpu_capability: Optional[float] = None, data_root: Optional[Path] = None,
+             pending_dataset: Optional[dict] = None, dataset_elsewhere: bool = False) -> Plan:
     """`device`: 'cpu' or 'gpu' where it is known (the worker), None where not (a login node);
-    `gpu_capability`: the GPU's compute capability (8.0 = A100), where known."""
+    `gpu_capability`: the GPU's compute capability (8.0 = A100), where known. The dataset
+    (see dataset_to_check): `pending_dataset`, the plan of a preparation that has not run yet;
+    `dataset_elsewhere`, a dataset absent here is not refused but named in Plan.unchecked."""
     check_keys(config)
     model, train = config['model'], config['train']
     run_name = check_run_name(config['run_name'])
     check_numbers(config)
 
     data_dir = resolve_dataset_path(str(config['data']['path']), data_root)
-    dataset = check_dataset(config['data']['path'], data_dir)
+    dataset, unchecked = dataset_to_check(config['data']['path'], data_dir, pending_dataset, dataset_elsewhere)
     block_size = model['block_size']
-    if dataset['seq_len'] > block_size:
+    if dataset is not None and dataset['seq_len'] > block_size:
         raise BadInput(f'data.path={config["data"]["path"]}: windows of {dataset["seq_len"]} tokens are longer '
                        f'than model.block_size={block_size}; allowed: seq_len <= block_size (re-prepare '
                        f'with --seq-len {block_size}, or raise model.block_size)')
-    vocab_size = check_vocabulary(model['vocab_size'], dataset['tokenizer'])
+    vocab_size = model['vocab_size']
+    if dataset is not None and dataset['tokenizer'].get('vocab_size') is not None:
+        vocab_size = check_vocabulary(model['vocab_size'], dataset['tokenizer'])
 
     per_device_batch, microbatch = check_batch(train['global_batch_size'], train['microbatch_size'], world_size)
-    train_windows = dataset['splits']['train']['windows']
-    if train_windows < train['global_batch_size']:
+    train_windows = (dataset or {}).get('splits', {}).get('train', {}).get('windows')
+    if train_windows is not None and train_windows < train['global_batch_size']:
         raise BadInput(f'data.path={config["data"]["path"]}: {train_windows} training windows, fewer than '
                        f'train.global_batch_size={train["global_batch_size"]}')
-    eval_batches = train['eval_batches'] if has_split(data_dir, 'val') else 0
+    # a preparation always writes a val split (every round(1 / val_fraction)-th document)
+    eval_batches = train['eval_batches'] if (has_split(data_dir, 'val') or pending_dataset) else 0
 
     device, precision = check_device_and_precision(train['device'], train['precision'], device, gpu_capability)
     if config['wandb']['mode'] not in WANDB_MODES:
@@ -188,7 +197,8 @@ def validate(config: dict, world_size: int = 1, device: Optional[str] = None,
         raise BadInput(f'run_dir={config["run_dir"]}: exists and is not a directory')
     return Plan(config=config, run_name=run_name, run_dir=run_dir, data_dir=data_dir, dataset=dataset,
                 vocab_size=vocab_size, world_size=world_size, per_device_batch=per_device_batch,
-                microbatch=microbatch, eval_batches=eval_batches, device=device, precision=precision)
+                microbatch=microbatch, eval_batches=eval_batches, device=device, precision=precision,
+                unchecked=tuple(unchecked))
 
 
 def check_keys(config: dict) -> None:
@@ -282,6 +292,25 @@ def check_dataset(configured_path, data_dir: Path) -> dict:
     return read_dataset_info(data_dir)
 
 
+def dataset_to_check(configured_path, data_dir: Path, pending: Optional[dict],
+                     elsewhere: bool) -> tuple[Optional[dict], list[str]]:
+    """-> (what the dataset checks run against, what is not checked). The finished dataset at
+    data_dir; or `pending`, a preparation's plan ({out, seq_len, tokenizer: {vocab_size}}) when the
+    run waits for it, which data.path must then name; or, with `elsewhere` and no dataset here,
+    nothing: its checks wait for the job, and one line says so."""
+    if pending is not None:
+        if Path(pending['out']) != data_dir:
+            raise BadInput(f'data.path={configured_path}: is {data_dir}, but the preparation this run waits for '
+                           f'writes {pending["out"]}; allowed: data.path={pending["out"]}')
+        return pending, []
+    if elsewhere and not is_finished_dataset(data_dir):
+        where = next((p for p in data_dir.parents if p.exists()), None)
+        missing = data_dir if where == data_dir.parent else f'{data_dir} ({where} has no {data_dir.relative_to(where).parts[0]})'
+        return None, [f'data.path={configured_path}: no prepared dataset here at {missing}; the job checks '
+                      f'it (windows vs model.block_size, vocabulary, windows vs batch) when it starts']
+    return check_dataset(configured_path, data_dir), []
+
+
 def check_vocabulary(configured, tokenizer: dict) -> int:
     """The model's vocabulary: the dataset's when not configured, never smaller than it."""
     data_vocab = int(tokenizer['vocab_size'])
@@ -348,8 +377,12 @@ def summary(plan: Plan) -> dict:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    options = {'--ranks': '1', '--device': None}
-    while args and args[0] in options:
+    options = {'--ranks': '1', '--device': None, '--pending-dataset': None}
+    elsewhere = False
+    while args and (args[0] in options or args[0] == '--dataset-elsewhere'):
+        if args[0] == '--dataset-elsewhere':
+            elsewhere = bool(args.pop(0))
+            continue
         if len(args) < 2:
             print(f'error: {args[0]} needs a value', file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -360,10 +393,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise BadInput(f'--ranks {options["--ranks"]}: must be a positive integer')
         if options['--device'] not in (None, 'cpu', 'gpu'):
             raise BadInput(f'--device {options["--device"]}: allowed: cpu, gpu')
-        plan = validate(compose(args), world_size=int(options['--ranks']), device=options['--device'])
+        pending = json.loads(options['--pending-dataset']) if options['--pending-dataset'] else None
+        plan = validate(compose(args), world_size=int(options['--ranks']), device=options['--device'],
+                        pending_dataset=pending, dataset_elsewhere=elsewhere)
     except BadInput as e:
         print(f'error: {e}', file=sys.stderr)
         return EXIT_BAD_INPUT
+    for line in plan.unchecked:
+        print(f'warning: {line}', file=sys.stderr)
     print(json.dumps(summary(plan), indent=1))
     return 0
 

@@ -91,6 +91,15 @@ class Kind:
         """(done, total) for status' progress column and ETA, from the heartbeat."""
         return progress.get("step"), progress.get("max_steps")
 
+    def eta(self, progress: dict, done, total) -> float | None:
+        """Seconds left for a run still going: what is left of `position` at the heartbeat's
+        rate (`steps_per_sec`), or None when either is unknown."""
+        rate = progress.get("steps_per_sec")
+        if isinstance(done, int) and isinstance(total, int) and isinstance(rate, (int, float)) \
+                and rate > 0:
+            return max(total - done, 0) / rate
+        return None
+
     def before_link(self, run_dir, link: int) -> tuple[list, tuple | None]:
         """What a link's `begin` checks before the worker starts: (events to record, stop)
         where stop is (reason, detail) when the chain must stop instead."""
@@ -124,4 +133,4 @@ def by_name(name: str) -> Kind:
     return _LOADED[name]
 
 
-BUILTIN = ("train",)
+BUILTIN = ("train", "prepare")

@@ -50,7 +50,7 @@ class Train(Kind):
         return {"model": model, "overrides": overrides}
 
     def check(self, spec: dict, *, dry_run: bool = False) -> None:
-        check_training_config(spec)
+        check_training_config(spec, pending=pending_dataset(spec), elsewhere=dry_run)
 
     # ------------------------------------------------------------ what a link runs
     def command(self, spec: dict) -> Command:
@@ -143,19 +143,38 @@ def check_override(override: str) -> None:
                          "name with --name (the run dir follows from the cluster's runs_root)")
 
 
+# ------------------------------------------------------------- the dataset to check
+def pending_dataset(spec: dict) -> dict | None:
+    """What the preparation this run waits for (`launch --after PREP`) will produce, while it has
+    not finished: its plan, recorded in its run.yaml (slmjobs.kinds.prepare). None otherwise:
+    the dataset itself is checked."""
+    after = spec.get("after")
+    if not after or rundir.is_done(after):
+        return None
+    awaited = rundir.load_run(after)
+    return awaited.get("dataset") if rundir.run_kind(awaited) == "prepare" else None
+
+
 # ------------------------------------------------------------- can it ever train?
-def check_training_config(spec: dict, environ=None) -> dict:
+def check_training_config(spec: dict, environ=None, pending: dict | None = None,
+                          elsewhere: bool = False) -> dict:
     """The worker's own checks on the composed configuration, run as the job would run them
     but here and now (`python -m trainer.validate`: no torch, about 0.3 s): a typo, a missing
     dataset or a batch the ranks cannot split is refused before anything is submitted, not
-    after a queue wait. Returns the composed configuration."""
+    after a queue wait. Returns the composed configuration.
+
+    The dataset: `pending`, a preparation's plan (the run waits for it), is checked against
+    instead; `elsewhere` (a dry run, maybe for another machine's filesystem): a dataset absent
+    here is one warning line on stderr, not a refusal."""
     import json
 
     environ = dict(os.environ if environ is None else environ)
     if spec.get("data_root"):
         environ["SLMJOBS_DATA_ROOT"] = spec["data_root"]
+    dataset_options = ((["--pending-dataset", json.dumps(pending)] if pending else [])
+                       + (["--dataset-elsewhere"] if elsewhere else []))
     argv = [sys.executable, "-m", "trainer.validate", "--ranks", str(spec["gpus"]),
-            *worker_args(spec)]
+            *dataset_options, *worker_args(spec)]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, env=environ,
                               cwd=spec["workdir"], timeout=120)
@@ -166,6 +185,9 @@ def check_training_config(spec: dict, environ=None) -> dict:
     if proc.returncode != 0:
         raise UsageError(said[-1] if said else f"the worker's configuration check exited "
                          f"{proc.returncode}: {proc.stderr.strip()[-300:]}")
+    for line in proc.stderr.splitlines():
+        if line.startswith("warning: "):
+            print(f"slmjobs: warning: not checked: {line[len('warning: '):]}", file=sys.stderr)
     config = json.loads(proc.stdout)["config"]
     check_wandb(config["wandb"], environ)
     return config
