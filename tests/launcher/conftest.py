@@ -59,6 +59,17 @@ def runs_root(isolated) -> Path:
 
 
 @pytest.fixture
+def qsub_spy(tmp_path):
+    """A PATH dir whose qsub records that it was called (and fails): proves nothing was submitted."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "qsub").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/qsub-called\n'
+                               'echo "Unable to run job: shim refuses" >&2\nexit 1\n')
+    (shim / "qsub").chmod(0o755)
+    return {"PATH": f"{shim}:{os.environ['PATH']}", "called": tmp_path / "qsub-called"}
+
+
+@pytest.fixture
 def config_dir(isolated) -> Path:
     return isolated["config"]
 
