@@ -22,6 +22,37 @@ import pytest
 COLLECTED_TIERS = pytest.StashKey[dict]()  # nodeid -> its tiers, for every collected test (conftest.py)
 
 
+# ---- prepared datasets (tests/trainer/test_prepare*.py, tests/chain/test_prepare_chain.py) ----
+
+# dataset.json's keys about the run that made it, not the data
+RUN_FIELDS = ('workers', 'resumed_at_piece', 'tokens_this_run', 'seconds', 'tokenize_seconds',
+              'tokenize_cpu_seconds', 'tokenize_main_cpu_seconds', 'created_at')
+
+
+def corpus_jsonl(path: Path, documents: int = 120) -> Path:
+    """The first documents of the built-in corpus (~2 MB for 120) as JSONL."""
+    import json
+
+    from trainer.corpus import builtin_documents
+
+    with path.open('w') as f:
+        for _, text in zip(range(documents), builtin_documents()):
+            f.write(json.dumps({'text': text}) + '\n')
+    return path
+
+
+def dataset_files(out: Path) -> dict:
+    """Every file's bytes; dataset.json without the fields that describe the run, not the data."""
+    import json
+
+    files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob('*')) if p.is_file()}
+    info = json.loads(files.pop('dataset.json'))
+    for field in RUN_FIELDS:
+        info.pop(field)
+    files['dataset.json'] = info
+    return files
+
+
 def wait_until(predicate, timeout: float = 30.0, what: str = "condition", interval: float = 0.1):
     """Return predicate()'s first truthy value; fail the test (never skip) after `timeout` s."""
     deadline = time.monotonic() + timeout

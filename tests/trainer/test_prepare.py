@@ -55,26 +55,7 @@ def test_builtin_bpe_tokenizer_is_offline_and_saved(tmp_path):
 # --- parallel, tokenizers, bad input (issue 13) ------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[2]
-RUN_FIELDS = ('workers', 'resumed_at_piece', 'tokens_this_run', 'seconds', 'tokenize_seconds',
-              'tokenize_cpu_seconds', 'tokenize_main_cpu_seconds', 'created_at')
-
-
-def corpus_jsonl(path: Path, documents: int = 120) -> Path:
-    """The first documents of the built-in corpus (~2 MB for 120) as JSONL."""
-    with path.open('w') as f:
-        for _, text in zip(range(documents), builtin_documents()):
-            f.write(json.dumps({'text': text}) + '\n')
-    return path
-
-
-def dataset_files(out: Path) -> dict:
-    """Every file's bytes; dataset.json without the fields that describe the run, not the data."""
-    files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob('*')) if p.is_file()}
-    info = json.loads(files.pop('dataset.json'))
-    for field in RUN_FIELDS:
-        info.pop(field)
-    files['dataset.json'] = info
-    return files
+from support import RUN_FIELDS, corpus_jsonl, dataset_files  # noqa: E402,F401 (shared with tests/chain)
 
 
 def run_prepare(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
