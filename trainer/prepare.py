@@ -393,11 +393,17 @@ def _empty(work: Path) -> None:
 
 
 def _forget_unrecorded(work: Path, pieces: int) -> None:
-    """Shards a killed preparation wrote after its last recorded piece."""
+    """Shards a killed preparation wrote after its last recorded piece (said once per piece: a
+    job's log then shows where the previous link was killed)."""
+    discarded = set()
     for split in SPLITS:
         for d in (work / split).glob('piece-*'):
             if d.suffix == '.tmp' or int(d.name.split('-')[1]) >= pieces:
                 shutil.rmtree(d)
+                discarded.add(d.stem)
+    for name in sorted(discarded):
+        print(f'prepare: discarding the unrecorded shards of {name} (a run killed while writing it); '
+              f'redoing it', file=sys.stderr)
 
 
 def _progress(total: Optional[int], done: int):

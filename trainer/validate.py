@@ -304,10 +304,10 @@ def dataset_to_check(configured_path, data_dir: Path, pending: Optional[dict],
                            f'writes {pending["out"]}; allowed: data.path={pending["out"]}')
         return pending, []
     if elsewhere and not is_finished_dataset(data_dir):
-        where = next((p for p in data_dir.parents if p.exists()), None)
-        missing = data_dir if where == data_dir.parent else f'{data_dir} ({where} has no {data_dir.relative_to(where).parts[0]})'
-        return None, [f'data.path={configured_path}: no prepared dataset here at {missing}; the job checks '
-                      f'it (windows vs model.block_size, vocabulary, windows vs batch) when it starts']
+        absent = [p for p in (data_dir, *data_dir.parents) if not p.exists()]
+        why = f' (no {absent[-1]} on this machine)' if absent and absent[-1] != data_dir else ''
+        return None, [f'data.path={configured_path}: no prepared dataset here at {data_dir}{why}; the job '
+                      f'checks it (windows vs model.block_size, vocabulary, windows vs batch) when it starts']
     return check_dataset(configured_path, data_dir), []
 
 

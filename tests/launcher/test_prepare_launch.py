@@ -103,8 +103,8 @@ def test_the_scc_dry_run_works_without_the_scc_filesystem(run_cli, qsub_spy, run
     assert proc.stdout.startswith("#!/bin/bash -l\n") and "#$ -l gpus=2" in proc.stdout
     assert proc.stderr.splitlines() == [
         "slmjobs: warning: not checked: data.path=builtin: no prepared dataset here at "
-        "/projectnb/P/tester/slmjobs/data/builtin (/ has no projectnb); the job checks it (windows "
-        "vs model.block_size, vocabulary, windows vs batch) when it starts"]
+        "/projectnb/P/tester/slmjobs/data/builtin (no /projectnb on this machine); the job checks it "
+        "(windows vs model.block_size, vocabulary, windows vs batch) when it starts"]
     assert not qsub_spy["called"].exists() and list(runs_root.iterdir()) == []
 
 
