@@ -119,7 +119,7 @@ def test_the_scc_dry_run_still_refuses_what_it_can_check(extra, message, run_cli
     assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
 
 
-def test_a_real_launch_still_refuses_a_missing_dataset(run_cli, qsub_spy, runs_root):
+def test_a_launch_that_would_submit_still_refuses_a_missing_dataset(run_cli, qsub_spy, runs_root):
     proc = run_cli("launch", "tiny", "--cluster", "sge", "data.path=/nowhere/ds",
                    env={"PATH": qsub_spy["PATH"]})
     assert proc.returncode == 2 and "data.path=/nowhere/ds: no prepared dataset" in proc.stderr
