@@ -787,7 +787,8 @@ def summary(out: Path, info: dict) -> str:
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog='python -m trainer.prepare', description=__doc__.split('\n\n')[0])
+    p = argparse.ArgumentParser(prog='python -m trainer.prepare', description=__doc__.split('\n\n')[0],
+                                epilog='As a chain of CPU-only jobs on a cluster: slmjobs prepare --submit --help')
     p.add_argument('--source', nargs='+', required=True,
                    help='builtin | a Hugging Face dataset name | text/jsonl/parquet files or directories')
     p.add_argument('--tokenizer', default=None,

@@ -167,3 +167,8 @@ def test_a_training_run_waiting_for_a_preparation_is_checked_against_its_plan(pr
     assert run_cli("cancel", "t").returncode == 0
     (row,) = json.loads(run_cli("status", "t", "--json").stdout)
     assert row["state"] == "cancelled"
+    # the preparation itself cancels as a training does: its running link and the held successor
+    cancelled = run_cli("cancel", "prep")
+    assert cancelled.returncode == 0 and "jobs deleted: none" not in cancelled.stdout, cancelled.stdout
+    (row,) = json.loads(run_cli("status", "prep", "--json").stdout)
+    assert row["state"] == "cancelled" and row["job_state"] not in ("queued", "held", "running")
