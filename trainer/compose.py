@@ -25,6 +25,7 @@ preset with each form both ways, and checks this parser against hydra's on rando
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
@@ -233,17 +234,17 @@ def _choices(conf_dir: Path, group_overrides: list[Override]) -> list[tuple[Opti
 
 
 def _compose(conf_dir: Path, choices, value_overrides: list[Override]) -> dict:
-    from omegaconf import OmegaConf, flag_override
+    from omegaconf import OmegaConf
     cfg = OmegaConf.create()
-    with flag_override(cfg, 'no_deepcopy_set_nodes', True):
-        for group, option in choices:
-            cfg.merge_with(_load(conf_dir, group, option))
+    for group, option in choices:
+        cfg.merge_with(_load(conf_dir, group, option))  # copies: the cached configs stay as read
     OmegaConf.set_struct(cfg, True)
     for override in value_overrides:
         _apply(cfg, override)
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+@lru_cache(maxsize=None)  # read once per process: a sweep composes its members from the same files
 def _load(conf_dir: Path, group: Optional[str], option: str):
     """One config as hydra embeds it: a group's in its package (the group's name, or the root for
     `# @package _global_`); the primary one without its defaults list and hydra's own node."""
