@@ -81,6 +81,8 @@ _TOKENS = [(kind, re.compile(pattern, re.DOTALL)) for kind, pattern in (
 )]
 _DICT_KEY = {'ID', 'NULL', 'INT', 'FLOAT', 'BOOL', 'UNQUOTED_CHAR', 'ESC', 'WS'}
 _PRIMITIVE = _DICT_KEY | {'COLON', 'INTERPOLATION'}
+_TYPED = {'INT': int, 'FLOAT': float, 'NULL': lambda _: None, 'BOOL': lambda text: text.lower() == 'true',
+          'ESC': lambda text: text[1::2]}  # a token alone; any other kind is its text
 _ESCAPED_QUOTE = {"'": re.compile(r"(\\)+'"), '"': re.compile(r'(\\)+"')}
 
 
@@ -172,9 +174,7 @@ def _primitive(tokens, at, kinds) -> tuple[Any, int]:
     if len(run) > 1:
         return ''.join(text[1::2] if kind == 'ESC' else text for kind, text in run), end
     kind, text = run[0]
-    typed = {'INT': int, 'FLOAT': float, 'NULL': lambda _: None, 'BOOL': lambda t: t.lower() == 'true',
-             'ESC': lambda t: t[1::2]}
-    return typed.get(kind, str)(text), end
+    return _TYPED.get(kind, str)(text), end
 
 
 def _unquote(text: str) -> str:
@@ -205,32 +205,40 @@ def compose_quickly(overrides: list[str], conf_dir: Path = CONF_DIR) -> Optional
 
 
 def _choices(conf_dir: Path, group_overrides: list[Override]) -> list[tuple[Optional[str], str]]:
+    """The primary config's defaults list with the group overrides applied."""
+    defaults = _defaults(conf_dir)
+    chosen = {o.key: o.value for o in group_overrides}
+    if len(chosen) != len(group_overrides) or not all(
+            o.kind == 'change' and isinstance(o.value, str) and o.key in dict(defaults) for o in group_overrides):
+        raise Decline
+    choices = [(group, chosen.get(group, option)) for group, option in defaults]
+    if not all(group is None or (conf_dir / group / f'{option}.yaml').is_file() for group, option in choices):
+        raise Decline  # hydra names the options there are
+    return choices
+
+
+@lru_cache(maxsize=None)
+def _defaults(conf_dir: Path) -> tuple[tuple[Optional[str], str], ...]:
     """The primary config's defaults list as (group, option) in merge order, (None, '_self_')
-    for the primary config itself, the group overrides applied."""
+    for the primary config itself; hydra's own entries left out (its node is not in the result)."""
     import yaml
-    defaults = (yaml.safe_load((conf_dir / f'{PRIMARY}.yaml').read_text()) or {}).get('defaults')
-    choices = []
-    for entry in defaults or []:
+    entries = (yaml.safe_load((conf_dir / f'{PRIMARY}.yaml').read_text()) or {}).get('defaults') or []
+    defaults = []
+    for entry in entries:
         if entry == '_self_':
-            choices.append((None, '_self_'))
+            defaults.append((None, '_self_'))
         elif isinstance(entry, dict) and len(entry) == 1:
             (group, option), = entry.items()
             if group.startswith('override hydra/'):
-                continue  # hydra's own configuration, deleted from the result
+                continue
             if not (re.fullmatch(r'[A-Za-z_][\w-]*', group) and isinstance(option, str)):
-                raise Decline
-            choices.append((group, option))
+                raise Decline  # optional, @package, a list of options, null: hydra's
+            defaults.append((group, option))
         else:
             raise Decline
-    chosen = {o.key: o for o in group_overrides}
-    if (None, '_self_') not in choices or len(chosen) != len(group_overrides) or not all(
-            o.kind == 'change' and isinstance(o.value, str) and o.key in dict(choices)
-            for o in group_overrides):
-        raise Decline
-    choices = [(group, chosen[group].value if group in chosen else option) for group, option in choices]
-    if not all(group is None or (conf_dir / group / f'{option}.yaml').is_file() for group, option in choices):
-        raise Decline
-    return choices
+    if (None, '_self_') not in defaults:
+        raise Decline  # where the primary config goes then depends on hydra's version
+    return tuple(defaults)
 
 
 def _compose(conf_dir: Path, choices, value_overrides: list[Override]) -> dict:
