@@ -76,12 +76,13 @@ def allowed_keys() -> dict[str, tuple[str, ...]]:
     """Group -> its keys ('' -> the top level): the group defaults plus what the model presets
     set (a preset also sets its recipe's train.* keys, all of which train/default.yaml has)."""
     import yaml
+    loader = getattr(yaml, 'CSafeLoader', yaml.SafeLoader)  # libyaml's: a quarter of the time
     keys: dict[str, set[str]] = {'': set(TOP_LEVEL_KEYS) | set(GROUPS)}
     for group in GROUPS:
         default = CONF_DIR / group / 'default.yaml'
-        keys[group] = set(yaml.safe_load(default.read_text()) or {}) if default.is_file() else set()
+        keys[group] = set(yaml.load(default.read_text(), loader) or {}) if default.is_file() else set()
     for preset in (CONF_DIR / 'model').glob('*.yaml'):
-        keys['model'] |= set(yaml.safe_load(preset.read_text())['model'])
+        keys['model'] |= set(yaml.load(preset.read_text(), loader)['model'])
     return {group: tuple(sorted(names)) for group, names in keys.items()}
 
 
