@@ -26,12 +26,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
-from trainer.compose import compose_quickly, compose_with_hydra
+from trainer.compose import CONF_DIR, compose_quickly, compose_with_hydra
 from trainer.dataset_format import (has_split, is_finished_dataset, read_dataset_info,
                                     resolve_dataset_path)
 from trainer.errors import EXIT_BAD_INPUT, BadInput
 
-CONF_DIR = Path(__file__).resolve().parent / 'conf'
 GROUPS = ('model', 'data', 'train', 'checkpoint', 'wandb')
 TOP_LEVEL_KEYS = ('run_name', 'run_dir', 'seed')
 PRECISIONS = ('auto', 'fp32', 'amp_fp16', 'amp_bf16')
