@@ -209,7 +209,8 @@ def _choices(conf_dir: Path, group_overrides: list[Override]) -> list[tuple[Opti
     defaults = _defaults(conf_dir)
     chosen = {o.key: o.value for o in group_overrides}
     if len(chosen) != len(group_overrides) or not all(
-            o.kind == 'change' and isinstance(o.value, str) and o.key in dict(defaults) for o in group_overrides):
+            o.kind == 'change' and isinstance(o.value, str) and o.key in dict(defaults)
+            for o in group_overrides):
         raise Decline
     choices = [(group, chosen.get(group, option)) for group, option in defaults]
     if not all(group is None or (conf_dir / group / f'{option}.yaml').is_file() for group, option in choices):
@@ -306,7 +307,8 @@ def _apply(cfg, override: Override) -> None:
         with open_dict(cfg):
             del (OmegaConf.select(cfg, parent) if parent else cfg)[name]
     elif override.kind == 'add':
-        if OmegaConf.select(cfg, key, throw_on_missing=False) is not None and not isinstance(value, (dict, list)):
+        there = OmegaConf.select(cfg, key, throw_on_missing=False)
+        if there is not None and not isinstance(value, (dict, list)):
             raise Decline
         OmegaConf.update(cfg, key, value, merge=True, force_add=True)
     else:

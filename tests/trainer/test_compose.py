@@ -148,5 +148,6 @@ print(json.dumps({{"lrs": [p.config["train"]["lr"] for p in plans], "refused": r
     result = json.loads(proc.stdout)
     assert result['lrs'] == [1e-4, 3e-4, 1e-3, 3e-3]
     assert result['refused'].startswith('member 5 of 5 (model=tiny ')
-    assert result['refused'].endswith('train.global_batch_size=7: not divisible by the 2 ranks; allowed: a multiple of 2')
+    assert result['refused'].endswith(
+        'train.global_batch_size=7: not divisible by the 2 ranks; allowed: a multiple of 2')
     assert result['hydra'] is False
