@@ -43,6 +43,15 @@ def job_script(directory: Path, name: str, body: str, *options: str) -> Path:
     return path
 
 
+def sbatch_script(directory: Path, name: str, body: str, *options: str) -> Path:
+    """A minimal SLURM job script (`#SBATCH` options), for the backends' own tests."""
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={name}", f"#SBATCH --output={directory}/{name}.out",
+             "#SBATCH --time=00:10:00", *[f"#SBATCH {o}" for o in options], body, ""]
+    path = directory / f"{name}.sh"
+    path.write_text("\n".join(lines))
+    return path
+
+
 def make_run_dir(path: Path, scheduler: str = "local", gpus: int = 1, **chain) -> Path:
     """A run directory at `path` as `slmjobs launch` writes it (run.yaml through the real
     writers, for the shipped `scheduler` profile), with no job submitted yet. `chain`

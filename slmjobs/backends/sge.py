@@ -299,7 +299,7 @@ class SGEBackend(Backend):
         if hold_on:
             argv += ["-hold_jid", str(hold_on)]
         if held:
-            argv += ["-h", "u"]
+            argv.append("-h")  # a user hold, which qrls lifts
         out = _run(argv + [str(script)]).stdout.strip()
         job_id = out.splitlines()[-1].split(".")[0] if out else ""
         if not job_id.isdigit():

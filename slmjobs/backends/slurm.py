@@ -62,9 +62,9 @@ def _one_line(text: str) -> str:
 
 
 # ------------------------------------------------------------------------- squeue
-# Pending reasons that mean "waits on something other than resources": a predecessor, a hold.
-HOLD_REASONS = ("Dependency", "DependencyNeverSatisfied", "JobHeldUser", "JobHeldAdmin",
-                "BeginTime", "Reservation")
+# Pending reasons that mean "waits on a predecessor or a hold" (Grid Engine's `h`); waiting for
+# resources, priority or a start time (--begin) is plain queued, as `qw` is.
+HOLD_REASONS = ("Dependency", "DependencyNeverSatisfied", "JobHeldUser", "JobHeldAdmin")
 # Job states (squeue %T, sacct State) by what they mean here.
 RUNNING_STATES = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING",
                   "RESIZING", "STAGE_OUT"}
