@@ -97,7 +97,7 @@ class Run:
         else:
             cmd = [PYTHON, '-m', 'trainer.train']
         cmd += overrides + [f'run_name={run_dir.name}', f'run_dir={run_dir}']
-        script = "trap '' USR1 USR2; " + ' '.join(shlex.quote(c) for c in cmd)
+        script = "trap '' USR1 USR2 TERM; " + ' '.join(shlex.quote(c) for c in cmd)
         self.log = open(self.log_path, 'w')
         self.proc = subprocess.Popen(['bash', '-c', script], stdout=self.log, stderr=subprocess.STDOUT,
                                      cwd=run_dir.parent, env=env, start_new_session=True)
