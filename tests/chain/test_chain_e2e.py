@@ -184,23 +184,40 @@ def reference_two_ranks(campaign):
 
 
 # ------------------------------------------------------------------------------ the tests
+def training_after_a_hand_off(run_dir: Path) -> bool:
+    """A link after the first trains, a few batches past the checkpoint it resumed from."""
+    progress = rundir.read_progress(run_dir)
+    link = progress.get("link") or 0
+    before = events.ended_links(ledger.read(run_dir)).get(link - 1)
+    return (link >= 2 and progress.get("state") == "training" and before is not None
+            and progress.get("step", 0) >= (before.get("checkpoint_step") or 0) + 3)
+
+
+@pytest.fixture(scope="module")
+def cancelled(campaign) -> dict[str, str]:
+    """scheduler -> what `slmjobs cancel` printed for its cancel chain, each cancelled as soon as
+    a later link of it trains: the chains run side by side, so they are watched together."""
+    waiting = {scheduler: f"{scheduler}-cancel" for scheduler in SCHEDULERS}
+    said = {}
+
+    def cancel_the_ready_ones():
+        for scheduler, name in list(waiting.items()):
+            if training_after_a_hand_off(campaign.chains[name]):
+                said[scheduler] = campaign.cli("cancel", name).stdout
+                del waiting[scheduler]
+        return not waiting
+
+    wait_until(cancel_the_ready_ones, WAIT, "a later link of each cancel chain to train",
+               interval=0.5)
+    return said
+
+
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
-def test_cancel_mid_chain_then_resume_completes_with_the_reference_weights(campaign, scheduler):
+def test_cancel_mid_chain_then_resume_completes_with_the_reference_weights(campaign, cancelled,
+                                                                          scheduler):
     name = f"{scheduler}-cancel"
     run_dir = campaign.chains[name]
-
-    def training_after_a_hand_off():
-        """A link after the first trains, a few batches past the checkpoint it resumed from."""
-        progress = rundir.read_progress(run_dir)
-        link = progress.get("link") or 0
-        before = events.ended_links(ledger.read(run_dir)).get(link - 1)
-        return (link >= 2 and progress.get("state") == "training" and before is not None
-                and progress.get("step", 0) >= (before.get("checkpoint_step") or 0) + 3)
-
-    wait_until(training_after_a_hand_off, WAIT, "a later link of the cancel chain to train",
-               interval=0.5)
-    out = campaign.cli("cancel", name).stdout
-    assert "cancelled" in out
+    assert "cancelled" in cancelled[scheduler]
     # nothing of it queued, held or running, as qstat/squeue themselves say
     wait_until(lambda: not active_jobs(run_dir, scheduler), 60, "the cancelled chain's jobs to go",
                interval=1.0)
@@ -311,7 +328,8 @@ def test_a_link_at_its_slurm_time_limit_hands_off_on_sigterm(campaign, reference
     run_dir = campaign.chains["slurm-hardkill"]
     evs = assert_finished_without_leftovers(run_dir, "slurm")
     links = trained_links(evs)
-    assert len(links) >= MIN_LINKS, links
+    # No link trains past its --time plus KillWait (150 s): 200 batches of 1 s need two at least.
+    assert len(links) >= 2, links
     assert [e["how"] for e in links] == ["handed_off"] * (len(links) - 1) + ["finished"]
     assert_no_batch_recomputed_at_hand_offs(run_dir, evs)
     handed_off = [e for e in links if e["how"] == "handed_off"]
