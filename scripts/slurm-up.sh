@@ -192,6 +192,8 @@ else
     log "starting munged"
     mkdir -p /run/munge
     chown munge:munge /run/munge /var/log/munge /var/lib/munge
+    # Debian's postinst makes the key; a host that lost it gets a new one (single host: no copies)
+    [ -s /etc/munge/munge.key ] || runuser -u munge -- /usr/sbin/mungekey --create
     runuser -u munge -- /usr/sbin/munged
 fi
 wait_for 10 "munge answering" bash -c "munge -n | unmunge"
