@@ -43,7 +43,7 @@ NOTHING = 3   # begin: nothing to do; the job script exits 0 without starting th
 # 74 (EX_IOERR): a save failed for lack of space or quota, which retrying cannot fix either.
 EXIT_FINISHED, EXIT_BAD_CONFIG, EXIT_DISK_FULL, EXIT_HANDED_OFF, EXIT_SIGKILL = 0, 2, 74, 75, 137
 # Exit statuses after which the chain must stop at once, and the reason it records.
-STOPPING_EXITS = {EXIT_BAD_CONFIG: BAD_CONFIG, EXIT_DISK_FULL: DISK_FULL}
+STOPPING_EXITS = {EXIT_BAD_CONFIG: BAD_CONFIG, EXIT_DISK_FULL: DISK_FULL, 65: events.DIVERGED}
 
 
 class Run:

@@ -96,6 +96,8 @@ def write_safetensors(path: Path, tensors: dict) -> None:
     """The safetensors format (8-byte header length, JSON header, raw little-endian data), written
     one tensor at a time: safetensors.torch.save_file would hold every tensor's bytes at once."""
     import torch
+
+    from trainer import checkpoints
     header, offset = {}, 0
     for name, t in tensors.items():
         n = t.numel() * t.element_size()
@@ -110,26 +112,7 @@ def write_safetensors(path: Path, tensors: dict) -> None:
         f.write(raw)
         for t in tensors.values():
             f.write(t.contiguous().view(-1).view(torch.uint8).numpy().data)  # one tensor's copy at most
-            page_out(t)
-
-
-MADV_PAGEOUT = 21  # Linux >= 5.4 (<linux/mman.h>); Python's mmap module does not always name it
-
-
-def page_out(tensor) -> None:
-    """Hint that the checkpoint pages behind `tensor` are done with, so the export's resident
-    memory stays about one tensor instead of growing to the whole model. Only a hint: the data
-    stays valid (it is read from the file again if touched); where the kernel lacks it, nothing."""
-    import ctypes
-    import mmap
-    if not sys.platform.startswith('linux'):
-        return
-    storage = tensor.untyped_storage()
-    start = -(-storage.data_ptr() // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside it
-    end = storage.data_ptr() + storage.nbytes()
-    if end > start:
-        ctypes.CDLL(None, use_errno=True).madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start),
-                                                  MADV_PAGEOUT)
+            checkpoints.page_out(t)
 
 
 def write_config(out: Path, model_cfg: dict, vocab_size: int, eos_id: int) -> None:
@@ -179,6 +162,7 @@ def export(run_dir: Path, out: Path, checkpoint=None, force: bool = False) -> st
     weights = checkpoints.model_state(checkpoints.load(path))
     vocab_size = int(info['vocab_size'])
     check_expressible(model_cfg, weights, vocab_size)
+    checkpoints.refuse_non_finite(path, weights)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f'.{out.name}.tmp-{os.getpid()}')

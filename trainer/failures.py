@@ -1,8 +1,10 @@
 """What a failure of training means for the chain, when it is not a crash.
 
-Two failures will happen again however often a link is retried, so the worker exits with a
+Three failures will happen again however often a link is retried, so the worker exits with a
 status of its own instead of spending the chain's crash budget (docs/CONTRACTS.md):
 
+- the loss or the weights became non-finite (trainer.callbacks.HandOff raised Diverged before
+  anything was saved): diverged, 65;
 - wandb refused the credentials (a wrong or revoked WANDB_API_KEY): a bad configuration, 2;
 - a checkpoint could not be saved for lack of space or quota: disk full, 74. torch's zip
   writer reports a full disk as `unexpected pos N vs M`, so a write error counts as one when
@@ -18,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from trainer.errors import EXIT_BAD_INPUT, EXIT_DISK_FULL
+from trainer.errors import EXIT_BAD_INPUT, EXIT_DISK_FULL, EXIT_DIVERGED, Diverged
 
 NEARLY_FULL = 64 << 20  # bytes free under which a failed write is taken for a full disk
 _WRITE_FAILED = re.compile(r'unexpected pos|file write failed|no space left|quota', re.I)
@@ -28,6 +30,8 @@ _AUTH_FAILED = re.compile(r'not logged in|401|unauthori[sz]ed|invalid api key|ap
 def exit_for(exc: BaseException, checkpoint_dir: Path) -> Optional[tuple[int, str]]:
     """(exit status, one line) when `exc` is one of the failures above, else None."""
     for cause in causes(exc):
+        if isinstance(cause, Diverged):
+            return EXIT_DIVERGED, str(cause)
         if is_wandb_auth_failure(cause):
             return EXIT_BAD_INPUT, (f'wandb refused the credentials ({first_line(cause)}): allowed '
                                     'is a valid WANDB_API_KEY (wandb login), or wandb.mode=offline')

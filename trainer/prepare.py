@@ -130,10 +130,26 @@ _worker_tokenizer = None
 _all_started = None  # a Barrier of the pool's size
 
 
-def _start_worker(tok, all_started) -> None:
+def _start_worker(tok, all_started, parent: int) -> None:
     global _worker_tokenizer, _all_started
+    _die_with(parent)
     os.environ['TOKENIZERS_PARALLELISM'] = 'false'  # one process per core already
     _worker_tokenizer, _all_started = tok, all_started
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with(parent: int) -> None:
+    """SIGKILL this worker when the preparing process dies: killed (a user's kill -9, a job's
+    end), it cannot shut the pool down, and the workers, each holding the task queue's write end
+    too, would wait for work forever."""
+    import ctypes
+    import signal
+    if sys.platform.startswith('linux'):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
 
 
 def _wait_for_the_others(_) -> float:
@@ -150,7 +166,8 @@ def start_pool(tok, n: int):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     spawn = multiprocessing.get_context('spawn')
-    pool = ProcessPoolExecutor(n, mp_context=spawn, initializer=_start_worker, initargs=(tok, spawn.Barrier(n)))
+    pool = ProcessPoolExecutor(n, mp_context=spawn, initializer=_start_worker,
+                               initargs=(tok, spawn.Barrier(n), os.getpid()))
     return pool, sum(pool.map(_wait_for_the_others, range(n)))
 
 
