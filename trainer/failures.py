@@ -20,8 +20,10 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from trainer.errors import EXIT_BAD_INPUT, EXIT_DISK_FULL, EXIT_DIVERGED, Diverged
+from trainer.errors import EXIT_BAD_INPUT, EXIT_CANT_CREATE, EXIT_DISK_FULL, EXIT_DIVERGED, Diverged
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 NEARLY_FULL = 64 << 20  # bytes free under which a failed write is taken for a full disk
 _WRITE_FAILED = re.compile(r'unexpected pos|file write failed|no space left|quota', re.I)
 _AUTH_FAILED = re.compile(r'not logged in|401|unauthori[sz]ed|invalid api key|api key', re.I)
@@ -80,6 +82,26 @@ def no_space_line(folder: Path) -> str:
     return (f'no space left to save a checkpoint in {folder}: {free_bytes(folder) / 2**20:.1f} MiB '
             f'free on {mount} ({kind}); free some space or raise the quota, then continue with '
             'slmjobs resume (the last checkpoint that was saved is intact)')
+
+
+def filesystem_failure(exc: BaseException, writing: Path) -> Optional[tuple[int, str]]:
+    """(exit status, one line) when a tool's output (a dataset, an export) could not be written
+    for a reason retrying cannot fix: no space or quota (74), or a filesystem that refuses the
+    write, read-only or without permission (73). None for any other error. `writing`: what was
+    being written, named when the error itself names no file (a failed write() does not)."""
+    if not isinstance(exc, OSError) or exc.errno not in NO_SPACE + NOT_WRITABLE:
+        return None
+    path = Path(exc.filename or writing)
+    mount, kind = filesystem_of(path)
+    if exc.errno in NO_SPACE:
+        return EXIT_DISK_FULL, (f'{path}: {exc.strerror} ({free_bytes(Path(mount)) / 2**20:.1f} MiB free on '
+                                f'{mount}, {kind}); free some space or raise the quota, then run the '
+                                f'command again')
+    if exc.errno == errno.EROFS:
+        return EXIT_CANT_CREATE, (f'{path}: {exc.strerror} ({mount}, {kind}); allowed: an output on a '
+                                  f'writable filesystem')
+    return EXIT_CANT_CREATE, (f'{path}: {exc.strerror} (on {mount}, {kind}); allowed: an output where '
+                              f'you may write (or fix the permissions of {path.parent})')
 
 
 def filesystem_of(path: Path) -> tuple[str, str]:
