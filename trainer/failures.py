@@ -1,7 +1,7 @@
 """What a failure of training means for the chain, when it is not a crash.
 
-Three failures will happen again however often a link is retried, so the worker exits with a
-status of its own instead of spending the chain's crash budget (docs/CONTRACTS.md):
+Three failures of training will happen again however often a link is retried, so the worker
+exits with a status of its own instead of spending the chain's crash budget (docs/CONTRACTS.md):
 
 - the loss or the weights became non-finite (trainer.callbacks.HandOff raised Diverged before
   anything was saved): diverged, 65;
@@ -9,6 +9,9 @@ status of its own instead of spending the chain's crash budget (docs/CONTRACTS.m
 - a checkpoint could not be saved for lack of space or quota: disk full, 74. torch's zip
   writer reports a full disk as `unexpected pos N vs M`, so a write error counts as one when
   the checkpoint folder's filesystem is (nearly) full.
+
+The worker's tools (prepare, export) meet the same filesystems: filesystem_failure turns a full
+one (74), or one that refuses the write (73), into one line for them.
 """
 
 from __future__ import annotations
@@ -77,6 +80,14 @@ def free_bytes(path: Path) -> int:
     return stat.f_bavail * stat.f_frsize
 
 
+def size_bytes(path: Path) -> int:
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return 0
+    return stat.f_blocks * stat.f_frsize
+
+
 def no_space_line(folder: Path) -> str:
     mount, kind = filesystem_of(folder)
     return (f'no space left to save a checkpoint in {folder}: {free_bytes(folder) / 2**20:.1f} MiB '
@@ -94,14 +105,14 @@ def filesystem_failure(exc: BaseException, writing: Path) -> Optional[tuple[int,
     path = Path(exc.filename or writing)
     mount, kind = filesystem_of(path)
     if exc.errno in NO_SPACE:
-        return EXIT_DISK_FULL, (f'{path}: {exc.strerror} ({free_bytes(Path(mount)) / 2**20:.1f} MiB free on '
-                                f'{mount}, {kind}); free some space or raise the quota, then run the '
-                                f'command again')
+        return EXIT_DISK_FULL, (f'{path}: {exc.strerror} (filesystem {mount}, {kind}, '
+                                f'{size_bytes(Path(mount)) / 2**20:.1f} MiB: {free_bytes(Path(mount)) / 2**20:.1f} '
+                                f'MiB free now); free some space or raise the quota, then run the command again')
     if exc.errno == errno.EROFS:
-        return EXIT_CANT_CREATE, (f'{path}: {exc.strerror} ({mount}, {kind}); allowed: an output on a '
-                                  f'writable filesystem')
-    return EXIT_CANT_CREATE, (f'{path}: {exc.strerror} (on {mount}, {kind}); allowed: an output where '
-                              f'you may write (or fix the permissions of {path.parent})')
+        return EXIT_CANT_CREATE, (f'{path}: {exc.strerror} (filesystem {mount}, {kind}); allowed: an '
+                                  f'output on a writable filesystem')
+    return EXIT_CANT_CREATE, (f'{path}: {exc.strerror} (filesystem {mount}, {kind}); allowed: an output '
+                              f'where you may write (or fix the permissions of {path.parent})')
 
 
 def filesystem_of(path: Path) -> tuple[str, str]:
