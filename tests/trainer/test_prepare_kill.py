@@ -187,7 +187,7 @@ def test_killing_slmjobs_prepare_ends_every_process_of_the_preparation(corpus, t
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         wait_until(lambda: not group_members(proc.pid), 30, 'every process of the preparation to end')
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    finally:  # whatever the test's own kill left
+        for pid in group_members(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        proc.wait()
