@@ -305,6 +305,14 @@ def main(argv=None) -> None:
             raise
         click.echo(f"slmjobs: scheduler error: {exc}", err=True)
         sys.exit(1)
+    except OSError as exc:  # a full, read-only or closed filesystem: one line, as the worker's
+        from slmjobs.rundir import filesystem_failure
+
+        failure = filesystem_failure(exc)
+        if failure is None:
+            raise
+        click.echo(f"slmjobs: error: {failure[1]}", err=True)
+        sys.exit(failure[0])
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
