@@ -34,8 +34,8 @@ existing finished dataset is only replaced with --force, and only once the new o
 Exit status: 0; 2 for bad input (nothing of it kept); 74 when the filesystem is full or the quota
 spent (the recorded pieces are kept: the same command continues after them once there is room);
 73 when it is read-only or --out may not be written there. One line on stderr each. A failed
-preparation removes what it made (the work directory unless it resumes from it, the empty
-directories above --out it created) and nothing else.
+preparation removes what it made -- its work directory (after a full disk: all but the recorded
+pieces), the empty directories above --out it created -- and nothing else.
 """
 
 from __future__ import annotations
