@@ -38,6 +38,7 @@ TRAINING_TESTS = (  # start the worker without one of those fixtures
     "tests/launcher/test_launch.py::test_real_launch_on_the_local_backend",
     "tests/chain/test_bad_config_local.py::",  # a chain on the local backend (chain_support.Campaign)
     "tests/chain/test_damaged_checkpoint_local.py::",  # the same
+    "tests/chain/test_diverged_local.py::",  # the same
     "tests/chain/test_disk_full.py::test_a_chain_on_a_full_disk",  # the same, on a tmpfs
     "tests/chain/test_scheduler_faults.py::",  # chains on Grid Engine and SLURM (and a reference)
     "tests/launcher/test_launch.py::test_a_launcher_killed_at_any_moment",  # links that start

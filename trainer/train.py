@@ -12,7 +12,9 @@ autoresume: a re-run continues exactly where the last checkpoint left off), prog
 Exit status: 0 finished (max_steps reached, final checkpoint written); 75 handed off (stopped
 by SLMJOBS_DEADLINE or SIGUSR1/SIGUSR2/SIGTERM, checkpoint written at the stop step, run it
 again to continue); 2 bad configuration or input (nothing written; also wandb refusing the
-credentials); 74 no space left to save a checkpoint; anything else crashed.
+credentials); 74 no space left to save a checkpoint; 65 diverged (the loss or the weights became
+NaN/inf: stopped at that batch, nothing saved after the last finite checkpoint); anything else
+crashed.
 See docs/CONTRACTS.md.
 
 Read top to bottom, this is one link's life: main -> run: compose the configuration, check it
