@@ -35,6 +35,7 @@ CLUSTER_FIXTURES = {"sge_cluster", "slurm_cluster"}  # the real schedulers (`sge
 TRAINING_FIXTURES = {"worker", "reference", "reference_two_ranks", "campaign", "bpe_run"}  # start the worker
 TRAINING_TESTS = (  # start the worker without one of those fixtures
     "tests/test_demo.py::test_demo_",
+    "tests/test_extending.py::test_the_shell_scheduler",  # a whole chain under the doc's scheduler
     "tests/launcher/test_launch.py::test_real_launch_on_the_local_backend",
     "tests/chain/test_bad_config_local.py::",  # a chain on the local backend (chain_support.Campaign)
     "tests/chain/test_damaged_checkpoint_local.py::",  # the same

@@ -44,7 +44,7 @@ def test_default_profile_is_local_then_env_then_user_config(config_dir, monkeypa
 def test_shipped_profiles_are_package_data():
     """The package reaches cluster/ through slmjobs/clusters, which a wheel build copies."""
     assert sorted(p.name for p in profiles.SHIPPED_DIR.glob("*.yaml")) == [
-        "local.yaml", "scc.yaml", "sge.yaml", "slurm.yaml"]
+        "demo.yaml", "local.yaml", "scc.yaml", "sge.yaml", "slurm.yaml"]
     assert profiles.load("local")["scheduler"] == "local"
 
 
@@ -88,7 +88,7 @@ def test_bad_profiles_name_file_key_and_allowed(tmp_path, text, key, allowed):
 
 
 def test_unknown_cluster_lists_the_allowed_ones():
-    with pytest.raises(UsageError, match=r"unknown cluster 'nope': allowed are local, scc, sge"):
+    with pytest.raises(UsageError, match=r"unknown cluster 'nope': allowed are demo, local, scc, sge, slurm"):
         profiles.load("nope")
 
 
