@@ -246,13 +246,31 @@ def make_callbacks(plan: Plan, progress: Progress, handoff, train_dataset) -> li
     from trainer.callbacks import ProgressLogger
     from trainer.history import HISTORY_NAME, MetricsHistory
     train = plan.config['train']
-    return [
+    history = MetricsHistory(plan.run_dir / HISTORY_NAME, progress)  # records what ProgressLogger logged
+    callbacks = [
         handoff,
         ProgressLogger(progress, train['log_every'], float(train['progress_every_seconds']),
                        float(plan.dataset['bytes_per_token']), float(train['debug_batch_sleep']),
                        train_dataset if plan.config['data']['num_workers'] == 0 else None),
-        MetricsHistory(plan.run_dir / HISTORY_NAME, progress),  # records what ProgressLogger logged
+        history,
     ]
+    if plan.hellaswag_data is not None:
+        callbacks.append(make_hellaswag_eval(plan, handoff, history))
+    return callbacks
+
+
+def make_hellaswag_eval(plan: Plan, handoff, history):
+    """eval.every: HellaSwag on the dataset's own tokenizer (read on every rank from the dataset,
+    not from the run's copy, which rank 0 may still be writing)."""
+    from trainer import hellaswag
+    from trainer.callbacks import HellaSwagEval
+    from trainer.run_inputs import tokenizer_in
+    evaluation = plan.config['eval']
+    every = hellaswag.read_items(plan.hellaswag_data)
+    tok, info = tokenizer_in(plan.data_dir)
+    return HellaSwagEval(evaluation['every'], hellaswag.subset(every, evaluation['items']),
+                         hellaswag.subset_name(evaluation['items'], len(every)), tok, int(info['vocab_size']),
+                         evaluation['batch_items'], history, evaluation['seconds_guess'], handoff)
 
 
 def make_save_timer(plan: Plan, progress: Progress, handoff):
