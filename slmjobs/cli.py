@@ -242,6 +242,30 @@ def prepare(args):
     return subprocess.call([sys.executable, "-m", "trainer.prepare", *args])
 
 
+@cli.group("eval-data", context_settings=CONTEXT)
+def eval_data():
+    """Evaluation data for jobs, which have no network (run on a login node)."""
+
+
+@eval_data.command("fetch", context_settings=CONTEXT)
+@click.argument("task", metavar="hellaswag")
+@click.option("--file", metavar="PATH", help="Copy this local file instead of downloading the original.")
+@click.option("--cluster", metavar="NAME|PATH", help="Cluster profile whose data_root receives it.")
+def eval_data_fetch(task, file, cluster):
+    """Download (or copy with --file) TASK's items to <data_root>/evals/TASK/, checked against the
+    pinned hash, with a manifest written last."""
+    from pathlib import Path
+
+    from slmjobs import evaldata, profiles
+
+    profile = profiles.load(cluster)
+    root = profiles.data_root(profile, profiles.project_of(None, profile)) or Path("data").absolute()
+    folder, manifest, warnings = evaldata.fetch(task, root, file)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"{task}: {manifest['items']} items in {folder} (git blob {manifest['git_blob'][:12]})")
+
+
 # ------------------------------------------------------------------ sample, export
 def _forward_to_worker(module, run, options):
     """Run `python -m trainer.MODULE RUN_DIR --option value ...` with the options the user gave

@@ -33,5 +33,5 @@ def hellaswag_file(configured: Optional[str], root: Optional[Path] = None, name:
     folder = ((root or data_root()) / EVAL_DATA_DIR / 'hellaswag').absolute()
     if not (folder / MANIFEST).is_file():
         raise BadInput(f'no HellaSwag data in {folder} (no {MANIFEST}); run `slmjobs eval-data fetch '
-                       f'hellaswag` on a login node, or name a file with {name}')
+                       f'hellaswag` on a login node, or name a file with {name.strip()}FILE')
     return folder / HELLASWAG_FILE
