@@ -19,7 +19,7 @@ import os
 import time
 from pathlib import Path
 
-from slmjobs import events, kinds, ledger, rundir, submit
+from slmjobs import evals, events, kinds, ledger, rundir, submit
 from slmjobs.backends import ACTIVE_STATES, ENDED, ENDING, UNKNOWN, Job, SchedulerError, get_backend
 from slmjobs.errors import UsageError
 from slmjobs.statuscache import StatusCache
@@ -196,6 +196,7 @@ def status_row(info: RunInfo, answers: dict[tuple[str, str], Job]) -> dict:
         "checkpoint_age_seconds": (now - checkpoint_time)
         if isinstance(checkpoint_time, (int, float)) else None,
         "gpu_hours": _gpu_hours(info, answers, now),
+        "hellaswag": evals.latest_hellaswag(info.dir),
         "stop_reason": stop.get("reason") if stop else None,
         "stop_detail": stop.get("detail") if stop else (_why_broken(info) if state == BROKEN
                                                          else None),

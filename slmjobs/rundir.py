@@ -26,7 +26,7 @@ CHECKPOINTS = "checkpoints"
 LATEST_CHECKPOINT = "latest-rank0.pt"
 HISTORY_FILE = "metrics.jsonl"     # its format and reader: slmjobs.history
 # The files a status row is computed from: a row is valid while none of them changed.
-STATUS_INPUTS = (RUN_FILE, LEDGER_FILE, PROGRESS_FILE, DONE_FILE)
+STATUS_INPUTS = (RUN_FILE, LEDGER_FILE, PROGRESS_FILE, DONE_FILE, "evals.jsonl")  # evals: slmjobs.evals
 
 
 # ------------------------------------------------------------------------ paths

@@ -75,6 +75,8 @@ COLUMNS = [
     Column("CKPT AGE", "checkpoint_age_seconds",
            lambda row: duration(row.get("checkpoint_age_seconds"))),
     Column("GPU-H", "gpu_hours", _number("gpu_hours", ".2f")),
+    Column("HELLASWAG", "hellaswag", lambda row: "-" if not row.get("hellaswag") else
+           f"{row['hellaswag']['acc_norm']:.4f}@{row['hellaswag']['step']}"),  # acc_norm at step
     Column("NOTE", "note", note),
 ]
 
