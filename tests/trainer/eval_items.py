@@ -60,16 +60,16 @@ def small_bpe(items: list[dict], vocab_size: int = 400):
 
 
 def tiny_run(run_dir: Path, tokenizer=None, block_size: int = 64, seed: int = 0, scale: float = 20.0,
-             step: int = 8, weights=None) -> Path:
+             step: int = 8, weights=None, shape: dict | None = None) -> Path:
     """A run directory as the worker leaves it (model.json, tokenizer/, a checkpoint in Composer's
-    layout) holding a 2-layer GPT. Random weights are scaled up (`scale`) so the model has
+    layout) holding a 2-layer GPT (or `shape`: GPTConfig's fields but vocab_size). Random weights are scaled up (`scale`) so the model has
     opinions: the endings' log-likelihoods differ by nats, not by rounding. `tokenizer`: a
     tokenizers.Tokenizer, or None for the bytes kind."""
     import torch
 
     from trainer.gpt import GPT, GPTConfig
     vocab = 257 if tokenizer is None else tokenizer.get_vocab_size()
-    shape = {'block_size': block_size, 'n_layer': 2, 'n_head': 2, 'n_embd': 32, 'dropout': 0.0, 'bias': True}
+    shape = shape or {'block_size': block_size, 'n_layer': 2, 'n_head': 2, 'n_embd': 32, 'dropout': 0.0, 'bias': True}
     torch.manual_seed(seed)
     model = GPT(GPTConfig(vocab_size=vocab, **shape))
     with torch.no_grad():
