@@ -8,6 +8,7 @@ Bad input raises UsageError anywhere below: one line on stderr, exit status 2.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -39,25 +40,36 @@ def cli():
 @click.option("--name", help="Run name (default: MODEL-YYYYmmdd-HHMMSS).")
 @click.option("--max-links", type=int, help="Most jobs the chain may use (default: the profile's).")
 @click.option("--project", help="Scheduler project (-P); default env SLMJOBS_PROJECT or the profile's.")
+@click.option("--after", metavar="RUN", help="Start when run RUN finishes (its name or directory).")
 @click.option("--dry-run", is_flag=True, help="Print the exact job script; write and submit nothing.")
 @click.option("--validate", is_flag=True, help="Ask the scheduler (qsub -w v) whether it can ever run.")
-def launch(model, overrides, gpus, cluster, walltime, name, max_links, project, dry_run, validate):
+def launch(model, overrides, gpus, cluster, walltime, name, max_links, project, after, dry_run,
+           validate):
     """Render, submit and record a training run of MODEL (tiny, gpt2, gpt2-medium, ...).
 
     Extra arguments are hydra overrides for the trainer, e.g. train.max_duration=2000ba.
     """
-    from slmjobs.launch import launch as do_launch
+    from slmjobs.launch import Request, launch as do_launch
 
-    result = do_launch(model, gpus=gpus, cluster=cluster, walltime=walltime, name=name,
-                       max_links=max_links, project=project, overrides=overrides,
-                       dry_run=dry_run, validate=validate)
+    request = Request(kind="train", options={"model": model, "overrides": list(overrides)},
+                      cluster=cluster, gpus=gpus, walltime=walltime, name=name,
+                      max_links=max_links, project=project,
+                      after=str(_find_run(after)) if after else None)
+    result = do_launch(request, dry_run=dry_run, validate=validate)
+    _report_launch(result, dry_run)
+
+
+def _report_launch(result: dict, dry_run: bool) -> None:
+    """What every kind's launch command prints: the script (dry run), or where the run is."""
     if result["validation"] is not None:
         click.echo(f"scheduler: {result['validation'].strip() or 'request accepted'}", err=True)
     if dry_run:
         click.echo(result["script"], nl=False)
         return
     name = result["spec"]["name"]
-    click.echo(f"run {name}: link 1 submitted as job {result['job_id']}\n"
+    started = (f"link 1 submitted as job {result['job_id']}" if result["job_id"] else
+               f"waiting for run {Path(result['spec']['after']).name} to finish")
+    click.echo(f"run {name}: {started}\n"
                f"run dir: {result['run_dir']}\n"
                f"next:\n"
                f"  slmjobs status {name}\n"
@@ -101,7 +113,6 @@ def _all_runs():
 
 def _find_run(run: str):
     """A run by name (searched in every runs root) or by path."""
-    from pathlib import Path
 
     from slmjobs.rundir import is_run_dir
 

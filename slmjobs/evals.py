@@ -12,6 +12,7 @@ import json
 import os
 
 from slmjobs.rundir import history_path
+from slmjobs.table import Column
 
 EVALS_FILE = "evals.jsonl"
 TASK = "hellaswag"
@@ -92,3 +93,12 @@ def latest_hellaswag(run_dir) -> dict | None:
     best = max(found, key=lambda r: r["step"])
     best = [r for r in found if r["step"] == best["step"]][-1]
     return {"acc_norm": best["acc_norm"], "step": best["step"]}
+
+
+def _hellaswag_cell(row: dict) -> str:
+    score = row.get("hellaswag")
+    return "-" if not score else f"{score['acc_norm']:.4f}@{score['step']}"
+
+
+# The status column of the kinds that score (train, eval): acc_norm at the step it was scored.
+HELLASWAG_COLUMN = Column("HELLASWAG", "hellaswag", _hellaswag_cell)

@@ -59,6 +59,10 @@ SCHEMA: dict[str, tuple] = {
     "runs_root": (_STR, "./runs", "a directory"),
     "data_root": (_OPT_STR, None, "a directory or null"),
     "template": (_STR, "base.sh.j2", "a template file name in the template search path"),
+    # One mail when a run is over (never one per link): who gets it, and the program that
+    # sends it (`mailer -s SUBJECT ADDRESS` with the text on stdin, as mailx and mail do).
+    "mail_user": (_OPT_STR, None, "an e-mail address, or null for no mail"),
+    "mailer": (_STR, "mail", "a mail command that takes -s SUBJECT ADDRESS and the text on stdin"),
     "chain": (_DICT, {}, "a mapping with max_links, crash_budget, no_progress_links"),
 }
 CHAIN_DEFAULTS = {"max_links": 50, "crash_budget": 3, "no_progress_links": 3}
@@ -284,6 +288,21 @@ def runs_root(profile: dict, project: str | None) -> Path:
 def data_root(profile: dict, project: str | None) -> Path | None:
     value = os.environ.get("SLMJOBS_DATA_ROOT") or profile["data_root"]
     return expand_root(value, project) if value else None
+
+
+def check_walltime(walltime: str, profile: dict, gpus: int) -> str:
+    """`walltime` as HH:MM:SS if one job of `gpus` GPUs may ask for it on `profile`, else
+    UsageError (over the maximum, or not longer than the hand-off margin)."""
+    seconds = parse_walltime(walltime, "--walltime")
+    maximum = walltime_max(profile, gpus)
+    if seconds > parse_walltime(maximum):
+        kind = "a GPU job" if gpus else "a CPU-only job"
+        raise UsageError(f"--walltime {walltime} is over the maximum for {kind} on cluster "
+                         f"{profile['name']!r}: allowed is up to {maximum}")
+    if seconds <= profile["handoff_margin"]:
+        raise UsageError(f"--walltime {walltime} is not longer than the hand-off margin of cluster "
+                         f"{profile['name']!r} ({profile['handoff_margin']} s): allowed is more than that")
+    return format_walltime(seconds)
 
 
 def walltime_max(profile: dict, gpus: int) -> str:

@@ -10,8 +10,11 @@ The layout is docs/CONTRACTS.md's table; every other module asks here for a path
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import time
 from pathlib import Path
 
 from slmjobs import ledger
@@ -25,6 +28,7 @@ LEDGER_FILE = ledger.LEDGER_NAME   # its format and writers: slmjobs.ledger
 CHECKPOINTS = "checkpoints"
 LATEST_CHECKPOINT = "latest-rank0.pt"
 HISTORY_FILE = "metrics.jsonl"     # its format and reader: slmjobs.history
+LOCK_FILE = ".lock"                # held by whatever changes the chain from outside
 # The files a status row is computed from: a row is valid while none of them changed.
 STATUS_INPUTS = (RUN_FILE, LEDGER_FILE, PROGRESS_FILE, DONE_FILE, "evals.jsonl")  # evals: slmjobs.evals
 
@@ -227,6 +231,30 @@ def is_done(run_dir) -> bool:
 
 def mark_done(run_dir, text: str) -> None:
     atomic_write(Path(run_dir) / DONE_FILE, text)
+
+
+# ------------------------------------------------------------------ one changer at a time
+@contextlib.contextmanager
+def locked(run_dir, wait_seconds: float = 60):
+    """Held by every command that changes a run's chain from outside (resume, cancel, a
+    waiting run's start): two `slmjobs resume` at once are one after the other, and the second
+    finds the first one's link. UsageError when another holder keeps it past `wait_seconds`."""
+    fd = os.open(os.path.join(run_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        give_up = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > give_up:
+                    raise UsageError(f"run {Path(run_dir).name} is being changed by another slmjobs "
+                                     f"command (for over {wait_seconds:.0f} s): allowed is to try "
+                                     "again once it is done") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # also releases the lock
 
 
 # ------------------------------------------------------------------ room on the disk

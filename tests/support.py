@@ -43,13 +43,21 @@ def job_script(directory: Path, name: str, body: str, *options: str) -> Path:
     return path
 
 
+def train_spec(model: str = "tiny", overrides=(), **request) -> dict:
+    """launch.resolve of a training request: `request` are launch.Request's fields."""
+    from slmjobs import launch
+
+    return launch.resolve(launch.Request(options={"model": model, "overrides": list(overrides)},
+                                         **request))
+
+
 def make_run_dir(path: Path, scheduler: str = "local", gpus: int = 1, **chain) -> Path:
     """A run directory at `path` as `slmjobs launch` writes it (run.yaml through the real
     writers, for the shipped `scheduler` profile), with no job submitted yet. `chain`
     overrides the profile's limits (max_links=2, ...)."""
-    from slmjobs import launch, rundir
+    from slmjobs import rundir
 
-    spec = launch.resolve("tiny", gpus=gpus, cluster=scheduler, name=path.name)
+    spec = train_spec(gpus=gpus, cluster=scheduler, name=path.name)
     spec.update(run_dir=str(path), chain={**spec["chain"], **chain})
     rundir.create(path, spec)
     return path

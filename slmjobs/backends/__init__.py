@@ -14,12 +14,12 @@ backend. Only the launcher/chain choose `hold_on`.
 
 from __future__ import annotations
 
-from slmjobs.backends.core import (ACTIVE_STATES, ENDED, ENDING, HELD, QUEUED, RUNNING, STATES,
+from slmjobs.backends.core import (ACTIVE_STATES, ENDED, ENDING, HELD, QUEUED, RUNNING,
                                    UNKNOWN, Backend, Job, SchedulerError, directives,
                                    parse_duration, resource_requests)
 from slmjobs.errors import UsageError
 
-__all__ = ["ACTIVE_STATES", "ENDED", "ENDING", "HELD", "QUEUED", "RUNNING", "STATES", "UNKNOWN",
+__all__ = ["ACTIVE_STATES", "ENDED", "ENDING", "HELD", "QUEUED", "RUNNING", "UNKNOWN",
            "Backend", "Job", "SchedulerError", "directives", "parse_duration",
            "resource_requests", "REGISTRY", "get_backend"]
 

@@ -12,6 +12,8 @@ import shutil
 
 import pytest
 
+from support import train_spec
+
 from slmjobs import chain, kinds, launch as launcher, ledger, rundir
 from slmjobs.backends import Job
 from slmjobs.errors import UsageError
@@ -60,7 +62,7 @@ def test_planned_hand_offs_submit_one_held_successor_per_link(run_dir, sched):
     ended = {e["link"]: e for e in events(run_dir, "ended")}
     assert [ended[k]["how"] for k in (1, 2, 3, 4)] == ["handed_off", "handed_off", "finished",
                                                         "cancelled"]
-    assert [ended[k]["checkpoint_step"] for k in (1, 2, 3)] == [30, 60, 100]
+    assert [ended[k]["progress"] for k in (1, 2, 3)] == [30, 60, 100]
     assert (run_dir / "DONE").exists()
     assert events(run_dir, "stopped")[-1]["reason"] == "finished"
     assert sched.cancelled == [job_of(run_dir, 4)] and sched.pending() == []
@@ -98,7 +100,7 @@ def test_hard_kill_is_closed_by_the_successor_with_accounting(run_dir, sched):
     assert run_link(run_dir, sched, 2, 75, 80) == chain.TRAIN
     killed = [e for e in events(run_dir, "ended") if e["link"] == 1]
     assert len(killed) == 1 and killed[0]["how"] == "killed"
-    assert killed[0]["checkpoint_step"] == 40 and killed[0]["job_id"] == first
+    assert killed[0]["progress"] == 40 and killed[0]["job_id"] == first
     (accounted,) = events(run_dir, "accounted")
     assert accounted["link"] == 1 and accounted["wallclock"] == 61.0
     assert accounted["exit_status"] == 137
@@ -223,7 +225,7 @@ def test_resume_resets_the_guards_and_submits_the_next_link(run_dir, sched, limi
 
     job_id = chain.resume_run(run_dir)
     (resumed,) = events(run_dir, "resumed")
-    assert resumed["checkpoint_step"] == 10 and resumed["link"] == 4  # link 3 was cancelled
+    assert resumed["progress"] == 10 and resumed["link"] == 4  # link 3 was cancelled
     assert job_of(run_dir, 4) == job_id and events(run_dir, "submitted")[-1]["hold_on"] is None
     assert run_link(run_dir, sched, 4, 1, 10) == chain.TRAIN  # one crash: budget is fresh
     assert sched.pending() == [job_of(run_dir, 5)]
@@ -253,7 +255,7 @@ def test_resume_changes_the_walltime_of_the_next_links(run_dir, sched):
 
 
 def test_a_training_runs_progress_is_the_checkpoint_latest_points_at(run_dir):
-    train = kinds.Train()
+    train = kinds.by_name("train")
     assert train.durable_progress(run_dir) is None
     set_progress(run_dir, 140)
     assert train.durable_progress(run_dir) == 140  # the heartbeat, while there is no link
@@ -261,9 +263,21 @@ def test_a_training_runs_progress_is_the_checkpoint_latest_points_at(run_dir):
     assert train.durable_progress(run_dir) == 120  # what the next link resumes from
 
 
-def test_a_single_job_run_never_submits_a_successor(run_dir, sched):
+class OneJob(kinds.Kind):
+    """A kind whose one job does all its work (an evaluation): no successor."""
+    name = __name__
+    chains = False
+
+    def command(self, spec):
+        return kinds.Command('"$SLMJOBS_PYTHON" -c pass')
+
+
+KIND = OneJob()  # this test module is the kind's module: run.yaml's `kind` names it
+
+
+def test_a_kind_that_does_not_chain_never_submits_a_successor(run_dir, sched):
     spec = rundir.load_run(run_dir)
-    rundir.save_run(run_dir, {**spec, "kind": "job"})
+    rundir.save_run(run_dir, {**spec, "kind": __name__})
     job_id = submit_first(run_dir)
     assert chain.begin(run_dir, 1, job_id=job_id) == chain.TRAIN
     set_progress(run_dir, 5, state="finished")
@@ -291,7 +305,7 @@ def test_limits_come_from_launch_over_the_profile_over_defaults(tmp_path):
     profile.write_text("scheduler: local\nmax_gpus: 1\nwalltime_default: '01:00:00'\n"
                        "walltime_max: '02:00:00'\nhandoff_margin: 60\n"
                        "chain: {max_links: 9, crash_budget: 5}\n")
-    spec = launcher.resolve("tiny", cluster=str(profile), name="r", max_links=4)
+    spec = train_spec(cluster=str(profile), name="r", max_links=4)
     assert spec["chain"] == {**CHAIN_DEFAULTS, "max_links": 4, "crash_budget": 5}
 
 

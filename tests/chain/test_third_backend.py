@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from support import train_spec
+
 from slmjobs import backends, chain, launch, ledger, rundir
 from slmjobs.backends import Backend, Job
 
@@ -38,7 +40,7 @@ def third_run(tmp_path, monkeypatch):
     profile = tmp_path / "third.yaml"
     profile.write_text("scheduler: third\nmax_gpus: 1\nwalltime_max: '01:00:00'\n"
                        "walltime_default: '00:10:00'\nhandoff_margin: 60\n")
-    spec = launch.resolve("tiny", cluster=str(profile), name="r3")
+    spec = train_spec(cluster=str(profile), name="r3")
     run_dir = tmp_path / "runs" / "r3"
     rundir.create(run_dir, {**spec, "run_dir": str(run_dir)})
     return run_dir

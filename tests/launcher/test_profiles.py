@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from support import train_spec
+
 from slmjobs import profiles
 from slmjobs.backends.sge import pe_slots
 from slmjobs.errors import UsageError
@@ -153,7 +155,7 @@ def test_scc_loads_the_venvs_python_module_first(monkeypatch):
     from slmjobs import launch, render
 
     monkeypatch.setenv("SLMJOBS_PROJECT", "p")
-    text = render.render_link(launch.resolve("tiny", cluster="scc", name="m"), 1)
+    text = render.render_link(train_spec(cluster="scc", name="m"), 1)
     loads = [line for line in text.splitlines() if line.startswith("module load")]
     assert loads == ["module load python3/3.10.12", "module load cuda/12.2"]
 
