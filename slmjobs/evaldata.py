@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import urllib.request
@@ -35,6 +36,7 @@ HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/
 HELLASWAG_GIT_BLOB = "0f5ee25d72216f12317d5d8a7b92deafa423d81e"  # `git hash-object`, 10,042 items
 HELLASWAG_KEYS = ("activity_label", "ctx_a", "ctx_b", "endings", "label")
 TASKS = ("hellaswag",)
+TASK_WORD = re.compile(r"^[A-Za-z0-9_.-]+$")  # a task name as `--tasks` and eval.after take it
 
 
 def git_blob_id(data: bytes) -> str:
