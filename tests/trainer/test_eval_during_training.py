@@ -81,3 +81,13 @@ def test_a_missing_eval_set_is_refused_before_training(worker, tmp_path):
     errors = [line for line in run.output().splitlines() if 'error' in line]
     assert len(errors) == 1 and 'slmjobs eval-data fetch hellaswag' in errors[0], run.output()
     assert not (run.run_dir / 'checkpoints').exists()
+
+
+def test_a_malformed_eval_set_is_refused_before_training(worker, tmp_path):
+    items = synthetic_items(3, seed=24)
+    items[2]['label'] = 7
+    data = write_items(tmp_path / 'items.jsonl', items)
+    run = worker.run('bad', WIDE, f'eval.every={EVERY}', f'eval.data={data}', expect=2)
+    errors = [line for line in run.output().splitlines() if line.startswith('error: ')]
+    assert len(errors) == 1 and 'line 3' in errors[0] and 'label 7' in errors[0], run.output()
+    assert not (run.run_dir / 'checkpoints').exists()
