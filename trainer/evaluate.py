@@ -204,7 +204,7 @@ def evaluate(args) -> list[dict]:
             records.append(scored(hellaswag.TASK, items_of[hellaswag.TASK], name, step,
                                   {**scores, 'data': str(data)}))
         lm_eval_tasks = [t for t in todo if t not in NATIVE_TASKS]
-        if lm_eval_tasks:
+        if lm_eval_tasks and is_rank_zero():  # lm-eval runs its own batches: one process does them
             from trainer import lmeval
             include = Path(args.include_path).expanduser().absolute() if args.include_path else None
             found = lmeval.evaluate(run_dir, checkpoint, hf_dir, lm_eval_tasks, device, args.items, include)

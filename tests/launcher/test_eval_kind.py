@@ -85,14 +85,27 @@ def test_an_eval_without_the_items_is_refused_at_launch(tmp_path):
 
 
 def test_a_training_run_then_its_eval_with_no_network(tmp_path, data_root, wait_until):
+    train_then_eval('local', tmp_path, data_root, wait_until, offline=True)
+
+
+def test_a_training_run_then_its_eval_on_grid_engine(tmp_path, data_root, wait_until, sge_cluster):
+    """The same on the real Grid Engine: the training job's end hook submits the eval job with
+    qsub from inside the job (the execution host's network is the cluster's own here)."""
+    train_then_eval('sge', tmp_path, data_root, wait_until, offline=False)
+
+
+def train_then_eval(cluster: str, tmp_path: Path, data_root: Path, wait_until, offline: bool) -> None:
     runs = Path(os.environ['SLMJOBS_RUNS_ROOT'])
-    proc = slmjobs('launch', 'tiny', '--cluster', 'local', '--gpus', '1', '--name', 'hs', *TINY, 'eval.every=8',
-                   'eval.after=[hellaswag]', root=data_root, cwd=tmp_path, offline=True)
+    proc = slmjobs('launch', 'tiny', '--cluster', cluster, '--gpus', '1', '--name', 'hs', *TINY, 'eval.every=8',
+                   'eval.after=[hellaswag]', root=data_root, cwd=tmp_path, offline=offline)
     assert proc.returncode == 0, proc.stderr
     assert 'then: eval run hs-eval (hellaswag) waits for it' in proc.stdout
 
     def finished(name):
-        rows = json.loads(slmjobs('status', name, '--json', root=data_root, cwd=tmp_path).stdout)
+        proc = slmjobs('status', name, '--json', root=data_root, cwd=tmp_path)
+        if proc.returncode != 0:  # the scheduler did not answer this time (exit 1): ask again
+            return False
+        rows = json.loads(proc.stdout)
         return rows[0]['state'] in ('finished', 'stopped', 'broken') and rows[0]
     train_row = wait_until(lambda: finished('hs'), 600, 'the training run to finish', interval=2)
     eval_row = wait_until(lambda: finished('hs-eval'), 600, 'the eval run to finish', interval=2)

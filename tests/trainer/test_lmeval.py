@@ -63,7 +63,20 @@ def test_every_loglikelihood_and_decision_equals_lm_evals(tmp_path, tokenizer):
                            cwd=tmp_path))
     assert record['truncated'] > 0  # left truncation is part of what is compared
     ours = samples(ours_path)
-    theirs = lm_eval_samples(export(run, tmp_path / 'export'), data, tmp_path)
+    exported = export(run, tmp_path / 'export')
+    theirs = lm_eval_samples(exported, data, tmp_path)
+
+    # the calibration path: the native scorer on a Hugging Face directory (OpenAI's GPT-2 on the
+    # cluster) gives the checkpoint's figures; it records nothing, it prints its record
+    hf_path = tmp_path / 'hf.jsonl'
+    [hf_record] = ok(evaluate('--hf-dir', str(exported), '--data', str(data), '--log-samples', str(hf_path),
+                              '--device', 'cpu', cwd=tmp_path, **{k: v for k, v in offline_env(tmp_path).items()
+                                                                 if k.startswith(('HF_', 'TRANS'))}))
+    assert (hf_record['acc'], hf_record['acc_norm'], hf_record['checkpoint']) == \
+        (record['acc'], record['acc_norm'], str(exported))
+    for mine, hf in zip(ours, samples(hf_path)):
+        assert mine['loglikelihoods'] == pytest.approx(hf['loglikelihoods'], abs=1e-4)
+        assert mine['ending_tokens'] == hf['ending_tokens']
 
     assert [s['doc_id'] for s in theirs] == [s['index'] for s in ours] == list(range(16))
     worst = 0.0
