@@ -308,9 +308,18 @@ def list_clusters():
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def prepare(args):
     """Prepare a dataset: forwards to `python -m trainer.prepare ARGS` (try `prepare --help`)."""
-    import subprocess
+    _become_worker("trainer.prepare", list(args))
 
-    return subprocess.call([sys.executable, "-m", "trainer.prepare", *args])
+
+def _become_worker(module, args):
+    """Replace this process with `python -m MODULE ARGS`: one process, so a kill of the pid the
+    user sees (or a job's end) ends the work too; a child would run on to the end. The worker's
+    exit status and its one-line errors are the command's."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", module, *args])
 
 
 @cli.group("eval-data", context_settings=CONTEXT)
@@ -339,17 +348,15 @@ def eval_data_fetch(task, file, cluster):
 
 # ------------------------------------------------------------------ sample, export
 def _forward_to_worker(module, run, options):
-    """Run `python -m trainer.MODULE RUN_DIR --option value ...` with the options the user gave
+    """Become `python -m trainer.MODULE RUN_DIR --option value ...` with the options the user gave
     (the worker owns the defaults and the checks; torch lives there, never in the CLI)."""
-    import subprocess
-
     args = []
     for name, value in options.items():
         if value is True:
             args.append(f"--{name.replace('_', '-')}")
         elif value not in (None, False):
             args += [f"--{name.replace('_', '-')}", str(value)]
-    return subprocess.call([sys.executable, "-m", module, str(_find_run(run)), *args])
+    _become_worker(module, [str(_find_run(run)), *args])
 
 
 @cli.command(context_settings=CONTEXT)
@@ -393,6 +400,14 @@ def main(argv=None) -> None:
             raise
         click.echo(f"slmjobs: scheduler error: {exc}", err=True)
         sys.exit(1)
+    except OSError as exc:  # a full, read-only or closed filesystem: one line, as the worker's
+        from slmjobs.rundir import filesystem_failure
+
+        failure = filesystem_failure(exc)
+        if failure is None:
+            raise
+        click.echo(f"slmjobs: error: {failure[1]}", err=True)
+        sys.exit(failure[0])
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

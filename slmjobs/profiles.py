@@ -5,7 +5,7 @@ Where profiles come from, first match wins:
   2. the user's config dir: `$SLMJOBS_CONFIG_DIR/clusters/NAME.yaml`
      (default `${XDG_CONFIG_HOME:-~/.config}/slmjobs/clusters/NAME.yaml`), so users add or shadow
      profiles without touching the package;
-  3. the shipped profiles (scc, sge, local): the repository's `cluster/` folder, which the
+  3. the shipped profiles (scc, sge, slurm, local): the repository's `cluster/` folder, which the
      package sees as `slmjobs/clusters` (a symlink in the source tree, real files in a wheel).
 
 The default profile is env SLMJOBS_CLUSTER, else `cluster:` in `<config dir>/config.yaml`, else

@@ -3,7 +3,7 @@
 Imports Composer at module level: trainer.train imports this module only once it trains, so the
 module boundary keeps `import composer` (seconds) off the path of the configuration checks.
 
-    HandOff         BATCH_END: stop here? (deadline, signal; all ranks agree)
+    HandOff         BATCH_END: stop here? (deadline, signal, a non-finite loss; all ranks agree)
     SaveInterval    BATCH_CHECKPOINT: is a checkpoint due? (Composer's CheckpointSaver asks)
     SaveTimer       after the CheckpointSaver: how long the save took; progress.json; pruning
     EvalInterval    is an evaluation due? (not on a hand-off)
@@ -30,7 +30,9 @@ from composer.loggers import Logger, WandBLogger
 from composer.utils import dist
 from composer.utils.misc import create_interval_scheduler
 
-from trainer.handoff import EXIT_SECONDS, StopRequest
+from trainer.checkpoints import non_finite
+from trainer.errors import Diverged
+from trainer.handoff import EXIT_SECONDS, StopRequest, take_python_handlers
 from trainer.progress import Progress, format_duration, record_checkpoint, say
 
 
@@ -43,9 +45,16 @@ class HandOff(Callback):
     agree (a one-element all-reduce), training stops at this batch, and Composer's
     CheckpointSaver writes the checkpoint for this step.
 
+    The same all-reduce carries a second verdict: the loss of this batch, or a weight after its
+    update, is NaN or infinite. Then every rank raises Diverged at this BATCH_END, before the
+    CheckpointSaver's BATCH_CHECKPOINT, so no non-finite state is ever saved (no hand-off or
+    final save either): the newest checkpoint stays the last finite one.
+
     Must be registered before Composer's CheckpointSaver (user callbacks are), with `SaveTimer`
     after it, so that BATCH_END -> BATCH_CHECKPOINT brackets the save.
     """
+
+    STOP, DIVERGED = 1, 2  # the all-reduced flag (MAX: divergence wins over a hand-off)
 
     def __init__(self, deadline: Optional[float], save_seconds_guess: float, eval_every: int,
                  eval_seconds_guess_per_batch: float):
@@ -59,6 +68,7 @@ class HandOff(Callback):
         self.max_steps = 0
         self.stopped_early = False
         self.reason = ''
+        self.checkpoint_step: Optional[int] = None  # the newest checkpoint's step (all finite)
         self._mark = time.time()  # end of the previous batch's checkpoint phase
         self._eval_started = 0.0
         self.hellaswag: Optional['HellaSwagEval'] = None  # its time is added when it is due
@@ -67,12 +77,16 @@ class HandOff(Callback):
 
     def fit_start(self, state: State, logger: Logger) -> None:
         self.max_steps = int(state.max_duration.value)
+        self.checkpoint_step = int(state.timestamp.batch) or None  # resumed from it, if any
         self._mark = time.time()
+        take_python_handlers()  # Composer's engine set its own SIGTERM handler when imported
 
-    def after_checkpoint_phase(self, save_seconds: Optional[float]) -> None:
-        """Called by SaveTimer once the CheckpointSaver has run for this batch."""
+    def after_checkpoint_phase(self, save_seconds: Optional[float], step: int) -> None:
+        """Called by SaveTimer once the CheckpointSaver has run for batch `step` (save_seconds:
+        None when it saved nothing)."""
         if save_seconds is not None:
             self.save_seconds.append(save_seconds)
+            self.checkpoint_step = step
         self._mark = time.time()
 
     def eval_start(self, state: State, logger: Logger) -> None:
@@ -121,13 +135,42 @@ class HandOff(Callback):
                                    if self._next_batch_evaluates(step) else '')
                                 + (f' + hellaswag {self.hellaswag.estimate(self.estimate_batch()):.2f} s'
                                    if hellaswag_due else ''))
-        flag = torch.tensor([1 if local_reason else 0], dtype=torch.int32)
-        flag = state.device.tensor_to_device(flag)
+        flag = state.device.tensor_to_device(torch.tensor([self.STOP if local_reason else 0], dtype=torch.int32))
+        flag = torch.maximum(flag, self.DIVERGED * non_finite_flag(state.loss, state.model))
         dist.all_reduce(flag, reduce_operation='MAX')  # every rank stops at the same step
-        if int(flag.item()) and step < self.max_steps:
+        verdict = int(flag.item())
+        if verdict == self.DIVERGED:
+            raise Diverged(self.diverged_line(state, step))
+        if verdict and step < self.max_steps:
             self.stopped_early = True
             self.reason = local_reason or 'another rank asked to stop'
             state.stop_training()  # CheckpointSaver saves at this BATCH_CHECKPOINT
+
+    def diverged_line(self, state: State, step: int) -> str:
+        """What became non-finite at `step`, and what to do."""
+        loss = state.total_loss_dict.get('loss/train/total', 0.0)  # averaged over the ranks by Composer
+        if not math.isfinite(loss):
+            what = f'the loss became non-finite ({loss}) at step {step}'
+        else:
+            found = next(((name, kind) for name, p in state.model.named_parameters()
+                          if (kind := non_finite(p.detach())) is not None), None)
+            what = (f'the weights became non-finite ({found[1]} in {found[0]}) at step {step}' if found
+                    else f'the loss or the weights became non-finite on another rank at step {step}')
+        if self.checkpoint_step is None:
+            return (f'{what}; nothing was saved: start the run again from step 0, perhaps with a '
+                    f'lower train.lr')
+        return (f'{what}; nothing was saved after it: resume from the last finite checkpoint (step '
+                f'{self.checkpoint_step}), perhaps with a lower train.lr')
+
+
+def non_finite_flag(loss, model) -> torch.Tensor:
+    """1 (int32, on the model's device) when the loss or any weight holds a NaN or an infinity,
+    else 0, without waiting for the device: a tensor's sum is NaN or infinite when it holds one
+    (or when it sums past ~3e38, which no trainable model's weights do)."""
+    sums = [p.detach().sum(dtype=torch.float32) for p in model.parameters()]
+    if isinstance(loss, torch.Tensor):
+        sums.append(loss.detach().sum(dtype=torch.float32))
+    return (~torch.isfinite(torch.stack(sums)).all()).to(torch.int32).reshape(1)
 
 
 class SaveInterval:
@@ -177,7 +220,7 @@ class SaveTimer(Callback):
         saver = self.saver
         saved = saver is not None and saver.last_checkpoint_batch == state.timestamp.batch
         seconds = time.time() - self._started if saved else None
-        self.handoff.after_checkpoint_phase(seconds)
+        self.handoff.after_checkpoint_phase(seconds, int(state.timestamp.batch))
         if saved:
             path = saver.saved_checkpoints[-1] if saver.saved_checkpoints else ''
             record_checkpoint(self.progress, int(state.timestamp.batch), path, seconds)

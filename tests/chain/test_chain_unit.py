@@ -14,7 +14,7 @@ import pytest
 
 from support import train_spec
 
-from slmjobs import chain, kinds, launch as launcher, ledger, rundir
+from slmjobs import chain, kinds, ledger, rundir, submit
 from slmjobs.backends import Job
 from slmjobs.errors import UsageError
 
@@ -71,7 +71,7 @@ def test_planned_hand_offs_submit_one_held_successor_per_link(run_dir, sched):
 def test_a_link_that_finds_the_run_finished_does_nothing_and_removes_its_successor(run_dir, sched):
     launch(run_dir, sched)
     run_link(run_dir, sched, 1, 0, 100)
-    late = sched.submit_link(run_dir, 2, hold_on=None)  # e.g. a stray resubmission
+    late = submit.submit_link(run_dir, 2, hold_on=None)  # e.g. a stray resubmission
     submitted_before = len(events(run_dir, "submitted"))
 
     assert run_link(run_dir, sched, 2, 75, 100) == chain.NOTHING
@@ -409,3 +409,74 @@ def test_a_worker_killed_by_the_oom_killer_is_killed_not_crashed(run_dir, sched,
         assert run_link(run_dir, sched, link, 137, 10 * link) == chain.TRAIN
     assert [e["how"] for e in events(run_dir, "ended")] == ["killed"] * 3
     assert events(run_dir, "stopped") == []
+
+
+def test_a_ledger_and_run_yaml_from_before_kinds_still_read_and_resume(run_dir, sched):
+    """run.yaml without kind/cpus/then/after, `ended`/`resumed` with `checkpoint_step`: status
+    shows the same progress, the guards count it, resume continues it."""
+    from slmjobs import monitor
+
+    spec = rundir.load_run(run_dir)
+    old = {k: v for k, v in spec.items() if k not in ("kind", "cpus", "then", "after")}
+    rundir.save_run(run_dir, old)
+    ledger.append(run_dir, {"event": "submitted", "link": 1, "job_id": "7", "script": "s", "hold_on": None})
+    for link, job in ((1, "7"), (2, "8"), (3, "9")):
+        if link > 1:
+            ledger.append(run_dir, {"event": "submitted", "link": link, "job_id": job,
+                                    "script": "s", "hold_on": str(int(job) - 1)})
+        ledger.append(run_dir, {"event": "started", "link": link, "job_id": job, "host": "h"})
+        ledger.append(run_dir, {"event": "ended", "link": link, "job_id": job, "how": "handed_off",
+                                "exit_status": 75, "checkpoint_step": 30, "step": 30})
+    set_progress(run_dir, 30)
+    from slmjobs.events import guard_verdict
+
+    assert guard_verdict(events(run_dir), {"max_links": 9, "crash_budget": 3,
+                                                  "no_progress_links": 2})[0] == "no_progress"
+    ledger.append(run_dir, {"event": "stopped", "reason": "cancelled", "detail": "slmjobs cancel"})
+    (row,) = monitor.run_statuses([run_dir])
+    assert (row["kind"], row["progress"], row["step"], row["state"]) == ("train", 30, 30, "cancelled")
+    chain.resume_run(run_dir)
+    (resumed,) = events(run_dir, "resumed")
+    assert (resumed["progress"], resumed["link"], resumed["previous_stop"]) == (30, 4, "cancelled")
+    assert job_of(run_dir, 4) in sched.pending()
+
+
+def test_resume_refuses_while_the_recorded_stops_cause_is_still_there(run_dir, sched, tmp_path):
+    """bad_config: the kind's launch-time checks again (here: the dataset still missing);
+    no_intact_checkpoint: still none that is whole. One line, nothing submitted; once the
+    cause is gone, resume goes on."""
+    from trainer.dataset_format import DATASET_FILE, FORMAT_VERSION
+
+    data = tmp_path / "later-data"
+    spec = rundir.load_run(run_dir)
+    rundir.save_run(run_dir, {**spec, "overrides": [f"data.path={data}", "model.block_size=32"]})
+    launch(run_dir, sched)
+    run_link(run_dir, sched, 1, 2, 0)  # the worker: exit 2, its dataset is gone
+    assert events(run_dir, "stopped")[-1]["reason"] == "bad_config"
+    submitted = len(events(run_dir, "submitted"))
+    with pytest.raises(UsageError, match=str(data)) as refused:
+        chain.resume_run(run_dir)
+    assert "\n" not in str(refused.value) and len(events(run_dir, "submitted")) == submitted
+    for split in ("train", "val"):  # the dataset is back (what trainer.prepare leaves)
+        (data / split).mkdir(parents=True)
+        (data / split / "index.json").write_text('{"shards": []}')
+    (data / DATASET_FILE).write_text(json.dumps({
+        "format": FORMAT_VERSION, "tokenizer": {"kind": "bytes", "vocab_size": 257, "eos_id": 256},
+        "seq_len": 32, "window": 33, "bytes_per_token": 1.0,
+        "splits": {"train": {"windows": 100}, "val": {"windows": 4}}}))
+    chain.resume_run(run_dir)
+    assert events(run_dir, "resumed")[-1]["previous_stop"] == "bad_config"
+
+
+def test_resume_refuses_while_no_checkpoint_is_whole(run_dir, sched):
+    folder = run_dir / "checkpoints"
+    (folder / "ep0-ba10-rank0.pt").write_bytes(b"PK\x03\x04 not a whole archive")
+    os.symlink("ep0-ba10-rank0.pt", folder / "latest-rank0.pt")
+    launch(run_dir, sched)
+    run_link(run_dir, sched, 1, 75, 10)  # begin finds it damaged: the chain stops
+    assert events(run_dir, "stopped")[-1]["reason"] == "no_intact_checkpoint"
+    with pytest.raises(UsageError, match="still no intact checkpoint"):
+        chain.resume_run(run_dir)
+    (folder / "latest-rank0.pt").unlink()  # what the message says: start the training over
+    chain.resume_run(run_dir)
+    assert events(run_dir, "resumed")[-1]["previous_stop"] == "no_intact_checkpoint"
