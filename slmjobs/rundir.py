@@ -31,7 +31,7 @@ LATEST_CHECKPOINT = "latest-rank0.pt"
 HISTORY_FILE = "metrics.jsonl"     # its format and reader: slmjobs.history
 LOCK_FILE = ".lock"                # held by whatever changes the chain from outside
 # The files a status row is computed from: a row is valid while none of them changed.
-STATUS_INPUTS = (RUN_FILE, LEDGER_FILE, PROGRESS_FILE, DONE_FILE)
+STATUS_INPUTS = (RUN_FILE, LEDGER_FILE, PROGRESS_FILE, DONE_FILE, "evals.jsonl")  # evals: slmjobs.evals
 
 
 # ------------------------------------------------------------------------ paths

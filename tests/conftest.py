@@ -46,6 +46,7 @@ TRAINING_TESTS = (  # start the worker without one of those fixtures
     "tests/launcher/test_launch.py::test_a_run_directory_is_private",
     "tests/launcher/test_launch.py::test_a_launch_killed_while_qsub_hangs",
     "tests/trainer/test_sample_export.py::test_export_of_an_untrained_gpt2",  # no worker, but 124M: a minute
+    "tests/launcher/test_eval_kind.py::test_a_training_run_then_its_eval",  # a run, then its eval run (both)
 )
 
 

@@ -7,6 +7,7 @@ module boundary keeps `import composer` (seconds) off the path of the configurat
     SaveInterval    BATCH_CHECKPOINT: is a checkpoint due? (Composer's CheckpointSaver asks)
     SaveTimer       after the CheckpointSaver: how long the save took; progress.json; pruning
     EvalInterval    is an evaluation due? (not on a hand-off)
+    HellaSwagEval   BATCH_END, after the hand-off decision: HellaSwag every eval.every steps
     ProgressLogger  console lines and the progress.json heartbeat (trainer.history's
                     MetricsHistory, after it, appends what it logged to metrics.jsonl)
     LocalCheckpointsWandBLogger  wandb, with checkpoints kept in run_dir only
@@ -70,6 +71,7 @@ class HandOff(Callback):
         self.checkpoint_step: Optional[int] = None  # the newest checkpoint's step (all finite)
         self._mark = time.time()  # end of the previous batch's checkpoint phase
         self._eval_started = 0.0
+        self.hellaswag: Optional['HellaSwagEval'] = None  # its time is added when it is due
 
     # -- timing -----------------------------------------------------------------------------
 
@@ -121,12 +123,18 @@ class HandOff(Callback):
             needed = self.estimate_batch() + 1.25 * self.estimate_save() + EXIT_SECONDS
             if self._next_batch_evaluates(step):
                 needed += self.estimate_eval()
+            # both evaluations run after the same batch: their times add up
+            hellaswag_due = self.hellaswag is not None and self.hellaswag.due(step + 1, self.max_steps)
+            if hellaswag_due:
+                needed += self.hellaswag.estimate(self.estimate_batch())
             if now + needed > self.deadline:
                 local_reason = (f'deadline in {self.deadline - now:.1f} s < next batch '
                                 f'{self.estimate_batch():.2f} s + save {self.estimate_save():.2f} s'
                                 f' + exit {EXIT_SECONDS:.1f} s'
                                 + (f' + eval {self.estimate_eval():.2f} s'
-                                   if self._next_batch_evaluates(step) else ''))
+                                   if self._next_batch_evaluates(step) else '')
+                                + (f' + hellaswag {self.hellaswag.estimate(self.estimate_batch()):.2f} s'
+                                   if hellaswag_due else ''))
         flag = state.device.tensor_to_device(torch.tensor([self.STOP if local_reason else 0], dtype=torch.int32))
         flag = torch.maximum(flag, self.DIVERGED * non_finite_flag(state.loss, state.model))
         dist.all_reduce(flag, reduce_operation='MAX')  # every rank stops at the same step
@@ -250,6 +258,89 @@ class EvalInterval:
         if self.every <= 0:
             return event == Event.FIT_END and state.get_elapsed_duration() >= 1.0
         return self.inner(state, event)
+
+
+class HellaSwagEval(Callback):
+    """HellaSwag (trainer/hellaswag.py, lm-eval's numbers) every `every` steps and at the last
+    step, inside the training job, on all ranks (each scores its share of the items).
+
+    Runs at BATCH_END after HandOff has decided: a batch where training stops early is not
+    scored (the time before the deadline belongs to the checkpoint), and HandOff adds this
+    scoring's time to its arithmetic when the next batch will be scored. Not a Composer
+    Evaluator: a second one would log a second `eval` record per step, have its time estimated
+    as the max of the evaluators rather than their sum, and pad the last ranks' batches with
+    repeated items. Rank 0 records each score in metrics.jsonl as its own `hellaswag` event, so it
+    never replaces the `eval` (val_loss) record of the same step, and checkpoint pruning cannot
+    lose it.
+    """
+
+    def __init__(self, every: int, items: list, items_name: str, tokenizer, vocab_size: int,
+                 batch_items: int, history, seconds_guess: Optional[float], handoff: HandOff):
+        self.every = every
+        self.handoff = handoff
+        handoff.hellaswag = self
+        self.items = items  # the chosen items (hellaswag.Item); this rank's share is encoded once
+        self.items_name = items_name
+        self.tokenizer = tokenizer  # the run's tokenizers.Tokenizer
+        self.vocab_size = vocab_size
+        self.batch_items = batch_items
+        self.history = history  # trainer.history.MetricsHistory (rank 0 writes)
+        self.seconds_guess = seconds_guess
+        self.seconds: list[float] = []
+        self.encoded: Optional[list] = None
+
+    def due(self, step: int, max_steps: int) -> bool:
+        return step == max_steps or step % self.every == 0
+
+    def estimate(self, batch_seconds: float) -> float:
+        """The longest scoring so far; before the first, the guess (or: 3 forwards of a training
+        batch's size take about one training step, and a scoring is len(items) * 4 rows)."""
+        if self.seconds:
+            return max(self.seconds)
+        if self.seconds_guess is not None:
+            return self.seconds_guess
+        return batch_seconds * len(self.items) / 8
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        from trainer import hellaswag
+        gpt = _gpt_of(state)
+        encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
+        self.encoded = hellaswag.encode_items(hellaswag.my_share(self.items), encode, gpt.config.block_size)
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        step = int(state.timestamp.batch)
+        if self.handoff.stopped_early or not self.due(step, self.handoff.max_steps):
+            return  # (a hand-off shortens max_duration to this step: ask HandOff, not the state)
+        from composer.core.precision import get_precision_context
+
+        from trainer import hellaswag
+        started = time.time()
+        gpt = _gpt_of(state)
+        was_training = gpt.training
+        gpt.eval()
+        try:
+            lm = hellaswag.gpt_language_model(gpt, self.vocab_size, next(gpt.parameters()).device)
+            with get_precision_context(state.precision):
+                results = hellaswag.gather(hellaswag.score_encoded(lm, self.encoded, self.batch_items))
+        finally:
+            gpt.train(was_training)
+        seconds = time.time() - started
+        self.seconds.append(seconds)
+        summary = hellaswag.summarize(results)
+        if dist.get_global_rank() == 0:
+            say(f'hellaswag step {step} | acc_norm {summary["acc_norm"]:.4f} | acc {summary["acc"]:.4f} | '
+                f'acc_norm_tokens {summary["acc_norm_tokens"]:.4f} | {summary["n"]} items ({self.items_name}) '
+                f'| {seconds:.1f} s')
+            self.history.record('hellaswag', state, {
+                'step': step, 'tokens': int(state.timestamp.token), **summary,
+                'items': self.items_name, 'seconds': round(seconds, 3)})
+
+
+def _gpt_of(state: State):
+    """trainer.gpt.GPT inside the Composer model (which DDP may wrap)."""
+    model = state.model.module if hasattr(state.model, 'module') else state.model
+    return model.model
+
 
 
 class ProgressLogger(Callback):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -30,13 +31,15 @@ from trainer.compose import CONF_DIR, compose_quickly, compose_with_hydra
 from trainer.dataset_format import (has_split, is_finished_dataset, read_dataset_info,
                                     resolve_dataset_path)
 from trainer.errors import EXIT_BAD_INPUT, BadInput
+from trainer.eval_data import hellaswag_file
 
-GROUPS = ('model', 'data', 'train', 'checkpoint', 'wandb')
+GROUPS = ('model', 'data', 'train', 'checkpoint', 'wandb', 'eval')
 TOP_LEVEL_KEYS = ('run_name', 'run_dir', 'seed')
 PRECISIONS = ('auto', 'fp32', 'amp_fp16', 'amp_bf16')
 DEVICES = ('auto', 'cpu', 'gpu')
 WANDB_MODES = ('auto', 'online', 'offline')
 BF16_CAPABILITY = 8.0  # bf16 tensor cores from Ampere (compute capability 8.0) on
+EVAL_AFTER_TASK = re.compile(r'^[A-Za-z0-9_.-]+$')  # hellaswag, or an lm-eval task name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +57,7 @@ class Plan:
     eval_batches: Optional[int]  # 0 = no evaluation (no val split), None = the whole split
     device: Optional[str]  # 'cpu' | 'gpu'; None where the device is not known (a login node)
     precision: Optional[str]  # resolved where the device is known
+    hellaswag_data: Optional[Path] = None  # the items eval.every scores (None: eval.every=0)
     rank: int = 0  # the worker's own, filled in by trainer.train
     deadline: Optional[float] = None
 
@@ -190,9 +194,13 @@ def validate(config: dict, world_size: int = 1, device: Optional[str] = None,
     run_dir = (Path(workdir or '') / Path(str(config['run_dir'])).expanduser()).absolute()
     if run_dir.exists() and not run_dir.is_dir():
         raise BadInput(f'run_dir={config["run_dir"]}: exists and is not a directory')
+    hellaswag_data = None
+    if config['eval']['every'] or 'hellaswag' in config['eval']['after']:  # refused now, not after a queue wait
+        hellaswag_data = hellaswag_file(config['eval']['data'], data_root, name='eval.data=')
     return Plan(config=config, run_name=run_name, run_dir=run_dir, data_dir=data_dir, dataset=dataset,
                 vocab_size=vocab_size, world_size=world_size, per_device_batch=per_device_batch,
-                microbatch=microbatch, eval_batches=eval_batches, device=device, precision=precision)
+                microbatch=microbatch, eval_batches=eval_batches, device=device, precision=precision,
+                hellaswag_data=hellaswag_data if config['eval']['every'] else None)
 
 
 def check_keys(config: dict) -> None:
@@ -277,6 +285,20 @@ def check_numbers(config: dict) -> None:
     if checkpoint['save_seconds_guess'] is not None:
         _number('checkpoint.save_seconds_guess', checkpoint['save_seconds_guess'])
     _boolean('wandb.enabled', config['wandb']['enabled'])
+    check_eval(config['eval'])
+
+
+def check_eval(evaluation: dict) -> None:
+    _positive_int('eval.every', evaluation['every'], allow_zero=True)
+    if evaluation['items'] is not None:
+        _positive_int('eval.items', evaluation['items'])
+    _positive_int('eval.batch_items', evaluation['batch_items'])
+    if evaluation['seconds_guess'] is not None:
+        _number('eval.seconds_guess', evaluation['seconds_guess'])
+    after = evaluation['after']
+    if not (isinstance(after, list) and all(isinstance(t, str) and EVAL_AFTER_TASK.match(t) for t in after)):
+        raise BadInput(f'eval.after={after}: allowed: a list of task names, e.g. [hellaswag] or '
+                       f'[hellaswag,arc_easy]')
 
 
 def check_dataset(configured_path, data_dir: Path) -> dict:

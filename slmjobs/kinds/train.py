@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from slmjobs import checkpoints, events, rundir
+from slmjobs import checkpoints, evals, events, rundir
 from slmjobs.errors import UsageError
 from slmjobs.kinds import Command, Kind
 from slmjobs.render import shquote
@@ -37,7 +37,8 @@ class Train(Kind):
     gpus_min = 1  # one rank per GPU (on a CPU-only machine, 1 = one process on the CPU)
     columns = (Column("STEP", "step", out_of("step", "max_steps")),
                Column("LOSS", "loss", number("loss", ".3f")),
-               Column("TOK/S", "tokens_per_sec", number("tokens_per_sec", ",.0f")))
+               Column("TOK/S", "tokens_per_sec", number("tokens_per_sec", ",.0f")),
+               evals.HELLASWAG_COLUMN)
 
     # ------------------------------------------------------------ the request
     def spec_fields(self, options: dict, profile: dict) -> dict:
@@ -97,7 +98,8 @@ class Train(Kind):
                              "to start the training over")
 
     def status(self, run_dir, progress: dict) -> dict:
-        return {"loss": progress.get("loss"), "tokens_per_sec": progress.get("tokens_per_sec")}
+        return {"loss": progress.get("loss"), "tokens_per_sec": progress.get("tokens_per_sec"),
+                "hellaswag": evals.latest_hellaswag(run_dir)}
 
 
 KIND = Train()
