@@ -36,6 +36,12 @@ with $SLMJOBS_DEADLINE set, it stops after a piece when the next one (as long as
 of this run so far) would cross it, and exits 75 (handed off); the next link runs the same command
 and continues from the journal. `--progress-file` is the heartbeat status reads; `--plan` prints
 what the preparation will produce (the dataset's path, windows, vocabulary) without doing it.
+
+Exit status: 0; 2 for bad input (nothing of it kept); 74 when the filesystem is full or the quota
+spent (the recorded pieces are kept: the same command continues after them once there is room);
+73 when it is read-only or --out may not be written there. One line on stderr each. A failed
+preparation removes what it made -- its work directory (after a full disk: all but the recorded
+pieces), the empty directories above --out it created -- and nothing else.
 """
 
 from __future__ import annotations
@@ -57,11 +63,13 @@ import numpy as np
 # dataset.json's reader owns its name, format and the finished-dataset rule (re-exported here)
 from trainer.dataset_format import (DATASET_FILE, FORMAT_VERSION, SPLITS, data_root,  # noqa: F401
                                     is_finished_dataset, read_dataset_info)
-from trainer.errors import EXIT_HANDED_OFF, BadInput
-from trainer.files import replace_directory
+from trainer.errors import EXIT_DISK_FULL, EXIT_HANDED_OFF, BadInput
+from trainer.failures import filesystem_failure
+from trainer.files import parents_made_for, replace_directory
 from trainer.mds import write_shards
 
 JOURNAL_FILE = 'pieces.jsonl'
+MARKER_TMP = f'.{DATASET_FILE}.tmp'
 DEFAULT_SEQ_LEN = 256
 DEFAULT_VAL_FRACTION = 0.01
 DEFAULT_PIECE_CHARS = 8 << 20  # ~8 MB of text: ~2M GPT-2 tokens, a few seconds per worker
@@ -137,10 +145,26 @@ _worker_tokenizer = None
 _all_started = None  # a Barrier of the pool's size
 
 
-def _start_worker(tok, all_started) -> None:
+def _start_worker(tok, all_started, parent: int) -> None:
     global _worker_tokenizer, _all_started
+    _die_with(parent)
     os.environ['TOKENIZERS_PARALLELISM'] = 'false'  # one process per core already
     _worker_tokenizer, _all_started = tok, all_started
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with(parent: int) -> None:
+    """SIGKILL this worker when the preparing process dies: killed (a user's kill -9, a job's
+    end), it cannot shut the pool down, and the workers, each holding the task queue's write end
+    too, would wait for work forever."""
+    import ctypes
+    import signal
+    if sys.platform.startswith('linux'):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
 
 
 def _wait_for_the_others(_) -> float:
@@ -157,7 +181,8 @@ def start_pool(tok, n: int):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     spawn = multiprocessing.get_context('spawn')
-    pool = ProcessPoolExecutor(n, mp_context=spawn, initializer=_start_worker, initargs=(tok, spawn.Barrier(n)))
+    pool = ProcessPoolExecutor(n, mp_context=spawn, initializer=_start_worker,
+                               initargs=(tok, spawn.Barrier(n), os.getpid()))
     return pool, sum(pool.map(_wait_for_the_others, range(n)))
 
 
@@ -392,18 +417,17 @@ def _empty(work: Path) -> None:
         shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
-def _forget_unrecorded(work: Path, pieces: int) -> None:
-    """Shards a killed preparation wrote after its last recorded piece (said once per piece: a
-    job's log then shows where the previous link was killed)."""
+def _forget_unrecorded(work: Path, pieces: int) -> list[str]:
+    """Shards a killed preparation wrote after its last recorded piece (and a completion marker
+    it did not finish writing); -> the pieces whose shards went."""
+    (work / MARKER_TMP).unlink(missing_ok=True)
     discarded = set()
     for split in SPLITS:
         for d in (work / split).glob('piece-*'):
             if d.suffix == '.tmp' or int(d.name.split('-')[1]) >= pieces:
                 shutil.rmtree(d)
                 discarded.add(d.stem)
-    for name in sorted(discarded):
-        print(f'prepare: discarding the unrecorded shards of {name} (a run killed while writing it); '
-              f'redoing it', file=sys.stderr)
+    return sorted(discarded)
 
 
 def _progress(total: Optional[int], done: int):
@@ -455,10 +479,9 @@ def prepare(sources: list[str], out: Path, tokenizer: str = 'bytes', seq_len: in
     _check_out(out, force)
     source = source or open_source(sources, text_field, hf_config, hf_split)
     command = recorded_command(source, tokenizer, seq_len, val_fraction, max_documents, piece_chars)
-    out.parent.mkdir(parents=True, exist_ok=True)
     work = work_dir(out)
     heartbeat = Heartbeat(progress_file, out, source, command)
-    with locked(work, out):
+    with parents_made_for(out), locked(work, out):
         journal = Journal(work)
         header, state = journal.read()
         if header is not None and header['command'] != command:
@@ -477,9 +500,32 @@ def prepare(sources: list[str], out: Path, tokenizer: str = 'bytes', seq_len: in
         except BadInput:
             shutil.rmtree(work, ignore_errors=True)  # bad input: nothing of it is worth resuming
             raise
+        except OSError:
+            _keep_what_resumes(work)
+            raise
         replace_directory(work, out)
         heartbeat.finished(info)
     return info
+
+
+def _keep_what_resumes(work: Path) -> None:
+    """After a write failed (a full disk, a quota): the pieces the journal records stay, so that
+    the same command continues from them once there is room; everything else goes, all of `work`
+    when no piece is recorded."""
+    _, state = Journal(work).read()
+    if state is None or state['pieces'] == 0:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        _forget_unrecorded(work, state['pieces'])
+
+
+def recorded_pieces(out: Path) -> int:
+    """How many pieces a preparation of `out` left recorded in its work directory."""
+    work = work_dir(out)
+    if not (work / JOURNAL_FILE).is_file():
+        return 0
+    _, state = Journal(work).read()
+    return state['pieces'] if state else 0
 
 
 def _build(work: Path, journal: Journal, header: Optional[dict], state: Optional[dict], source,
@@ -502,7 +548,9 @@ def _build(work: Path, journal: Journal, header: Optional[dict], state: Optional
         tok.eos_id = header['tokenizer']['eos_id']  # as first chosen (a hub name's own eos_token)
     state = state or fresh_state(tok.eos_id)
     resumed_at = state['pieces']
-    _forget_unrecorded(work, state['pieces'])
+    for name in _forget_unrecorded(work, state['pieces']):  # a job's log: where the last link died
+        print(f'prepare: discarded the unrecorded shards of {name} (a run killed while writing it); '
+              f'redoing it', file=sys.stderr)
     seq_len = command['seq_len']
     dtype = shard_dtype(tok)
     tokens_before = sum(s['tokens'] for s in state['splits'].values())
@@ -551,8 +599,11 @@ def _build(work: Path, journal: Journal, header: Optional[dict], state: Optional
         'tokenize_main_cpu_seconds': round(main_cpu, 3),
         'created_at': time.time(),
     }
-    (work / DATASET_FILE).write_text(json.dumps(info, indent=1) + '\n')  # the completion marker
-    _fsync(work / DATASET_FILE)
+    # The completion marker, whole or not at all (a full disk must not leave half of one).
+    (work / MARKER_TMP).write_text(json.dumps(info, indent=1) + '\n')
+    _fsync(work / MARKER_TMP)
+    (work / MARKER_TMP).rename(work / DATASET_FILE)
+    _fsync(work)
     return info
 
 
@@ -851,6 +902,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     except HandedOff as e:
         print(f'prepare: {e}', file=sys.stderr)
         return EXIT_HANDED_OFF
+    except OSError as e:
+        failure = filesystem_failure(e, out)
+        if failure is None:
+            raise
+        status, line = failure
+        kept = recorded_pieces(out) if status == EXIT_DISK_FULL else 0
+        if kept:
+            line += f' (it continues after the {kept} piece(s) kept in {work_dir(out)})'
+        print(f'error: {line}', file=sys.stderr)
+        return status
     print(summary(out, info))
     return 0
 
