@@ -731,7 +731,8 @@ class Heartbeat:
         # this run's share of the source over its time: the rest at the same rate
         share = fraction * (1 - self.tokens_before / tokens) if done_now else None
         beat = {'state': name, 'link': _link(), 'out': str(self.out), 'pieces': state['pieces'],
-                'documents': state['documents'], 'total_documents': total_documents(self.source, self.command),
+                'documents': state['documents'],
+                'total_documents': total_documents(self.source, self.command),
                 'tokens': tokens, 'tokens_per_sec': round((tokens - self.tokens_before) / seconds, 1),
                 'fraction_done': None if fraction is None else round(fraction, 6),
                 'eta_seconds': round(seconds * (1 - fraction) / share, 1) if share else None,
@@ -788,7 +789,8 @@ def plan(args: argparse.Namespace, tokenizer: str, elsewhere: bool = False) -> t
     check_numbers(args.seq_len, args.val_fraction, args.max_documents, args.piece_chars)
     out = Path(args.out).absolute()
     unchecked = []
-    missing = [s for s in args.source if os.path.isabs(os.path.expanduser(s)) and not os.path.exists(os.path.expanduser(s))]
+    paths = [os.path.expanduser(s) for s in args.source]
+    missing = [s for s, path in zip(args.source, paths) if os.path.isabs(path) and not os.path.exists(path)]
     if missing and not elsewhere:
         raise BadInput(f'--source {missing[0]}: no such file or directory')
     unchecked += [f'--source {s}: not on this machine; read when the job runs' for s in missing]

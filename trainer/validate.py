@@ -179,7 +179,8 @@ def validate(config: dict, world_size: int = 1, device: Optional[str] = None,
     check_numbers(config)
 
     data_dir = resolve_dataset_path(str(config['data']['path']), data_root, workdir)
-    dataset, unchecked = dataset_to_check(config['data']['path'], data_dir, pending_dataset, dataset_elsewhere)
+    dataset, unchecked = dataset_to_check(config['data']['path'], data_dir, pending_dataset,
+                                          dataset_elsewhere)
     block_size = model['block_size']
     if dataset is not None and dataset['seq_len'] > block_size:
         raise BadInput(f'data.path={config["data"]["path"]}: windows of {dataset["seq_len"]} tokens are longer '

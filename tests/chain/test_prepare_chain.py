@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chain_support import local_profile, sge_profile
+from chain_support import cluster_profile, local_profile
 from slmjobs import ledger
 from support import corpus_jsonl, dataset_files, wait_until
 
@@ -121,12 +121,12 @@ def chains(tmp_path_factory, sge_cluster):
     c = Chains(root)
     data = root / "data"
     corpus = corpus_jsonl(root / "corpus.jsonl", documents=DOCUMENTS)
-    sge = c.profile("sge", {**sge_profile("00:01:00", SGE_MARGIN, LIMITS), "max_gpus": 1})
+    sge = c.profile("sge", {**cluster_profile("sge", "00:01:00", SGE_MARGIN, LIMITS), "max_gpus": 1})
     # A deadline far away, as a site whose h_rt is shorter than the job was told: h_rt kills.
-    sge_killing = c.profile("sge-kill", {**sge_profile("00:01:00", SGE_MARGIN, LIMITS, env={
+    sge_killing = c.profile("sge-kill", {**cluster_profile("sge", "00:01:00", SGE_MARGIN, LIMITS, env={
         "SLMJOBS_DEADLINE": "4102444800"}), "max_gpus": 1})
     local = c.profile("local", local_profile(f"00:00:{LOCAL_WALLTIME:02d}", LOCAL_MARGIN, LIMITS))
-    training_sge = c.profile("train-sge", sge_profile("00:10:00", 60, LIMITS))
+    training_sge = c.profile("train-sge", cluster_profile("sge", "00:10:00", 60, LIMITS))
     training_local = c.profile("train-local", local_profile("00:10:00", 60, LIMITS))
     c.prep_sge = c.prepare("prep-sge", sge, "builtin", data / "sge", SGE_SLEEP, "--cpus", "1")
     c.train_sge = c.train_after("train-sge", training_sge, "prep-sge", data / "sge")
@@ -210,7 +210,8 @@ def test_a_stopped_preparation_leaves_its_training_waiting_visibly_and_resume_st
     row = chains.status("train-orphan")
     assert row["state"] == "waiting" and row["job_id"] is None
     note = chains.cli("status", "train-orphan").stdout
-    assert "waiting for prep-corrupt, which stopped (bad_config); continue it: slmjobs resume prep-corrupt" in note
+    assert ("waiting for prep-corrupt, which stopped (bad_config); "
+            "continue it: slmjobs resume prep-corrupt") in note
     assert chains.status("prep-corrupt")["job_state"] not in ("queued", "held", "running")
     refused = chains.cli("resume", "train-orphan")
     assert refused.returncode == 2 and "waits for run prep-corrupt" in refused.stderr
@@ -227,4 +228,5 @@ def test_a_stopped_preparation_leaves_its_training_waiting_visibly_and_resume_st
 
 def shards(dataset: Path) -> dict:
     """The MDS shards and indexes alone (dataset.json and the journal also name the source file)."""
-    return {name: data for name, data in dataset_files(dataset).items() if name.startswith(("train/", "val/"))}
+    return {name: data for name, data in dataset_files(dataset).items()
+            if name.startswith(("train/", "val/"))}

@@ -68,7 +68,8 @@ def test_a_cpu_only_job_may_ask_for_the_cpu_walltime_limit(monkeypatch):
 BAD_PREPARATIONS = [
     (["--source", "builtin", "--seq-len", "0"], "--seq-len 0: must be a positive number of tokens"),
     (["--source", "/nowhere/docs.jsonl", "--out", "x"], "--source /nowhere/docs.jsonl: no such file"),
-    (["--source", "builtin", "--progress-file", "p.json"], "prepare option --progress-file is set by slmjobs"),
+    (["--source", "builtin", "--progress-file", "p.json"],
+     "prepare option --progress-file is set by slmjobs"),
     (["--out", "x"], "prepare --submit needs --source"),
     (["--source", "builtin", "--cpus", "0"], "--cpus 0: allowed is 1 or more"),
     (["--source", "builtin", "--cluster", "sge", "--walltime", "02:00:00:00"], "bad --walltime"),

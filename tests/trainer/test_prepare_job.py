@@ -42,7 +42,8 @@ def reference(tmp_path_factory) -> Path:
     return out
 
 
-def test_a_preparation_keeps_to_its_deadline_and_the_next_run_continues_to_the_same_bytes(reference, tmp_path):
+def test_a_preparation_keeps_to_its_deadline_and_the_next_run_continues_to_the_same_bytes(reference,
+                                                                                          tmp_path):
     out, heartbeat = tmp_path / 'ds', tmp_path / 'progress.json'
     pieces = json.loads((reference / 'dataset.json').read_text())['pieces'] - 1  # less the final padding
     assert pieces >= 8, pieces  # enough for 2 hand-offs at most 4 pieces a run
@@ -70,7 +71,8 @@ def test_a_preparation_keeps_to_its_deadline_and_the_next_run_continues_to_the_s
 
 def test_the_heartbeat_says_documents_tokens_rate_and_an_eta_while_it_runs(tmp_path):
     out, heartbeat = tmp_path / 'ds', tmp_path / 'progress.json'
-    proc = prepare_until(out, time.time() + 2.5, '--debug-piece-sleep', '1', '--progress-file', str(heartbeat))
+    proc = prepare_until(out, time.time() + 2.5, '--debug-piece-sleep', '1',
+                         '--progress-file', str(heartbeat))
     assert proc.returncode == 75, proc.stderr
     beat = json.loads(heartbeat.read_text())
     assert beat['state'] == 'handed_off' and beat['pieces'] >= 1 and beat['out'] == str(out)
