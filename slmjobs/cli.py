@@ -325,30 +325,6 @@ def _become_worker(module, args):
     os.execv(sys.executable, [sys.executable, "-m", module, *args])
 
 
-@cli.group("eval-data", context_settings=CONTEXT)
-def eval_data():
-    """Evaluation data for jobs, which have no network (run on a login node)."""
-
-
-@eval_data.command("fetch", context_settings=CONTEXT)
-@click.argument("task", metavar="hellaswag")
-@click.option("--file", metavar="PATH", help="Copy this local file instead of downloading the original.")
-@click.option("--cluster", metavar="NAME|PATH", help="Cluster profile whose data_root receives it.")
-def eval_data_fetch(task, file, cluster):
-    """Download (or copy with --file) TASK's items to <data_root>/evals/TASK/, checked against the
-    pinned hash, with a manifest written last."""
-    from pathlib import Path
-
-    from slmjobs import evaldata, profiles
-
-    profile = profiles.load(cluster)
-    root = profiles.data_root(profile, profiles.project_of(None, profile)) or Path("data").absolute()
-    folder, manifest, warnings = evaldata.fetch(task, root, file)
-    for warning in warnings:
-        click.echo(f"warning: {warning}", err=True)
-    click.echo(f"{task}: {manifest['items']} items in {folder} (git blob {manifest['git_blob'][:12]})")
-
-
 @click.command(context_settings={**CONTEXT, "ignore_unknown_options": True})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="PREPARE_OPTION...")
 @click.option("--submit", is_flag=True, required=True, help="Run it as a chain of CPU-only jobs.")
@@ -375,6 +351,30 @@ def prepare_job(args, submit, cpus, cluster, walltime, name, max_links, project,
                       walltime=walltime, name=name, max_links=max_links, project=project)
     result = do_launch(request, dry_run=dry_run, validate=validate)
     _report_launch(result, dry_run)
+
+
+@cli.group("eval-data", context_settings=CONTEXT)
+def eval_data():
+    """Evaluation data for jobs, which have no network (run on a login node)."""
+
+
+@eval_data.command("fetch", context_settings=CONTEXT)
+@click.argument("task", metavar="hellaswag")
+@click.option("--file", metavar="PATH", help="Copy this local file instead of downloading the original.")
+@click.option("--cluster", metavar="NAME|PATH", help="Cluster profile whose data_root receives it.")
+def eval_data_fetch(task, file, cluster):
+    """Download (or copy with --file) TASK's items to <data_root>/evals/TASK/, checked against the
+    pinned hash, with a manifest written last."""
+    from pathlib import Path
+
+    from slmjobs import evaldata, profiles
+
+    profile = profiles.load(cluster)
+    root = profiles.data_root(profile, profiles.project_of(None, profile)) or Path("data").absolute()
+    folder, manifest, warnings = evaldata.fetch(task, root, file)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"{task}: {manifest['items']} items in {folder} (git blob {manifest['git_blob'][:12]})")
 
 
 # ------------------------------------------------------------------ sample, export
