@@ -39,9 +39,12 @@ TRAIN = 0     # begin: go on and train
 NOTHING = 3   # begin: nothing to do; the job script exits 0 without starting the worker
 
 # The worker's exit statuses (docs/CONTRACTS.md). 128 + 9: SIGKILL from outside the job (the
-# kernel's OOM killer, a node agent), which is a kill like h_rt, not a crash.
+# kernel's OOM killer, a node agent), which is a kill like h_rt, not a crash; 128 + 15: SIGTERM
+# from outside that no hand-off answered (SLURM's --time or scancel reaching the `composer`
+# launcher, or a worker still starting), the same.
 # 74 (EX_IOERR): a save failed for lack of space or quota, which retrying cannot fix either.
 EXIT_FINISHED, EXIT_BAD_CONFIG, EXIT_DISK_FULL, EXIT_HANDED_OFF, EXIT_SIGKILL = 0, 2, 74, 75, 137
+EXIT_SIGTERM = 143
 # Exit statuses after which the chain must stop at once, and the reason it records.
 STOPPING_EXITS = {EXIT_BAD_CONFIG: BAD_CONFIG, EXIT_DISK_FULL: DISK_FULL}
 
@@ -228,7 +231,7 @@ def checkpoint_to_resume_from(run: Run, link: int) -> bool:
 
 def how_it_ended(rc: int) -> str:
     return {EXIT_FINISHED: FINISHED, EXIT_HANDED_OFF: HANDED_OFF,
-            EXIT_SIGKILL: KILLED}.get(rc, CRASHED)
+            EXIT_SIGKILL: KILLED, EXIT_SIGTERM: KILLED}.get(rc, CRASHED)
 
 
 def worker_error(run: Run, link: int, rc: int) -> str:

@@ -29,7 +29,7 @@ from composer.loggers import Logger, WandBLogger
 from composer.utils import dist
 from composer.utils.misc import create_interval_scheduler
 
-from trainer.handoff import EXIT_SECONDS, StopRequest, take_python_handlers
+from trainer.handoff import EXIT_SECONDS, StopRequest
 from trainer.progress import Progress, format_duration, record_checkpoint, say
 
 
@@ -66,7 +66,6 @@ class HandOff(Callback):
     def fit_start(self, state: State, logger: Logger) -> None:
         self.max_steps = int(state.max_duration.value)
         self._mark = time.time()
-        take_python_handlers()  # Composer's engine set its own SIGTERM handler when imported
 
     def after_checkpoint_phase(self, save_seconds: Optional[float]) -> None:
         """Called by SaveTimer once the CheckpointSaver has run for this batch."""

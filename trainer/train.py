@@ -34,7 +34,8 @@ from typing import NoReturn, Optional
 
 from trainer.errors import EXIT_BAD_INPUT, EXIT_FINISHED, EXIT_HANDED_OFF, BadInput
 from trainer.failures import exit_for
-from trainer.handoff import deadline_from_env, ignore_signals_for_exit, install_signal_handlers
+from trainer.handoff import (deadline_from_env, ignore_signals_for_exit, install_signal_handlers,
+                             take_python_handlers)
 from trainer.progress import Progress, eprint, fail_line, say
 from trainer.run_inputs import keep_run_inputs
 from trainer.validate import Plan, check_device_and_precision, compose, validate
@@ -181,6 +182,7 @@ def start_ranks(plan: Plan):
     """The device, and the process group of all ranks (gloo on CPU, NCCL on GPUs)."""
     from composer.devices import DeviceCPU, DeviceGPU
     from composer.utils import dist
+    take_python_handlers()  # importing composer set its engine's SIGTERM handler
     device = DeviceGPU() if plan.device == 'gpu' else DeviceCPU()
     dist.initialize_dist(device)
     return device
