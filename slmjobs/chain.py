@@ -27,12 +27,11 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
-import time
 from pathlib import Path
 
-from slmjobs import checkpoints, events, kinds, ledger, rundir, submit
+from slmjobs import events, kinds, ledger, over, profiles, rundir, submit
 from slmjobs.events import (BAD_CONFIG, CANCELLED, CRASHED, DISK_FULL, FINISHED, HANDED_OFF,
-                            KILLED, NO_INTACT_CHECKPOINT, SUBMIT_FAILED)
+                            KILLED, SUBMIT_FAILED)
 from slmjobs.errors import UsageError
 
 TRAIN = 0     # begin: go on and train
@@ -43,10 +42,13 @@ NOTHING = 3   # begin: nothing to do; the job script exits 0 without starting th
 # from outside that no hand-off answered (SLURM's --time or scancel reaching the `composer`
 # launcher, or a worker still starting), the same.
 # 74 (EX_IOERR): a save failed for lack of space or quota, which retrying cannot fix either.
-EXIT_FINISHED, EXIT_BAD_CONFIG, EXIT_DISK_FULL, EXIT_HANDED_OFF, EXIT_SIGKILL = 0, 2, 74, 75, 137
+# 65 (EX_DATAERR): the loss or the weights became non-finite; the same data diverges again.
+EXIT_FINISHED, EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_DISK_FULL, EXIT_HANDED_OFF, EXIT_SIGKILL = (
+    0, 2, 65, 74, 75, 137)
 EXIT_SIGTERM = 143
 # Exit statuses after which the chain must stop at once, and the reason it records.
-STOPPING_EXITS = {EXIT_BAD_CONFIG: BAD_CONFIG, EXIT_DISK_FULL: DISK_FULL}
+STOPPING_EXITS = {EXIT_BAD_CONFIG: BAD_CONFIG, EXIT_DIVERGED: events.DIVERGED,
+                  EXIT_DISK_FULL: DISK_FULL}
 
 
 class Run:
@@ -80,26 +82,17 @@ class Run:
             or self.kind.finished_trace(self.dir)
 
     def verdict(self, run_events: list[dict]):
-        return events.guard_verdict(run_events, self.limits, self.kind.progress_key)
+        return events.guard_verdict(run_events, self.limits)
+
+    def conclude(self, reason: str, detail: str, link: int = 0, take_back: bool = True) -> bool:
+        return over.conclude(self.dir, reason, detail, after_link=link, take_back=take_back)
+
+    def finish(self, link: int) -> bool:
+        return self.conclude(FINISHED, f"max duration reached at {self.kind.progress_name} "
+                                       f"{self.progress()} (link {link})", link)
 
 
 # ----------------------------------------------------------------- actions
-def cancel_successors(run: Run, link: int, why: str) -> list[str]:
-    """Delete every held/queued link after `link` and close each in the ledger as cancelled."""
-    successors = events.pending_successors(run.events(), link)
-    job_ids = [str(e["job_id"]) for e in successors if e.get("job_id")]
-    if job_ids:
-        try:
-            run.backend.cancel(job_ids)
-        except Exception as exc:  # it stays held; when it starts, `begin` finds the chain stopped
-            print(f"slmjobs.chain: could not cancel {' '.join(job_ids)}: {exc}", file=sys.stderr)
-            return []
-    for event in successors:
-        run.record(events.ended(event["link"], event.get("job_id"), CANCELLED, None,
-                                run.progress(), detail=why))
-    return job_ids
-
-
 def close_killed_predecessor(run: Run, link: int, run_events: list[dict]) -> None:
     """The previous link started but never ran `end`: it died hard. Record it as killed."""
     previous = events.started_links(run_events).get(link - 1)
@@ -114,7 +107,7 @@ def close_killed_predecessor(run: Run, link: int, run_events: list[dict]) -> Non
     job = record_accounting(run, link - 1, job_id)
     reason = STOPPING_EXITS.get(job.exit_status) if job else None
     if reason:  # its `end` could not record why (a full disk): the next write that can, does
-        run.record(events.stopped(reason, worker_error(run, link - 1, job.exit_status)))
+        run.conclude(reason, worker_error(run, link - 1, job.exit_status), link - 1)
 
 
 def record_accounting(run: Run, link: int, job_id: str | None):
@@ -131,13 +124,6 @@ def record_accounting(run: Run, link: int, job_id: str | None):
         return None
     run.record(events.accounted(link, str(job_id), job))
     return job
-
-
-def mark_finished(run: Run, link: int, run_events: list[dict]) -> None:
-    rundir.mark_done(run.dir, f"finished at link {link}, {time.ctime()}\n")
-    if not events.finished_in_ledger(run_events):
-        run.record(events.stopped(FINISHED, f"max duration reached at {run.kind.progress_name} "
-                                            f"{run.progress()} (link {link})"))
 
 
 def ensure_successor(run: Run, link: int, job_id: str | None) -> str | None:
@@ -182,22 +168,27 @@ def begin(run_dir: Path, link: int, job_id: str | None = None) -> int:
     run.record(events.started(link, job_id, socket.gethostname()))
 
     def nothing_to_do(why: str) -> int:
-        cancel_successors(run, link, why)
+        over.take_back_successors(run.dir, run.spec, link, why)
         run.record(events.ended(link, job_id, CANCELLED, 0, run.progress(), detail=why))
         print(f"slmjobs.chain: link {link}: {why}; nothing to do")
         return NOTHING
 
     if run.is_finished(before):
-        mark_finished(run, link, before)
+        run.finish(link)
         return nothing_to_do("the run is already finished")
     reason = events.stop_reason(before)
     if reason:
         return nothing_to_do(f"the chain is stopped ({reason})")
-    if not checkpoint_to_resume_from(run, link):
-        return nothing_to_do("no intact checkpoint to resume from")
+    found, stop = run.kind.before_link(run.dir, link)
+    for event in found:
+        run.record(event)
+        print(f"slmjobs.chain: link {link}: {describe(event)}", file=sys.stderr)
+    if stop:
+        run.conclude(*stop, link)
+        return nothing_to_do(f"{stop[0]}: {stop[1]}")
     verdict = run.verdict(before)
     if verdict:
-        run.record(events.stopped(*verdict))
+        run.conclude(*verdict, link)
         return nothing_to_do(f"guard {verdict[0]}: {verdict[1]}")
 
     successor = successor_at_begin(run, link, job_id)
@@ -210,23 +201,13 @@ def begin(run_dir: Path, link: int, job_id: str | None = None) -> int:
     return TRAIN
 
 
-def checkpoint_to_resume_from(run: Run, link: int) -> bool:
-    """Set damaged checkpoints aside so the worker resumes from the newest intact one; False
-    (and the chain stopped) when none is left: a loop of crashes on it would teach nothing."""
-    check = checkpoints.ensure_intact_latest(run.dir)
-    for path, step, why in check.set_aside:
-        run.record(events.checkpoint_set_aside(link, path, step, why, check.latest_step))
-        print(f"slmjobs.chain: link {link}: checkpoint {path} (step {step}) is damaged: {why}; "
-              f"set aside as {path}{checkpoints.DAMAGED_SUFFIX}", file=sys.stderr)
-    if check.none_intact:
-        run.record(events.stopped(NO_INTACT_CHECKPOINT, (
-            "no intact checkpoint is left to resume from (damaged ones are set aside as "
-            f"*{checkpoints.DAMAGED_SUFFIX} in {rundir.checkpoints_dir(run.dir)}); remove "
-            "latest-rank0.pt to start the training over")))
-        return False
-    if check.set_aside:
-        print(f"slmjobs.chain: link {link}: resuming from step {check.latest_step}")
-    return True
+def describe(event: dict) -> str:
+    """A ledger event a kind's `before_link` found, as one log line."""
+    if event.get("event") == "checkpoint_set_aside":
+        resumes = event.get("resumes_from")
+        return (f"checkpoint {event['path']} (step {event['step']}) is damaged: {event['reason']}; "
+                f"set aside" + (f"; resuming from step {resumes}" if resumes is not None else ""))
+    return ", ".join(f"{k}={v}" for k, v in event.items())
 
 
 def how_it_ended(rc: int) -> str:
@@ -260,31 +241,28 @@ def end(run_dir: Path, link: int, rc: int, job_id: str | None = None) -> int:
     for killed in events.killed_unaccounted(run_events):
         record_accounting(run, killed["link"], killed.get("job_id"))
     if how == FINISHED:
-        mark_finished(run, link, run_events)
-        cancel_successors(run, link, "the run finished")
+        run.finish(link)
         print(f"slmjobs.chain: link {link}: run finished at {run.kind.progress_name} {progress}")
         return 0
     if rc in STOPPING_EXITS:  # it will not change by itself: no more queue waits for it
         reason, detail = STOPPING_EXITS[rc], worker_error(run, link, rc)
-        run.record(events.stopped(reason, detail))
-        cancel_successors(run, link, reason)
+        run.conclude(reason, detail, link)
         print(f"slmjobs.chain: link {link}: chain stopped ({reason}): {detail}", file=sys.stderr)
         return 0
     reason = events.stop_reason(run_events)
     if reason:
-        cancel_successors(run, link, f"the chain is stopped ({reason})")
+        over.take_back_successors(run.dir, run.spec, link, f"the chain is stopped ({reason})")
         return 0
     verdict = run.verdict(run_events)
     if verdict:
-        run.record(events.stopped(*verdict))
-        cancel_successors(run, link, f"guard {verdict[0]}")
+        run.conclude(*verdict, link)
         print(f"slmjobs.chain: link {link}: chain stopped by guard {verdict[0]}: {verdict[1]}")
         return 0
     try:
         successor = ensure_successor(run, link, job_id)  # normally already there, from begin
     except Exception as exc:  # the retries are spent: stop visibly, never silently
         detail = f"link {link + 1} could not be submitted: {exc}"
-        run.record(events.stopped(SUBMIT_FAILED, detail))
+        run.conclude(SUBMIT_FAILED, detail, link)
         print(f"slmjobs.chain: link {link}: chain stopped: {detail}; continue it with "
               f"`slmjobs resume {run.dir.name}`", file=sys.stderr)
         return 0
@@ -299,46 +277,63 @@ def cancel_run(run_dir) -> list[str]:
 
     `stopped` is written FIRST: a link starting right now reads it in its `begin` hook and
     submits nothing more. A second pass catches a successor submitted while we cancelled."""
-    run = Run(run_dir)
-    run.record(events.stopped(CANCELLED, "slmjobs cancel"))
-    cancelled: list[str] = []
-    for _ in range(2):
-        run_events = run.events()
-        targets = [j for j in submit.active_jobs(run.dir, run_events, run.backend)
-                   if j not in cancelled]
-        if not targets:
-            break
-        run.backend.cancel(targets)
-        for job in events.jobs(run_events):
-            if job["job_id"] in targets and "ended" not in job:
-                run.record(events.ended(job.get("link"), job["job_id"], CANCELLED, None,
-                                        run.progress(), detail="slmjobs cancel"))
-        cancelled += targets
-    return cancelled
+    with rundir.locked(run_dir):
+        run = Run(run_dir)
+        run.conclude(CANCELLED, "slmjobs cancel", take_back=False)  # all its jobs go below
+        cancelled: list[str] = []
+        for _ in range(2):
+            run_events = run.events()
+            targets = [j for j in submit.active_jobs(run.dir, run_events, run.backend)
+                       if j not in cancelled]
+            if not targets:
+                break
+            run.backend.cancel(targets)
+            for job in events.jobs(run_events):
+                if job["job_id"] in targets and "ended" not in job:
+                    run.record(events.ended(job.get("link"), job["job_id"], CANCELLED, None,
+                                            run.progress(), detail="slmjobs cancel"))
+            cancelled += targets
+        return cancelled
 
 
 def resume_run(run_dir, walltime: str | None = None) -> str:
     """`slmjobs resume`: restart a stopped or cancelled chain from its latest checkpoint;
-    returns the new link's job id."""
-    run = Run(run_dir)
-    run_events = run.events()  # none: a launch killed before it submitted link 1
-    if run.is_finished(run_events):
-        raise UsageError(f"run {run.dir.name} is already finished: nothing to resume")
-    active = submit.active_jobs(run.dir, run_events, run.backend)
-    if active:
-        states = ", ".join(f"job {jid} {job.state}" for jid, job in sorted(active.items()))
-        raise UsageError(f"run {run.dir.name} is still active ({states}): "
-                         f"`slmjobs cancel {run.dir.name}` first")
-    no_room = rundir.no_room_for_a_checkpoint(run.dir)
-    if no_room:  # the next link would only fail to save again
-        raise UsageError(f"cannot resume run {run.dir.name}: {no_room}")
-    if walltime is not None:
-        from slmjobs.launch import set_walltime
+    returns the new link's job id. One at a time (the run's lock): of two at once, the second
+    finds the first one's link active and refuses."""
+    with rundir.locked(run_dir):
+        run = Run(run_dir)
+        run_events = run.events()  # none: a launch killed before it submitted link 1
+        if run.is_finished(run_events):
+            run.finish(events.next_link(run_events) - 1)  # a killed last link: say so once
+            raise UsageError(f"run {run.dir.name} is already finished: nothing to resume")
+        waiting = events.waiting_for(run_events)
+        if waiting and not events.stop_in_force(run_events):
+            raise UsageError(f"run {run.dir.name} waits for run {Path(waiting).name}: it starts "
+                             f"when that run finishes (allowed: `slmjobs resume {Path(waiting).name}`"
+                             " if that one stopped)")
+        active = submit.active_jobs(run.dir, run_events, run.backend)
+        if active:
+            states = ", ".join(f"job {jid} {job.state}" for jid, job in sorted(active.items()))
+            raise UsageError(f"run {run.dir.name} is still active ({states}): "
+                             f"`slmjobs cancel {run.dir.name}` first")
+        stop = events.stop_reason(run_events)
+        no_room = rundir.no_room_for_a_checkpoint(run.dir)
+        if no_room:  # the next link would only fail to save again
+            raise UsageError(f"cannot resume run {run.dir.name}: {no_room}")
+        run.kind.recheck(run.spec, run.dir, stop)  # the recorded stop's cause must be gone
+        if walltime is not None:
+            walltime = set_walltime(run, walltime)
+        link = events.next_link(run_events)
+        run.record(events.resumed(link, run.progress(), walltime, stop))
+        return submit.submit_link(run.dir, link, hold_on=None)
 
-        walltime = set_walltime(run.dir, walltime)
-    link = events.next_link(run_events)
-    run.record(events.resumed(link, run.progress(), walltime, events.stop_reason(run_events)))
-    return submit.submit_link(run.dir, link, hold_on=None)
+
+def set_walltime(run: Run, walltime: str) -> str:
+    """The walltime of the run's next links (`resume --walltime`), checked against the run's
+    own profile snapshot and written to run.yaml; returns it as HH:MM:SS."""
+    run.spec["walltime"] = profiles.check_walltime(walltime, run.spec["cluster"], run.spec["gpus"])
+    rundir.save_run(run.dir, run.spec)
+    return run.spec["walltime"]
 
 
 # ----------------------------------------------------------------- python -m slmjobs.chain

@@ -11,13 +11,11 @@ from __future__ import annotations
 # How a link ended (`ended.how`) and why a chain stopped (`stopped.reason`).
 FINISHED, HANDED_OFF, CRASHED, KILLED, CANCELLED = (
     "finished", "handed_off", "crashed", "killed", "cancelled")
-HOWS = (FINISHED, HANDED_OFF, CRASHED, KILLED, CANCELLED)
 SUBMIT_FAILED = "submit_failed"   # the next link could not be submitted, retries spent
 BAD_CONFIG = "bad_config"         # the worker exited 2: its input can never train
 DISK_FULL = "disk_full"           # the worker exited 74: a save failed for lack of space/quota
 NO_INTACT_CHECKPOINT = "no_intact_checkpoint"  # every checkpoint to resume from is damaged
-STOP_REASONS = (FINISHED, "max_links", "no_progress", "crash_budget", CANCELLED, SUBMIT_FAILED,
-                BAD_CONFIG, DISK_FULL, NO_INTACT_CHECKPOINT)
+DIVERGED = "diverged"             # the worker exited 65: the loss or the weights became NaN/inf
 
 
 # ------------------------------------------------------------------ constructors
@@ -31,11 +29,11 @@ def started(link: int, job_id: str | None, host: str) -> dict:
 
 
 def ended(link: int, job_id: str | None, how: str, exit_status: int | None,
-          checkpoint_step: int | None, step: int | None = None, detail: str | None = None) -> dict:
-    """`checkpoint_step`: the run's durable progress when the link ended (the kind's measure,
+          progress: int | None, step: int | None = None, detail: str | None = None) -> dict:
+    """`progress`: the run's durable progress when the link ended (the kind's measure,
     slmjobs.kinds); `step`: how far the link got (0 work lost at a planned hand-off)."""
     event = {"event": "ended", "link": link, "job_id": job_id, "how": how,
-             "exit_status": exit_status, "checkpoint_step": checkpoint_step}
+             "exit_status": exit_status, "progress": progress}
     if step is not None:
         event["step"] = step
     if detail is not None:
@@ -61,10 +59,22 @@ def stopped(reason: str, detail: str) -> dict:
     return {"event": "stopped", "reason": reason, "detail": detail}
 
 
-def resumed(link: int, checkpoint_step: int | None, walltime: str | None,
+def resumed(link: int, progress: int | None, walltime: str | None,
             previous_stop: str | None) -> dict:
-    return {"event": "resumed", "link": link, "checkpoint_step": checkpoint_step,
+    return {"event": "resumed", "link": link, "progress": progress,
             "walltime": walltime, "previous_stop": previous_stop}
+
+
+def action(name: str, target: str, detail: str) -> dict:
+    """One of the run's `then:` actions was taken when the run was over (`name`: mail, submit;
+    `target`: the address, the run directory); recorded BEFORE it is done, so it is done at
+    most once however many hooks race."""
+    return {"event": "action", "action": name, "target": target, "detail": detail}
+
+
+def waiting(for_run: str) -> dict:
+    """The run's first link is submitted when run `for_run` (a directory) finishes."""
+    return {"event": "waiting", "for": for_run}
 
 
 def accounted(link: int | None, job_id: str, job) -> dict:
@@ -76,13 +86,29 @@ def accounted(link: int | None, job_id: str, job) -> dict:
 
 
 EVENTS = ("submitted", "not_submitted", "started", "checkpoint_set_aside", "ended", "stopped",
-          "resumed", "accounted")
+          "resumed", "accounted", "action", "waiting")
 
 
 # ------------------------------------------------------------------ predicates
 def of_kind(events: list[dict], kind: str) -> list[dict]:
     return [e for e in events if e.get("event") == kind]
 
+
+def progress_of(event: dict):
+    """An `ended` or `resumed` event's durable progress (`checkpoint_step` before kinds)."""
+    return event.get("progress", event.get("checkpoint_step"))
+
+
+def action_taken(events: list[dict], name: str, target: str, since_resume_only: bool) -> bool:
+    searched = since_resume(events) if since_resume_only else events
+    return any(e.get("action") == name and e.get("target") == target
+               for e in of_kind(searched, "action"))
+
+
+def waiting_for(events: list[dict]) -> str | None:
+    """The run directory this run waits for, until its first link is submitted."""
+    waits = of_kind(events, "waiting")
+    return waits[-1].get("for") if waits and not of_kind(events, "submitted") else None
 
 def since_resume(events: list[dict]) -> list[dict]:
     """The events since the last `resumed`: what the guards count and the stop in force."""
@@ -183,16 +209,16 @@ def never_started(job: dict) -> bool:
     return "started" not in job and job.get("ended", {}).get("how") == CANCELLED
 
 
-def links_without_progress(events: list[dict], ended: list[dict], key: str) -> int:
+def links_without_progress(events: list[dict], ended: list[dict]) -> int:
     """How many of the latest ended links, in a row, did not move the run's durable progress
-    (`key` of their `ended` events) past the best seen since the last `resumed`."""
+    past the best seen since the last `resumed`."""
     resumed_events = of_kind(events, "resumed")
-    best = (resumed_events[-1].get(key) if resumed_events else None) or 0
+    best = (progress_of(resumed_events[-1]) if resumed_events else None) or 0
     stalled = 0
     for event in ended:
         if event.get("how") == CANCELLED:
             continue  # a link stopped by the user or a guard is no evidence either way
-        value = event.get(key) or 0
+        value = progress_of(event) or 0
         if value > best:
             best, stalled = value, 0
         else:
@@ -200,7 +226,7 @@ def links_without_progress(events: list[dict], ended: list[dict], key: str) -> i
     return stalled
 
 
-def guard_verdict(events: list[dict], limits: dict, progress_key: str = "checkpoint_step"):
+def guard_verdict(events: list[dict], limits: dict):
     """May one more link train? None if yes, else (reason, detail) for the `stopped` event.
 
     Each guard counts over the links since the last `resumed`: max_links (links started),
@@ -219,7 +245,7 @@ def guard_verdict(events: list[dict], limits: dict, progress_key: str = "checkpo
         statuses = ", ".join(f"link {e['link']}: exit {e.get('exit_status')}" for e in crashes)
         return "crash_budget", (f"{len(crashes)} crashed links, crash_budget="
                                 f"{limits['crash_budget']} ({statuses})")
-    stalled = links_without_progress(events, ended, progress_key)
+    stalled = links_without_progress(events, ended)
     if stalled >= limits["no_progress_links"]:
         return "no_progress", (f"progress did not advance over the last {stalled} links "
                                f"(no_progress_links={limits['no_progress_links']})")

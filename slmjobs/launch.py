@@ -1,8 +1,16 @@
-"""`slmjobs launch`: resolve a request -> validate everything -> create the run dir -> render link 1
--> submit -> record (the run directory is rundir's, the submission submit's).
+"""`slmjobs launch` (and every kind's own launch command), in four steps:
 
-Everything that can be wrong with a request is checked before the run directory exists; any
-failure after it was created removes it again (no run dir left behind, nothing left queued).
+    request  ->  check  ->  create  ->  submit
+    Request     spec: everything checkable is checked before anything exists
+                         the run directory, run.yaml (exclusive: two launches of one name
+                         cannot both get here)
+                                   link 1 (or nothing yet: a run that waits for another)
+
+`resolve` turns a Request into the run spec (run.yaml's contents) with the checks every kind
+shares (profile, resources, walltime, name, project, paths) and the kind's own request checks;
+`check` runs the kind's launch-time checks (they may read files); `create` makes the run
+directory; `submit` submits link 1, or records that the run waits. Any failure after `create`
+removes the run directory again: no run dir left behind, nothing left queued.
 
 Run names: an existing run directory is never reused, whatever its state (a finished run's
 checkpoints would be autoresumed by the trainer and its ledger mixed with the new run's). The
@@ -11,7 +19,6 @@ error says whether the run is active and points to `slmjobs cancel` / `slmjobs r
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -19,41 +26,38 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmjobs import profiles, rundir, submit
+from slmjobs import kinds, over, profiles, rundir, submit
 from slmjobs.backends import get_backend
 from slmjobs.errors import UsageError
 
-RESERVED_OVERRIDES = ("model", "run_name", "run_dir")
 # Grid Engine rejects spaces, ':' and '/' in job names and a leading digit (FINDINGS P5); the name
 # is also a directory name and a `#$ -N` value, so keep it to a plain, portable charset.
 RUN_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$")
-# Hydra override grammar, the part that matters here: an optional ~ / + / ++ prefix, a dotted
-# key (config groups may use / and @), then =value (anything on one line; hydra parses it).
-OVERRIDE = re.compile(r"^(~|\+\+?)?[A-Za-z_][A-Za-z0-9_.\-/@]*(=.*)?$", re.DOTALL)
 
 
-# ----------------------------------------------------------------------- validation
-def models_dir() -> Path:
-    """trainer/conf/model, found without importing the trainer (it would pull in torch)."""
-    spec = importlib.util.find_spec("trainer")
-    if spec is not None and spec.submodule_search_locations:
-        return Path(list(spec.submodule_search_locations)[0]) / "conf" / "model"
-    return Path(__file__).resolve().parent.parent / "trainer" / "conf" / "model"
+@dataclass(frozen=True)
+class Request:
+    """What a launch asks for. `options` are the kind's own (train: model, overrides);
+    `gpus=None` means the kind's default (0 for a CPU-only kind). `after`: a run (name or
+    directory) whose finish submits this run's first link."""
+    kind: str = "train"
+    options: dict = field(default_factory=dict)
+    cluster: str | None = None
+    gpus: int | None = None
+    cpus: int | None = None
+    walltime: str | None = None
+    name: str | None = None
+    max_links: int | None = None
+    project: str | None = None
+    after: str | None = None
+    python: str | None = None   # the job's interpreter (default: this one)
+    workdir: str | None = None  # the job's working directory (default: here)
 
 
-def available_models() -> list[str]:
-    directory = models_dir()
-    return sorted(p.stem for p in directory.glob("*.yaml")) if directory.is_dir() else []
-
-
-def check_model(model: str) -> None:
-    known = available_models()
-    if model not in known:
-        raise UsageError(f"unknown model {model!r}: allowed are {', '.join(known) or '(none found in ' + str(models_dir()) + ')'}")
-
-
+# ----------------------------------------------------------------------- shared checks
 def check_run_name(name: str) -> None:
     if not RUN_NAME.match(name):
         raise UsageError(f"bad run name {name!r}: allowed is a letter followed by letters, digits, "
@@ -61,35 +65,12 @@ def check_run_name(name: str) -> None:
                          "':', '/' and a leading digit)")
 
 
-def check_override(override: str) -> None:
-    if any(ch in override for ch in "\n\r\0") or not OVERRIDE.match(override):
-        raise UsageError(f"malformed hydra override {override!r}: allowed is key=value, +key=value, "
-                         "++key=value or ~key, on one line (key: letters, digits, _ . - / @)")
-    if "=" not in override and not override.startswith("~"):
-        raise UsageError(f"malformed hydra override {override!r}: missing '=value' (allowed is key=value)")
-    key = override.lstrip("~+").split("=", 1)[0]
-    if key in RESERVED_OVERRIDES:
-        raise UsageError(f"override {override!r} is set by slmjobs: give the model as MODEL and the "
-                         "name with --name (the run dir follows from the cluster's runs_root)")
-
-
-def check_gpus(gpus: int, profile: dict) -> None:
-    if gpus < 1 or gpus > profile["max_gpus"]:
+def check_resources(kind, gpus: int, cpus: int | None, profile: dict) -> None:
+    if gpus < kind.gpus_min or gpus > profile["max_gpus"]:
         raise UsageError(f"--gpus {gpus} is not allowed on cluster {profile['name']!r}: "
-                         f"allowed is 1 to {profile['max_gpus']}")
-
-
-def check_walltime(walltime: str, profile: dict, gpus: int) -> str:
-    seconds = profiles.parse_walltime(walltime, "--walltime")
-    maximum = profiles.walltime_max(profile, gpus)
-    if seconds > profiles.parse_walltime(maximum):
-        kind = "a GPU job" if gpus else "a CPU-only job"
-        raise UsageError(f"--walltime {walltime} is over the maximum for {kind} on cluster "
-                         f"{profile['name']!r}: allowed is up to {maximum}")
-    if seconds <= profile["handoff_margin"]:
-        raise UsageError(f"--walltime {walltime} is not longer than the hand-off margin of cluster "
-                         f"{profile['name']!r} ({profile['handoff_margin']} s): allowed is more than that")
-    return profiles.format_walltime(seconds)
+                         f"allowed is {kind.gpus_min} to {profile['max_gpus']}")
+    if cpus is not None and cpus < 1:
+        raise UsageError(f"--cpus {cpus}: allowed is 1 or more")
 
 
 def resolve_project(flag: str | None, profile: dict) -> str | None:
@@ -111,8 +92,8 @@ def check_safe_path(path: Path, what: str) -> None:
                          "letters, digits and _.,:=+@%/~- (no spaces or shell characters)")
 
 
-def default_run_name(model: str, runs_root: Path) -> str:
-    base = f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+def default_run_name(base: str, runs_root: Path) -> str:
+    base = f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
     name, n = base, 1
     while (runs_root / name).exists():
         n += 1
@@ -120,69 +101,133 @@ def default_run_name(model: str, runs_root: Path) -> str:
     return name
 
 
-# ------------------------------------------------------------------------ the request
-def resolve(model: str, gpus: int = 1, cluster: str | None = None, walltime: str | None = None,
-            name: str | None = None, max_links: int | None = None, project: str | None = None,
-            overrides=(), python: str | None = None, workdir: str | None = None) -> dict:
-    """Turn the command-line request into the run spec (what run.yaml holds). Raises UsageError
-    for anything wrong; touches nothing."""
-    profile = profiles.load(cluster)
-    check_model(model)
-    check_gpus(gpus, profile)
-    walltime = check_walltime(walltime or profile["walltime_default"], profile, gpus)
-    for override in overrides:
-        check_override(override)
-    project = resolve_project(project, profile)
-    if max_links is not None and max_links < 1:
-        raise UsageError(f"--max-links {max_links}: allowed is 1 or more")
-    get_backend(profile["scheduler"]).check_request(profile, gpus, model)
+def worker_bin_dir(python: str, requires: str | None) -> str:
+    """The directory the job puts first on PATH so that the kind's program (`composer`)
+    resolves: the interpreter's own bin dir (a venv), else wherever the program is found now
+    (e.g. ~/.local/bin)."""
+    here = os.path.dirname(python)
+    if requires is None or os.access(os.path.join(here, requires), os.X_OK):
+        return here
+    found = shutil.which(requires)
+    if found:
+        return os.path.dirname(os.path.abspath(found))
+    raise UsageError(f"{requires} not found next to {python} or on PATH: allowed is a Python "
+                     "environment with slmjobs' training stack (pip install slmjobs), or a profile "
+                     "whose env_setup provides one (python: ...)")
+
+
+# ------------------------------------------------------------------- 1. the request
+def resolve(request: Request) -> dict:
+    """The run spec (what run.yaml holds) for `request`. Raises UsageError for anything
+    wrong; touches nothing."""
+    kind = kinds.by_name(request.kind)
+    profile = profiles.load(request.cluster)
+    gpus = kind.gpus_default if request.gpus is None else request.gpus
+    check_resources(kind, gpus, request.cpus, profile)
+    walltime = profiles.check_walltime(request.walltime or profile["walltime_default"], profile, gpus)
+    fields = kind.spec_fields(request.options, profile)
+    project = resolve_project(request.project, profile)
+    if request.max_links is not None and request.max_links < 1:
+        raise UsageError(f"--max-links {request.max_links}: allowed is 1 or more")
     root = profiles.runs_root(profile, project)
-    if name is None:
-        name = default_run_name(model, root)
+    name = request.name or default_run_name(fields.get("model") or kind.name, root)
     check_run_name(name)
     run_dir = root / name
     check_safe_path(run_dir, "run directory")
-    workdir = workdir or os.getcwd()
+    workdir = request.workdir or os.getcwd()
     check_safe_path(Path(workdir), "working directory")
     data_root = profiles.data_root(profile, project)
-    if python is None:
-        python = os.path.abspath(sys.executable)
-        bin_dir = worker_bin_dir(python) if profile["python"] is None else os.path.dirname(python)
-    else:
-        bin_dir = os.path.dirname(python)
-    return {
+    # The job runs the launcher's own interpreter (not resolved: a venv's bin/python symlink
+    # must stay inside the venv so its bin dir, with `composer`, goes on PATH).
+    python = request.python or os.path.abspath(sys.executable)
+    spec = {
         "name": name,
-        "kind": "train",
+        "kind": kind.name,
         "run_dir": str(run_dir),
-        "model": model,
+        **fields,
         "gpus": gpus,
+        "cpus": request.cpus,
         "walltime": walltime,
-        "overrides": list(overrides),
         "project": project,
         "workdir": workdir,
-        # The job runs the launcher's own interpreter (not resolved: a venv's bin/python symlink
-        # must stay inside the venv so its bin dir, with `composer`, goes on PATH).
         "python": python,
-        "bin_dir": bin_dir,
+        "bin_dir": None,
         "data_root": str(data_root) if data_root else None,
-        "chain": {**profile["chain"], **({"max_links": max_links} if max_links else {})},
+        "chain": {**profile["chain"], **({"max_links": request.max_links} if request.max_links else {})},
         "cluster": profile,
         "templates_dir": str(profiles.config_dir() / "templates"),
+        "then": over.default_actions(profile),
+        "after": resolve_after(request.after),
     }
+    get_backend(profile["scheduler"]).check_request(profile, spec)
+    requires = kind.command(spec).requires
+    spec["bin_dir"] = (worker_bin_dir(python, requires)
+                       if request.python is None and profile["python"] is None
+                       else os.path.dirname(python))
+    return spec
 
 
-def worker_bin_dir(python: str) -> str:
-    """The directory the job puts first on PATH so that `composer` resolves: the interpreter's
-    own bin dir (a venv), else wherever `composer` is found now (e.g. ~/.local/bin)."""
-    here = os.path.dirname(python)
-    if os.access(os.path.join(here, "composer"), os.X_OK):
-        return here
-    found = shutil.which("composer")
-    if found:
-        return os.path.dirname(os.path.abspath(found))
-    raise UsageError(f"composer not found next to {python} or on PATH: allowed is a Python "
-                     "environment with slmjobs' training stack (pip install slmjobs), or a profile "
-                     "whose env_setup provides one (python: ...)")
+def resolve_after(after: str | None) -> str | None:
+    """The run directory of the run to wait for (a name in this runs root, or a path)."""
+    if after is None:
+        return None
+    path = Path(after).expanduser()
+    if not rundir.is_run_dir(path):
+        raise UsageError(f"--after {after}: not a run directory (no {rundir.RUN_FILE}); allowed is "
+                         "a run's directory (see `slmjobs status`)")
+    return str(path.resolve())
+
+
+# ------------------------------------------------------------------- 2. check
+def check(spec: dict, *, dry_run: bool = False) -> None:
+    """The kind's launch-time checks (they may read files: configuration, data)."""
+    kinds.of(spec).check(spec, dry_run=dry_run)
+
+
+def validate_with_scheduler(spec: dict, text: str) -> str:
+    """Ask the scheduler whether this script could ever run; UsageError if not."""
+    backend = get_backend(spec["cluster"]["scheduler"])
+    backend.check_available(spec["cluster"])
+    with tempfile.TemporaryDirectory(prefix="slmjobs-validate-") as tmp:
+        path = Path(tmp) / "link-001.sh"
+        path.write_text(text, encoding="utf-8")
+        ok, message = backend.validate(path)
+    if not ok:
+        raise UsageError(f"the scheduler rejects this request: {' / '.join(message.split(chr(10)))}")
+    return message
+
+
+# ------------------------------------------------------------------- 3. create
+def refuse_existing(run_dir: Path) -> None:
+    if not rundir.is_run_dir(run_dir) and not (run_dir / rundir.LEDGER_FILE).exists():
+        return  # nothing there, or what a killed launch left: rundir.create takes it over
+    name = run_dir.name
+    if _is_active(run_dir):
+        raise UsageError(f"run name {name!r} belongs to an active run ({run_dir}): allowed is a new "
+                         f"--name, or stop it first with `slmjobs cancel {name}`")
+    raise UsageError(f"run name {name!r} is taken by an existing run ({run_dir}): allowed is a new "
+                     f"--name; continue that run with `slmjobs resume {name}`")
+
+
+def _is_active(run_dir: Path) -> bool:
+    try:
+        return bool(submit.active_jobs(run_dir))
+    except Exception:  # a broken old run dir must not hide the real message
+        return False
+
+
+def create(spec: dict) -> Path:
+    get_backend(spec["cluster"]["scheduler"]).check_available(spec["cluster"])
+    run_dir = Path(spec["run_dir"])
+    refuse_existing(run_dir)
+    record = {**spec, "slmjobs_version": _version(), "git_commit": _git_commit(),
+              "created": time.time()}
+    try:
+        rundir.create(run_dir, record)  # exclusive: two launches of one name cannot both get here
+    except FileExistsError:
+        refuse_existing(run_dir)
+        raise
+    return run_dir
 
 
 def _version() -> str:
@@ -204,138 +249,33 @@ def _git_commit() -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-# --------------------------------------------------------- changing a run's request
-def set_walltime(run_dir, walltime: str) -> str:
-    """Change the walltime of the run's next links (`slmjobs resume --walltime`): checked against
-    the run's own profile snapshot, written to run.yaml; returns it as HH:MM:SS."""
-    spec = rundir.load_run(run_dir)
-    spec["walltime"] = check_walltime(walltime, spec["cluster"], spec["gpus"])
-    rundir.save_run(run_dir, spec)
-    return spec["walltime"]
+# ------------------------------------------------------------------- 4. submit
+def submit_first(run_dir: Path, spec: dict) -> str | None:
+    """Link 1's job id; None when the run waits for another (its finish submits link 1)."""
+    if spec.get("after"):
+        return over.wait_for(spec["after"], run_dir)
+    return submit.submit_link(run_dir, 1)
 
 
-# -------------------------------------------------------------------------- launch
-def refuse_existing(run_dir: Path) -> None:
-    if not rundir.is_run_dir(run_dir) and not (run_dir / rundir.LEDGER_FILE).exists():
-        return  # nothing there, or what a killed launch left: rundir.create takes it over
-    name = run_dir.name
-    if _is_active(run_dir):
-        raise UsageError(f"run name {name!r} belongs to an active run ({run_dir}): allowed is a new "
-                         f"--name, or stop it first with `slmjobs cancel {name}`")
-    raise UsageError(f"run name {name!r} is taken by an existing run ({run_dir}): allowed is a new "
-                     f"--name; continue that run with `slmjobs resume {name}`")
-
-
-def _is_active(run_dir: Path) -> bool:
-    from slmjobs.monitor import is_active
-
-    try:
-        return is_active(run_dir)
-    except Exception:  # a broken old run dir must not hide the real message
-        return False
-
-
-def validate_with_scheduler(spec: dict, text: str) -> str:
-    """Ask the scheduler whether this script could ever run; UsageError if not."""
-    backend = get_backend(spec["cluster"]["scheduler"])
-    backend.check_available(spec["cluster"])
-    with tempfile.TemporaryDirectory(prefix="slmjobs-validate-") as tmp:
-        path = Path(tmp) / "link-001.sh"
-        path.write_text(text, encoding="utf-8")
-        ok, message = backend.validate(path)
-    if not ok:
-        raise UsageError(f"the scheduler rejects this request: {' / '.join(message.split(chr(10)))}")
-    return message
-
-
-# ------------------------------------------------------------- can it ever train?
-def check_training_config(spec: dict, environ=None) -> dict:
-    """The worker's own checks on the composed configuration, run as the job would run them
-    but here and now (`python -m trainer.validate`: no torch, about 0.3 s): a typo, a missing
-    dataset or a batch the ranks cannot split is refused before anything is submitted, not
-    after a queue wait. Returns the composed configuration."""
-    import json
-
-    from slmjobs.render import worker_args
-
-    environ = dict(os.environ if environ is None else environ)
-    if spec.get("data_root"):
-        environ["SLMJOBS_DATA_ROOT"] = spec["data_root"]
-    argv = [sys.executable, "-m", "trainer.validate", "--ranks", str(spec["gpus"]),
-            *worker_args(spec)]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, env=environ,
-                              cwd=spec["workdir"], timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise UsageError(f"could not check the training configuration ({exc}): allowed is a "
-                         "Python environment with slmjobs' worker (pip install slmjobs)") from None
-    said = [line[len("error: "):] for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    if proc.returncode != 0:
-        raise UsageError(said[-1] if said else f"the worker's configuration check exited "
-                         f"{proc.returncode}: {proc.stderr.strip()[-300:]}")
-    config = json.loads(proc.stdout)["config"]
-    check_wandb(config["wandb"], environ)
-    return config
-
-
-# The shape wandb 0.31 itself requires of a key (wandb/sdk/lib/wbauth/validation.py): an
-# optional on-prem prefix and a dash, then 40+ letters, digits, '_' or '-'; or a JWT.
-WANDB_KEY = re.compile(r"^(?:[^-]*-)?[\w-]{40,}$|^[\w-]+\.[\w-]+\.[\w-]+$")
-
-
-def check_wandb(wandb: dict, environ) -> None:
-    """What can be known about wandb without the network: its mode, and the shape of a key.
-    The key itself is never printed."""
-    if not wandb["enabled"] or wandb["mode"] == "offline":
-        return
-    key = environ.get("WANDB_API_KEY")
-    if key is not None and not WANDB_KEY.match(key):
-        raise UsageError(f"WANDB_API_KEY is not a wandb API key ({len(key)} characters; wandb "
-                         "wants 40 or more letters, digits and '_'): allowed is a key from "
-                         "https://wandb.ai/authorize, or wandb.mode=offline")
-    if wandb["mode"] == "online" and key is None and not _netrc_has_wandb(environ):
-        raise UsageError("wandb.mode=online but no wandb credentials here (no WANDB_API_KEY, no "
-                         "wandb entry in ~/.netrc): allowed is `wandb login`, WANDB_API_KEY, "
-                         "or wandb.mode=auto|offline")
-
-
-def _netrc_has_wandb(environ) -> bool:
-    path = environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return "wandb" in handle.read()
-    except OSError:
-        return False
-
-
-def launch(model: str, gpus: int = 1, cluster: str | None = None, walltime: str | None = None,
-           name: str | None = None, max_links: int | None = None, project: str | None = None,
-           overrides=(), dry_run: bool = False, validate: bool = False) -> dict:
-    """Returns {"spec", "script" (text)} for a dry run, plus {"job_id", "run_dir"} otherwise."""
+# ------------------------------------------------------------------- the four steps
+def launch(request: Request, dry_run: bool = False, validate: bool = False) -> dict:
+    """Returns {"spec", "script" (text)} for a dry run, plus {"job_id", "run_dir"} otherwise
+    (job_id None: the run waits for `request.after`)."""
     from slmjobs.render import render_link
 
-    spec = resolve(model, gpus, cluster, walltime, name, max_links, project, overrides)
-    check_training_config(spec)
+    spec = resolve(request)
+    check(spec, dry_run=dry_run)
     text = render_link(spec, 1)
     result = {"spec": spec, "script": text, "validation": None}
     if validate:
         result["validation"] = validate_with_scheduler(spec, text)
     if dry_run:
         return result
-    get_backend(spec["cluster"]["scheduler"]).check_available(spec["cluster"])
-    run_dir = Path(spec["run_dir"])
-    refuse_existing(run_dir)
-    record = {**spec, "slmjobs_version": _version(), "git_commit": _git_commit(),
-              "created": time.time()}
-    try:
-        rundir.create(run_dir, record)  # exclusive: two launches of one name cannot both get here
-    except FileExistsError:
-        refuse_existing(run_dir)
-        raise
+    run_dir = create(spec)
     try:
         # Killed from here on, the run is there with its run.yaml: `slmjobs status` shows it
         # and `slmjobs resume` submits its first link.
-        result["job_id"] = submit.submit_link(run_dir, 1)
+        result["job_id"] = submit_first(run_dir, spec)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise

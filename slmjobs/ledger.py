@@ -24,6 +24,13 @@ def ledger_path(run_dir: str | os.PathLike) -> Path:
 
 def append(run_dir: str | os.PathLike, event: dict) -> dict:
     """Append `event` (must have an "event" key) with the current `time`; return what was written."""
+    return append_unless(run_dir, event, None)
+
+
+def append_unless(run_dir: str | os.PathLike, event: dict, already) -> dict | None:
+    """Append `event` unless `already(events)` is true of the ledger as it is under the lock;
+    None when it was not appended. What must happen at most once however many writers race
+    (a run's `stopped`, its `then:` actions) is appended through here."""
     if not isinstance(event.get("event"), str):
         raise ValueError(f"ledger event needs an 'event' name, got {event!r}")
     record = {**event, "time": event.get("time", time.time())}
@@ -32,6 +39,8 @@ def append(run_dir: str | os.PathLike, event: dict) -> dict:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
+        if already is not None and already(parse(os.pread(fd, size, 0))):
+            return None
         if size and os.pread(fd, 1, size - 1) != b"\n":
             line = b"\n" + line  # close a torn line left by a killed writer
         os.write(fd, line)
@@ -44,9 +53,12 @@ def read(run_dir: str | os.PathLike) -> list[dict]:
     """All events in order; [] when there is no ledger. Torn or foreign lines are skipped."""
     try:  # plain os.path: status reads a thousand ledgers, pathlib's overhead shows
         with open(os.path.join(run_dir, LEDGER_NAME), "rb") as handle:
-            data = handle.read()
+            return parse(handle.read())
     except FileNotFoundError:
         return []
+
+
+def parse(data: bytes) -> list[dict]:
     lines = data.splitlines()
     try:  # fast path: the whole ledger in one C-level parse
         events = json.loads(b"[" + b",".join(line for line in lines if line.strip()) + b"]")

@@ -16,10 +16,12 @@ in the status cache (statuscache.py) until one of its files changes.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
-from slmjobs import events, kinds, ledger, rundir, submit
+from slmjobs import events, kinds, ledger, over, rundir, submit
+from slmjobs.events import FINISHED
 from slmjobs.backends import ACTIVE_STATES, ENDED, ENDING, UNKNOWN, Job, SchedulerError, get_backend
 from slmjobs.errors import UsageError
 from slmjobs.statuscache import StatusCache
@@ -30,6 +32,7 @@ ACCOUNTING_PATIENCE_SECONDS = 600
 
 # Run states shown by status. Terminal ones stay until `resume`.
 BROKEN = "broken"   # not finished nor stopped, and nothing queued, held or running
+WAITING = "waiting"  # created, its first link submitted when the run it waits for finishes
 TERMINAL = ("finished", "cancelled", "failed", "killed", "stopped", "unreadable", BROKEN)
 # `how` in an `ended` event -> what status shows for a run whose latest link ended so
 HOW_TO_STATE = {"finished": "finished", "handed_off": "handed off", "crashed": "failed",
@@ -145,6 +148,7 @@ def run_statuses(run_dirs) -> list[dict]:
     answers = query_all(list(infos.values()))
     for i, info in infos.items():
         _reconcile(info, answers)
+        conclude_unrecorded(info)
         rows[i] = status_row(info, answers)
         if info.settled():
             cache.keep_row(info.dir, info.stamps, rows[i], info.progress.get("checkpoint_time"))
@@ -157,14 +161,14 @@ def status_row(info: RunInfo, answers: dict[tuple[str, str], Job]) -> dict:
     run, progress = info.run, info.progress
     current = _current_link(info, answers)
     job = answers.get((info.scheduler, current["job_id"])) if current else None
+    kind = _kind_of(run)
     stop = events.stop_in_force(info.events) or _unrecorded_stop(info)
-    kind = kinds.KINDS.get(run["kind"]) or kinds.KINDS["train"]
     state = _run_state(info, current, job, stop)
-    if stop is None and state not in ("finished", "unreadable", "new") \
+    if stop is None and state not in ("finished", "unreadable", "new", WAITING) \
             and _orphaned(info, answers, kind):
         state = BROKEN
     step, max_steps = kind.position(progress)
-    step = _at_least_ledger(info, "step", step)
+    step = _at_least_ledger(info, lambda e: e.get("step"), step)
     rate = progress.get("steps_per_sec")
     eta = None
     if state not in TERMINAL and isinstance(step, int) and isinstance(max_steps, int) \
@@ -188,18 +192,57 @@ def status_row(info: RunInfo, answers: dict[tuple[str, str], Job]) -> dict:
         "previous_link": _previous_end(info, current),
         "step": step,
         "max_steps": max_steps,
-        "loss": progress.get("loss"),
-        "tokens_per_sec": progress.get("tokens_per_sec"),
+        **kind.status(info.dir, progress),
         "eta_seconds": eta,
-        "checkpoint_step": _at_least_ledger(info, kind.progress_key,
-                                            progress.get(kind.progress_key)),
+        "progress": _progress_at_least_ledger(info, kind.durable_progress(info.dir)),
         "checkpoint_age_seconds": (now - checkpoint_time)
         if isinstance(checkpoint_time, (int, float)) else None,
         "gpu_hours": _gpu_hours(info, answers, now),
         "stop_reason": stop.get("reason") if stop else None,
         "stop_detail": stop.get("detail") if stop else (_why_broken(info) if state == BROKEN
                                                          else None),
+        "waiting_for": _waiting_for(info) if state == WAITING else None,
     }
+
+
+def _kind_of(run: dict):
+    try:
+        return kinds.by_name(run.get("kind") or "train")
+    except UsageError:  # a kind this installation does not have: show what is kind-blind
+        return kinds.Kind()
+
+
+def _waiting_for(info: RunInfo) -> dict | None:
+    """The run this one waits for: its name, and why it stopped if it did."""
+    awaited = events.waiting_for(info.events)
+    if awaited is None:
+        return None
+    stop = events.stop_in_force(ledger.read(awaited))
+    return {"name": Path(awaited).name, "stop_reason": stop.get("reason") if stop else None}
+
+
+def conclude_unrecorded(info: RunInfo) -> None:
+    """The next look at a run whose last link was killed before its `end` hook: a finished
+    trace or a stop the ledger had no room for is concluded now, through the one place
+    (slmjobs.over). Someone else's run, read-only to us, is only shown."""
+    if info.scheduler is None or events.finished_in_ledger(info.events):
+        return
+    kind = _kind_of(info.run)
+    if kind.finished_trace(info.dir):
+        stop = (FINISHED, f"max duration reached at {kind.progress_name} "
+                          f"{kind.durable_progress(info.dir)} (seen by status)")
+    elif events.stop_in_force(info.events) is None and _unrecorded_stop(info):
+        stop = (events.DISK_FULL, _unrecorded_stop(info)["detail"])
+    else:
+        return
+    try:
+        over.conclude(info.dir, *stop)
+    except (OSError, UsageError) as exc:
+        print(f"slmjobs: run {info.dir.name} is over ({stop[0]}) but could not be recorded: {exc}",
+              file=sys.stderr)
+        return
+    info.appended = True
+    info.reread()
 
 
 def _unrecorded_stop(info: RunInfo) -> dict | None:
@@ -249,11 +292,15 @@ def _why_broken(info: RunInfo) -> str:
     return "no job of it is queued, held or running"
 
 
-def _at_least_ledger(info: RunInfo, key: str, value):
-    """The heartbeat's `value` of `key`, unless a link that is only starting reports less than
-    the ledger knows from the previous links' `ended` events."""
-    known = max((e[key] for e in events.of_kind(info.events, "ended")
-                 if isinstance(e.get(key), int)), default=None)
+def _progress_at_least_ledger(info: RunInfo, value):
+    return _at_least_ledger(info, events.progress_of, value)
+
+
+def _at_least_ledger(info: RunInfo, read, value):
+    """The heartbeat's `value`, unless a link that is only starting reports less than the
+    ledger knows from the previous links' `ended` events (`read(event)`)."""
+    known = max((read(e) for e in events.of_kind(info.events, "ended")
+                 if isinstance(read(e), int)), default=None)
     if known is not None and (not isinstance(value, int) or value < known):
         return known
     return value
@@ -286,7 +333,7 @@ def _run_state(info: RunInfo, current: dict | None, job: Job | None, stop: dict 
     if rundir.is_done(info.dir):
         return "finished"
     if current is None:
-        return "new"
+        return WAITING if events.waiting_for(info.events) else "new"
     if job is not None and job.state in ACTIVE_STATES + (UNKNOWN,):
         return job.state
     ended = current.get("ended")

@@ -37,7 +37,8 @@ _STR, _INT, _BOOL, _LIST, _DICT = (str,), (int,), (bool,), (list,), (dict,)
 _OPT_STR = (str, type(None))
 # The keys every profile has; its scheduler's backend adds its own (Backend.PROFILE_KEYS).
 SCHEMA: dict[str, tuple] = {
-    "scheduler": (_STR, REQUIRED, "a scheduler in slmjobs.backends.REGISTRY"),
+    "scheduler": (_STR, REQUIRED, "a scheduler in slmjobs.backends.REGISTRY, or a module that "
+                                  "defines BACKEND"),
     "description": (_STR, "", "a string"),
     "shell": (_STR, "/bin/bash", "an interpreter for the #! line, e.g. '/bin/bash -l'"),
     "python_module": (_OPT_STR, None,
@@ -59,6 +60,10 @@ SCHEMA: dict[str, tuple] = {
     "runs_root": (_STR, "./runs", "a directory"),
     "data_root": (_OPT_STR, None, "a directory or null"),
     "template": (_STR, "base.sh.j2", "a template file name in the template search path"),
+    # One mail when a run is over (never one per link): who gets it, and the program that
+    # sends it (`mailer -s SUBJECT ADDRESS` with the text on stdin, as mailx and mail do).
+    "mail_user": (_OPT_STR, None, "an e-mail address, or null for no mail"),
+    "mailer": (_STR, "mail", "a mail command that takes -s SUBJECT ADDRESS and the text on stdin"),
     "chain": (_DICT, {}, "a mapping with max_links, crash_budget, no_progress_links"),
 }
 CHAIN_DEFAULTS = {"max_links": 50, "crash_budget": 3, "no_progress_links": 3}
@@ -87,9 +92,14 @@ def format_walltime(seconds: int) -> str:
 def schema_of(data: dict, source: str) -> dict[str, tuple]:
     """SCHEMA plus the keys of the profile's scheduler."""
     scheduler = data.get("scheduler")
-    if scheduler not in backends.REGISTRY:
+    if not isinstance(scheduler, str):
         raise _fail(source, "scheduler", scheduler, "one of: " + ", ".join(backends.REGISTRY))
-    return {**SCHEMA, **backends.get_backend(scheduler).PROFILE_KEYS}
+    try:
+        backend = backends.get_backend(scheduler)
+    except UsageError:
+        raise _fail(source, "scheduler", scheduler, "one of: " + ", ".join(backends.REGISTRY)
+                    + ", or a module that defines BACKEND") from None
+    return {**SCHEMA, **backend.PROFILE_KEYS}
 
 
 def validate(data, source: str) -> dict:
@@ -284,6 +294,21 @@ def runs_root(profile: dict, project: str | None) -> Path:
 def data_root(profile: dict, project: str | None) -> Path | None:
     value = os.environ.get("SLMJOBS_DATA_ROOT") or profile["data_root"]
     return expand_root(value, project) if value else None
+
+
+def check_walltime(walltime: str, profile: dict, gpus: int) -> str:
+    """`walltime` as HH:MM:SS if one job of `gpus` GPUs may ask for it on `profile`, else
+    UsageError (over the maximum, or not longer than the hand-off margin)."""
+    seconds = parse_walltime(walltime, "--walltime")
+    maximum = walltime_max(profile, gpus)
+    if seconds > parse_walltime(maximum):
+        kind = "a GPU job" if gpus else "a CPU-only job"
+        raise UsageError(f"--walltime {walltime} is over the maximum for {kind} on cluster "
+                         f"{profile['name']!r}: allowed is up to {maximum}")
+    if seconds <= profile["handoff_margin"]:
+        raise UsageError(f"--walltime {walltime} is not longer than the hand-off margin of cluster "
+                         f"{profile['name']!r} ({profile['handoff_margin']} s): allowed is more than that")
+    return format_walltime(seconds)
 
 
 def walltime_max(profile: dict, gpus: int) -> str:

@@ -18,7 +18,7 @@ import shlex
 from functools import lru_cache
 from pathlib import Path
 
-from slmjobs import profiles
+from slmjobs import kinds, profiles
 from slmjobs.backends import get_backend
 from slmjobs.errors import UsageError
 
@@ -88,15 +88,15 @@ def context(spec: dict, link: int) -> dict:
     if isinstance(walltime, int):  # a hand-edited run.yaml with an unquoted HH:MM:SS (YAML 1.1)
         walltime = profiles.format_walltime(walltime)
     backend = get_backend(profile["scheduler"])
+    command = kinds.of(spec).command(spec)
     return {
         "scheduler": profile["scheduler"],
         "header_template": backend.HEADER_TEMPLATE,
         "slots_variable": backend.SLOTS_VARIABLE,
         "shell": profile["shell"],
         "run_name": spec["name"],
-        "job_name": spec["name"],
+        "job_name": kinds.of(spec).job_name(spec),
         "run_dir": run_dir,
-        "model": spec["model"],
         "gpus": spec["gpus"],
         "link": int(link),
         "link_tag": link_tag(link),
@@ -114,15 +114,9 @@ def context(spec: dict, link: int) -> dict:
         "python": python,
         "python_bin": spec.get("bin_dir") or os.path.dirname(python),
         "python_command": profile["python"],
-        "worker_args": worker_args(spec),
+        "command": command,
         **backend.header_context(profile, spec),
     }
-
-
-def worker_args(spec: dict) -> list[str]:
-    """The hydra overrides every link passes the worker (docs/CONTRACTS.md)."""
-    return [f"model={spec['model']}", f"run_name={spec['name']}", f"run_dir={spec['run_dir']}",
-            *spec["overrides"]]
 
 
 def render_link(spec: dict, link: int) -> str:

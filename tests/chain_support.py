@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from slmjobs import events, ledger, rundir
-from support import wait_until
+from support import assert_bitwise_equal, model_weights, wait_until  # noqa: F401 (re-exported)
 
 CLI = [sys.executable, "-c", "import sys; from slmjobs.cli import main; sys.exit(main())"]
 
@@ -159,17 +159,4 @@ def active_jobs(run_dir: Path, kind: str) -> dict:
 
 
 def final_weights(run_dir: Path) -> dict:
-    import torch
-
-    state = torch.load(run_dir / "checkpoints" / "latest-rank0.pt", map_location="cpu",
-                       weights_only=False)
-    return state["state"]["model"]
-
-
-def assert_bitwise_equal(weights: dict, reference: dict) -> None:
-    import torch
-
-    assert sorted(weights) == sorted(reference)
-    different = [k for k in reference if weights[k].dtype != reference[k].dtype
-                 or not torch.equal(weights[k], reference[k])]
-    assert not different, f"{len(different)} tensors differ from the reference, e.g. {different[:3]}"
+    return model_weights(run_dir)

@@ -35,15 +35,18 @@ CLUSTER_FIXTURES = {"sge_cluster", "slurm_cluster"}  # the real schedulers (`sge
 TRAINING_FIXTURES = {"worker", "reference", "reference_two_ranks", "campaign", "bpe_run"}  # start the worker
 TRAINING_TESTS = (  # start the worker without one of those fixtures
     "tests/test_demo.py::test_demo_",
+    "tests/test_extending.py::test_the_shell_scheduler",  # a whole chain under the doc's scheduler
     "tests/launcher/test_launch.py::test_real_launch_on_the_local_backend",
     "tests/chain/test_bad_config_local.py::",  # a chain on the local backend (chain_support.Campaign)
     "tests/chain/test_damaged_checkpoint_local.py::",  # the same
+    "tests/chain/test_diverged_local.py::",  # the same
     "tests/chain/test_disk_full.py::test_a_chain_on_a_full_disk",  # the same, on a tmpfs
     "tests/chain/test_scheduler_faults.py::",  # chains on Grid Engine and SLURM (and a reference)
     "tests/launcher/test_launch.py::test_a_launcher_killed_at_any_moment",  # links that start
     "tests/launcher/test_launch.py::test_a_run_directory_is_private",
     "tests/launcher/test_launch.py::test_a_launch_killed_while_qsub_hangs",
     "tests/trainer/test_sample_export.py::test_export_of_an_untrained_gpt2",  # no worker, but 124M: a minute
+    "tests/launcher/test_eval_kind.py::test_a_training_run_then_its_eval",  # a run, then its eval run (both)
 )
 
 

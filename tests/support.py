@@ -43,6 +43,14 @@ def job_script(directory: Path, name: str, body: str, *options: str) -> Path:
     return path
 
 
+def train_spec(model: str = "tiny", overrides=(), **request) -> dict:
+    """launch.resolve of a training request: `request` are launch.Request's fields."""
+    from slmjobs import launch
+
+    return launch.resolve(launch.Request(options={"model": model, "overrides": list(overrides)},
+                                         **request))
+
+
 def sbatch_script(directory: Path, name: str, body: str, *options: str) -> Path:
     """A minimal SLURM job script (`#SBATCH` options), for the backends' own tests."""
     lines = ["#!/bin/bash", f"#SBATCH --job-name={name}", f"#SBATCH --output={directory}/{name}.out",
@@ -56,9 +64,9 @@ def make_run_dir(path: Path, scheduler: str = "local", gpus: int = 1, **chain) -
     """A run directory at `path` as `slmjobs launch` writes it (run.yaml through the real
     writers, for the shipped `scheduler` profile), with no job submitted yet. `chain`
     overrides the profile's limits (max_links=2, ...)."""
-    from slmjobs import launch, rundir
+    from slmjobs import rundir
 
-    spec = launch.resolve("tiny", gpus=gpus, cluster=scheduler, name=path.name)
+    spec = train_spec(gpus=gpus, cluster=scheduler, name=path.name)
     spec.update(run_dir=str(path), chain={**spec["chain"], **chain})
     rundir.create(path, spec)
     return path
@@ -193,12 +201,13 @@ def model_weights(run_dir: Path) -> dict:
     return state['state']['model']
 
 
-def assert_bitwise_equal(run_dir: Path, reference_dir: Path) -> None:
+def assert_bitwise_equal(weights: dict, reference: dict) -> None:
+    """The one comparer: the same tensors, dtype and every bit (model_weights of two runs)."""
     import torch
-    got, want = model_weights(run_dir), model_weights(reference_dir)
-    assert got.keys() == want.keys()
-    different = [k for k in want if not torch.equal(got[k], want[k])]
-    assert not different, f'weights differ from the uninterrupted run in {different}'
+    assert sorted(weights) == sorted(reference)
+    different = [k for k in reference if weights[k].dtype != reference[k].dtype
+                 or not torch.equal(weights[k], reference[k])]
+    assert not different, f'{len(different)} tensors differ from the reference, e.g. {different[:3]}'
 
 
 def checkpoint_step(run_dir: Path) -> int:
@@ -223,3 +232,66 @@ def tmpfs(mount: Path, size: str):
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+# ---- the one fake scheduler (unit tests of the chain and of status) ----
+
+def fake_scheduler(real=None, gone: str = "ended", job_id_variable: str | None = None):
+    """A backend whose jobs move only when a test says so, and which remembers what it was
+    asked. It is the `real` backend class (its profile keys, header, environment; default the
+    bare interface) with the job operations replaced:
+
+        states[job_id]     "queued"/"held"/"running"/"ended" or a Job; a job not there is `gone`
+        accounted[job_id]  what accounting() answers (None: not accounted yet)
+        failures           exceptions the next submissions raise, in order
+        fail               query() raises as a scheduler that cannot be reached
+        on_submit(job_id), on_cancel()   hooks
+    and records submitted (each hold_on), attempts, queries, accounting_calls, cancelled."""
+    from slmjobs.backends import Backend, Job, SchedulerError
+
+    class FakeScheduler(real or Backend):
+        kind = "fake" if real is None else real.kind
+        JOB_ID_VARIABLE = job_id_variable if real is None else real.JOB_ID_VARIABLE
+
+        def __init__(self):
+            self.next_id = 100
+            self.states, self.accounted = {}, {}
+            self.failures, self.fail = [], False
+            self.on_submit = self.on_cancel = None
+            self.submitted, self.queries, self.accounting_calls, self.cancelled = [], [], [], []
+            self.attempts = 0
+
+        def submit(self, script, hold_on=None):
+            self.attempts += 1
+            if self.failures:
+                raise self.failures.pop(0)
+            self.next_id += 1
+            job_id = str(self.next_id)
+            self.submitted.append(hold_on)
+            self.states[job_id] = "held" if hold_on else "queued"
+            if self.on_submit:
+                self.on_submit(job_id)
+            return job_id
+
+        def query(self, job_ids):
+            if self.fail:
+                raise SchedulerError("qstat failed (exit 1): unable to contact qmaster")
+            self.queries.append(list(job_ids))
+            found = {j: self.states.get(j, gone) for j in job_ids}
+            return {j: s if isinstance(s, Job) else Job(job_id=j, state=s) for j, s in found.items()}
+
+        def accounting(self, job_id):
+            self.accounting_calls.append(job_id)
+            return self.accounted.get(job_id)
+
+        def cancel(self, job_ids):
+            self.cancelled += [str(j) for j in job_ids]
+            for job_id in job_ids:
+                self.states[job_id] = "ended"
+            if self.on_cancel:
+                self.on_cancel()
+
+        def pending(self) -> list[str]:
+            return sorted(j for j, s in self.states.items() if s in ("queued", "held"))
+
+    return FakeScheduler()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import pickle
 import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -122,3 +123,103 @@ def for_run(run_dir: Path, explicit: Optional[str] = None) -> tuple[Path, Option
         passed = '; '.join(f'{p.name}: {why}' for p, why in skipped)
         raise BadInput(f'{run_dir}: no intact checkpoint in {folder} ({passed})')
     return path, step, skipped
+
+
+DAMAGED_SUFFIX = '.damaged'
+
+
+def settle_latest(folder: Path) -> tuple[Optional[int], list[tuple[Path, Optional[int], str]]]:
+    """Before a resume: point `latest-rank0.pt` at the newest checkpoint that really loads
+    (newest_intact), setting every newer one aside as `*.damaged` (never deleted). Returns the
+    step resumed from (None: no checkpoint yet, or none that loads) and what was passed over:
+    (path, step, why), a file that is gone included. The chain's `begin` checks the same way
+    without torch; this catches what changed after it, or what only torch can see."""
+    import os
+    folder = Path(folder)
+    latest = folder / LATEST
+    if not latest.is_symlink():
+        return None, []  # a fresh run (or one its user restarts from scratch)
+    path, step, skipped = newest_intact(folder)
+    passed = []
+    for bad, why in skipped:
+        if bad.exists():
+            os.replace(bad, bad.with_name(bad.name + DAMAGED_SUFFIX))
+        passed.append((bad, step_of(bad), why))
+    if path is not None and path != latest.resolve():
+        tmp = folder / f'.latest-rank0.pt.{os.getpid()}'
+        tmp.unlink(missing_ok=True)
+        os.symlink(path.name, tmp)
+        os.replace(tmp, latest)
+    return step, passed
+
+
+def record_set_aside(run_dir: Path, link: Optional[int], passed: list, resumes_from: Optional[int]) -> None:
+    """Each checkpoint passed over, as a `checkpoint_set_aside` event in the run's ledger
+    (docs/CONTRACTS.md: one JSON line, appended under an exclusive flock, as every writer of
+    jobs.jsonl does). A worker run without the launcher (no ledger) records nothing."""
+    import fcntl
+    import json
+    import os
+    import time
+    ledger = Path(run_dir) / 'jobs.jsonl'
+    if not ledger.exists():
+        return
+    for path, step, why in passed:
+        event = {'event': 'checkpoint_set_aside', 'link': link, 'path': str(path), 'step': step,
+                 'reason': why, 'resumes_from': resumes_from, 'time': time.time()}
+        line = (json.dumps(event, separators=(',', ':')) + '\n').encode()
+        fd = os.open(ledger, os.O_RDWR | os.O_APPEND)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b'\n':
+                line = b'\n' + line
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finite weights: a diverged run's NaN model is no model (sample, export)
+# ---------------------------------------------------------------------------------------------
+
+def non_finite(tensor) -> Optional[str]:
+    """'nan' or 'inf' when `tensor` holds one (NaN named first), else None."""
+    import torch
+    if bool(torch.isfinite(tensor).all()):
+        return None
+    return 'nan' if bool(torch.isnan(tensor).any()) else 'inf'
+
+
+def refuse_non_finite(path: Path, weights: dict) -> None:
+    """BadInput naming the first tensor of `weights` (a checkpoint's model state) that holds a
+    NaN or an infinity. Reads every weight once, handing each one's pages back afterwards (see
+    page_out): a gpt2-xl checkpoint is not kept resident for this."""
+    from trainer.errors import BadInput
+    for name, tensor in weights.items():
+        found = non_finite(tensor)
+        page_out(tensor)
+        if found is not None:
+            raise BadInput(f'checkpoint {path}: weight {name} holds {found} (the run diverged before '
+                           f'this save); allowed: a checkpoint whose weights are all finite (name an '
+                           f'earlier one with --checkpoint, from {Path(path).parent})')
+
+
+MADV_PAGEOUT = 21  # Linux >= 5.4 (<linux/mman.h>); Python's mmap module does not always name it
+
+
+def page_out(tensor) -> None:
+    """Hint that the checkpoint pages behind `tensor` (memory-mapped by load) are done with, so
+    reading a whole checkpoint (export, refuse_non_finite) keeps resident memory about one tensor
+    instead of growing to the whole model. Only a hint: the data
+    stays valid (it is read from the file again if touched); where the kernel lacks it, nothing."""
+    import ctypes
+    import mmap
+    if not sys.platform.startswith('linux'):
+        return
+    storage = tensor.untyped_storage()
+    start = -(-storage.data_ptr() // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside it
+    end = storage.data_ptr() + storage.nbytes()
+    if end > start:
+        ctypes.CDLL(None, use_errno=True).madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start),
+                                                  MADV_PAGEOUT)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -56,9 +55,3 @@ def make_loader(split_dir: Path, per_device_batch: int, shuffle: bool, shuffle_s
 def tokens_in_batch(batch: torch.Tensor) -> int:
     """Target tokens: each stored window of seq_len + 1 tokens trains seq_len predictions."""
     return int(batch.shape[0] * (batch.shape[1] - 1))
-
-
-def num_samples(split_dir: Path) -> Optional[int]:
-    import json
-    index = json.loads((split_dir / 'index.json').read_text())
-    return sum(shard['samples'] for shard in index['shards'])

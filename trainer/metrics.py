@@ -22,10 +22,6 @@ from torchmetrics import Metric
 LN2 = math.log(2.0)
 
 
-def nats_to_bits_per_byte(loss_nats: float, bytes_per_token: float) -> float:
-    return loss_nats / LN2 / bytes_per_token
-
-
 class BatchStats:
     """Summed cross-entropy, correct predictions and token count of one batch, computed once
     and fed to every metric (the logits are the largest tensor in the model: one pass only)."""

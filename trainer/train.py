@@ -12,7 +12,9 @@ autoresume: a re-run continues exactly where the last checkpoint left off), prog
 Exit status: 0 finished (max_steps reached, final checkpoint written); 75 handed off (stopped
 by SLMJOBS_DEADLINE or SIGUSR1/SIGUSR2/SIGTERM, checkpoint written at the stop step, run it
 again to continue); 2 bad configuration or input (nothing written; also wandb refusing the
-credentials); 74 no space left to save a checkpoint; anything else crashed.
+credentials); 74 no space left to save a checkpoint; 65 diverged (the loss or the weights became
+NaN/inf: stopped at that batch, nothing saved after the last finite checkpoint); anything else
+crashed.
 See docs/CONTRACTS.md.
 
 Read top to bottom, this is one link's life: main -> run: compose the configuration, check it
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import math
 import os
 import secrets
 import sys
@@ -57,12 +60,13 @@ def run(overrides: list[str]) -> int:
     """One link: the exit status. A crash raises (and is recorded in progress.json)."""
     try:
         plan = make_plan(compose(overrides))
+        hellaswag_items = read_hellaswag_items(plan)  # a malformed file is bad input, not a crash
     except BadInput as e:
         eprint(f'error: {e}')
         return EXIT_BAD_INPUT
     progress = start_progress(plan)
     try:
-        return fit(plan, progress)
+        return fit(plan, progress, hellaswag_items)
     except BaseException as e:
         progress.update(state='failed')
         try:
@@ -161,13 +165,24 @@ def wandb_run_id(run_dir: Path) -> str:
 # The fit, in the order it runs
 # ---------------------------------------------------------------------------------------------
 
-def fit(plan: Plan, progress: Progress) -> int:
+def read_hellaswag_items(plan: Plan) -> Optional[tuple[list, str]]:
+    """eval.every: (the items to score, how records name them), read before anything is written."""
+    if plan.hellaswag_data is None:
+        return None
+    from trainer import hellaswag
+    every = hellaswag.read_items(plan.hellaswag_data)
+    k = plan.config['eval']['items']
+    return hellaswag.subset(every, k), hellaswag.subset_name(k, len(every))
+
+
+def fit(plan: Plan, progress: Progress, hellaswag_items: Optional[tuple[list, str]] = None) -> int:
     device = start_ranks(plan)
+    settle_resume_point(plan)
     train_dataset, train_data, val_loader = make_data(plan)
     model = make_model(plan)
     optimizer, scheduler = make_optimizer(plan, model)
     handoff = make_handoff(plan, model)
-    callbacks = make_callbacks(plan, progress, handoff, train_dataset)
+    callbacks = make_callbacks(plan, progress, handoff, train_dataset, hellaswag_items)
     save_timer = make_save_timer(plan, progress, handoff)
     evaluators = make_evaluators(plan, model, val_loader, handoff)
     loggers = make_loggers(plan, progress)
@@ -186,6 +201,30 @@ def start_ranks(plan: Plan):
     device = DeviceGPU() if plan.device == 'gpu' else DeviceCPU()
     dist.initialize_dist(device)
     return device
+
+
+def settle_resume_point(plan: Plan) -> None:
+    """Rank 0 makes `latest-rank0.pt` name the newest checkpoint that really loads, so a file
+    damaged after the chain's `begin` checked it (a bad disk, a second writer) is set aside,
+    said in the log and the ledger, instead of crashing this link; the other ranks wait, then
+    Composer's autoresume loads what it points at. No intact checkpoint at all: nothing to
+    resume from, and training from scratch would silently drop the run's work."""
+    from composer.utils import dist
+
+    from trainer.checkpoints import record_set_aside, settle_latest
+    if plan.rank == 0:
+        step, passed = settle_latest(plan.checkpoint_dir)
+        for path, bad_step, why in passed:
+            say(f'checkpoint {path} (step {bad_step}) cannot be resumed from: {why}; '
+                + (f'set aside, resuming from step {step}' if step is not None else 'set aside'))
+        link = os.environ.get('SLMJOBS_LINK')
+        record_set_aside(plan.run_dir, int(link) if link and link.isdigit() else None, passed, step)
+        if passed and step is None:
+            dist.barrier()
+            raise BadInput(f'no intact checkpoint is left in {plan.checkpoint_dir} to resume from '
+                           f'(damaged ones are set aside as *.damaged); remove latest-rank0.pt '
+                           f'to start the training over')
+    dist.barrier()
 
 
 def make_data(plan: Plan):
@@ -239,22 +278,48 @@ def make_handoff(plan: Plan, model):
     if save_guess is None:
         save_guess = 1.0 + model.model.num_params() * 4 * 3 / SAVE_BYTES_PER_SECOND  # weights + two Adam moments
     return HandOff(plan.deadline, float(save_guess), plan.config['train']['eval_every'],
-                   eval_seconds_guess_per_batch=0.5 * (plan.eval_batches or 0))
+                   eval_seconds_guess_per_batch=0.5 * eval_batches_per_rank(plan))
 
 
-def make_callbacks(plan: Plan, progress: Progress, handoff, train_dataset) -> list:
+def eval_batches_per_rank(plan: Plan) -> int:
+    """How many batches one evaluation reads on each rank: `train.eval_batches`, or for the
+    whole split (null) its windows over the ranks' batches. Until the first evaluation is timed,
+    the hand-off guesses its length from this: a whole-split evaluation is never guessed at 0 s
+    (a link that starts one just before its deadline would overrun into the h_rt kill)."""
+    if plan.eval_batches is not None:
+        return plan.eval_batches
+    windows = plan.dataset['splits'].get('val', {}).get('windows') or 0
+    return math.ceil(windows / (plan.per_device_batch * plan.world_size))
+
+
+def make_callbacks(plan: Plan, progress: Progress, handoff, train_dataset, hellaswag_items=None) -> list:
     """The callbacks Composer runs, in this order, before its own CheckpointSaver (the
     SaveTimer runs after it, see make_save_timer). HandOff stays first: it decides the stop."""
     from trainer.callbacks import ProgressLogger
     from trainer.history import HISTORY_NAME, MetricsHistory
     train = plan.config['train']
-    return [
+    history = MetricsHistory(plan.run_dir / HISTORY_NAME, progress)  # records what ProgressLogger logged
+    callbacks = [
         handoff,
         ProgressLogger(progress, train['log_every'], float(train['progress_every_seconds']),
                        float(plan.dataset['bytes_per_token']), float(train['debug_batch_sleep']),
                        train_dataset if plan.config['data']['num_workers'] == 0 else None),
-        MetricsHistory(plan.run_dir / HISTORY_NAME, progress),  # records what ProgressLogger logged
+        history,
     ]
+    if hellaswag_items is not None:
+        callbacks.append(make_hellaswag_eval(plan, handoff, history, *hellaswag_items))
+    return callbacks
+
+
+def make_hellaswag_eval(plan: Plan, handoff, history, items: list, items_name: str):
+    """eval.every: HellaSwag on the dataset's own tokenizer (read on every rank from the dataset,
+    not from the run's copy, which rank 0 may still be writing)."""
+    from trainer.callbacks import HellaSwagEval
+    from trainer.run_inputs import tokenizer_in
+    evaluation = plan.config['eval']
+    tok, info = tokenizer_in(plan.data_dir)
+    return HellaSwagEval(evaluation['every'], items, items_name, tok, int(info['vocab_size']),
+                         evaluation['batch_items'], history, evaluation['seconds_guess'], handoff)
 
 
 def make_save_timer(plan: Plan, progress: Progress, handoff):

@@ -17,12 +17,12 @@ Only the launcher/chain choose `hold_on`; only a sweep's throttle `held`.
 
 from __future__ import annotations
 
-from slmjobs.backends.core import (ACTIVE_STATES, ENDED, ENDING, HELD, QUEUED, RUNNING, STATES,
+from slmjobs.backends.core import (ACTIVE_STATES, ENDED, ENDING, HELD, QUEUED, RUNNING,
                                    UNKNOWN, Backend, Job, SchedulerError, directives,
                                    parse_duration, resource_requests)
 from slmjobs.errors import UsageError
 
-__all__ = ["ACTIVE_STATES", "ENDED", "ENDING", "HELD", "QUEUED", "RUNNING", "STATES", "UNKNOWN",
+__all__ = ["ACTIVE_STATES", "ENDED", "ENDING", "HELD", "QUEUED", "RUNNING", "UNKNOWN",
            "Backend", "Job", "SchedulerError", "directives", "parse_duration",
            "resource_requests", "REGISTRY", "get_backend"]
 
@@ -50,7 +50,23 @@ REGISTRY = {"sge": _sge, "slurm": _slurm, "local": _local}
 
 
 def get_backend(kind: str) -> Backend:
-    """The backend for a profile's `scheduler` value. Cheap: nothing is checked until used."""
-    if kind not in REGISTRY:
-        raise UsageError(f"unknown scheduler {kind!r}: allowed are {', '.join(REGISTRY)}")
-    return REGISTRY[kind]()
+    """The backend for a profile's `scheduler` value: a built-in one, or any importable module
+    (a dotted or plain module name) whose BACKEND is a Backend class, so a scheduler can live
+    outside slmjobs (docs/EXTENDING.md). Cheap: nothing is checked until used."""
+    if kind in REGISTRY:
+        return REGISTRY[kind]()
+    return _backend_module(kind)()
+
+
+def _backend_module(name: str) -> type:
+    import importlib
+
+    allowed = f"allowed are {', '.join(REGISTRY)}, or a module that defines BACKEND"
+    try:
+        module = importlib.import_module(name)
+    except (ImportError, ValueError, TypeError) as exc:
+        raise UsageError(f"unknown scheduler {name!r} ({exc}): {allowed}") from None
+    backend = getattr(module, "BACKEND", None)
+    if not (isinstance(backend, type) and issubclass(backend, Backend)):
+        raise UsageError(f"scheduler module {name} defines no BACKEND (a Backend class): {allowed}")
+    return backend

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from slmjobs.errors import UsageError
@@ -20,7 +20,6 @@ RUNNING = "running"  # started (includes SGE's transferring/suspended/being-dele
 ENDING = "ending"    # left the queue, but the scheduler's accounting does not have it yet
 ENDED = "ended"      # left the queue and accounted: exit_status/failed are known
 UNKNOWN = "unknown"  # the scheduler could not be asked
-STATES = (QUEUED, HELD, RUNNING, ENDING, ENDED, UNKNOWN)
 ACTIVE_STATES = (QUEUED, HELD, RUNNING)
 
 # Values written into `#$` lines are not shell-quoted (Grid Engine is not a shell), so they are
@@ -52,9 +51,6 @@ class Job:
     start_time: float | None = None  # epoch seconds
     end_time: float | None = None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 class Backend:
     """The interface. Subclasses: backends.sge.SGEBackend, backends.slurm.SlurmBackend,
@@ -82,11 +78,6 @@ class Backend:
         value = environ.get(self.JOB_ID_VARIABLE) if self.JOB_ID_VARIABLE else None
         return value.strip() if value and value.strip() else None
 
-    def granted_slots(self, environ=None) -> int | None:
-        environ = os.environ if environ is None else environ
-        value = environ.get(self.SLOTS_VARIABLE) if self.SLOTS_VARIABLE else None
-        return int(value) if value and value.strip().isdigit() else None
-
     # ----------------------------------------------------------- profiles and requests
     def check_available(self, profile: dict) -> None:
         """UsageError when this machine cannot submit to the scheduler (its commands missing)."""
@@ -95,8 +86,9 @@ class Backend:
         """Check this backend's keys of a loaded profile; `fail(key, value, allowed)` makes the
         error to raise."""
 
-    def check_request(self, profile: dict, gpus: int, model: str) -> None:
-        """UsageError when the profile cannot serve `gpus` GPUs for `model`."""
+    def check_request(self, profile: dict, spec: dict) -> None:
+        """UsageError when the profile cannot serve the run's resources (spec's `gpus`,
+        `cpus`: None for cpus_per_gpu x gpus)."""
 
     def header_context(self, profile: dict, spec: dict) -> dict:
         """The values HEADER_TEMPLATE uses beyond the common ones."""

@@ -201,8 +201,6 @@ PROFILE_KEYS = {
     "pe": (_STR, None, "a parallel environment name (-pe NAME N), or null"),
     "pe_sizes": (_LIST, None, "a list of allowed slot counts, or null for any"),
     "notify": (_BOOL, False, "true or false (-notify)"),
-    "mail_events": (_STR, None, "mail events such as 'e', 'ea', or null"),
-    "mail_user": (_STR, None, "an e-mail address or null"),
     "extra_directives": ((list,), [], "a list of extra qsub option strings, e.g. '-l mem_per_core=8G'"),
 }
 
@@ -235,25 +233,28 @@ def _check_profile(p: dict, fail) -> None:
         hint = f" (names are case-sensitive: {near[0]})" if near else ""
         raise fail("gpu_type", p["gpu_type"],
                    "one of gpu_types: " + ", ".join(p["gpu_types"]) + hint)
-    for key in ("project", "queue", "gpu_resource", "gpu_c", "gpu_type", "pe", "mail_events",
-                "mail_user"):
+    for key in ("project", "queue", "gpu_resource", "gpu_c", "gpu_type", "pe"):
         if p[key] is not None and not SAFE_WORD.match(p[key]):
             raise fail(key, p[key], "letters, digits and _.,:=+@%/~- only")
 
 
-def pe_slots(profile: dict, gpus: int) -> int | None:
-    """CPUs for `-pe NAME N`: cpus_per_gpu x gpus rounded up to the next size the site allows."""
+def pe_slots(profile: dict, gpus: int, cpus: int | None = None) -> int | None:
+    """CPUs for `-pe NAME N`: `cpus` when the request names them (a CPU-only job), else
+    cpus_per_gpu x gpus; rounded up to the next size the site allows."""
     if not profile["pe"]:
         return None
-    wanted = profile["cpus_per_gpu"] * gpus
+    wanted = cpus if cpus is not None else profile["cpus_per_gpu"] * max(gpus, 1)
     sizes = profile["pe_sizes"]
     if sizes is None:
         return wanted
     for size in sizes:
         if size >= wanted:
             return size
-    raise UsageError(f"{gpus} GPUs need {wanted} CPUs but {profile['source']} allows -pe "
-                     f"{profile['pe']} sizes up to {sizes[-1]}: use fewer GPUs")
+    asked = f"--cpus {cpus}" if cpus is not None else f"{gpus} GPUs need {wanted} CPUs but"
+    raise UsageError(f"{asked}: {profile['source']} allows -pe {profile['pe']} sizes up to "
+                     f"{sizes[-1]}: allowed is {', '.join(map(str, sizes))}" if cpus is not None else
+                     f"{asked} {profile['source']} allows -pe {profile['pe']} sizes up to "
+                     f"{sizes[-1]}: use fewer GPUs")
 
 
 def gpu_memory(profile: dict, model: str) -> str | None:
@@ -281,17 +282,19 @@ class SGEBackend(Backend):
     def check_profile(self, profile: dict, fail) -> None:
         _check_profile(profile, fail)
 
-    def check_request(self, profile: dict, gpus: int, model: str) -> None:
-        pe_slots(profile, gpus)  # raises when no allowed size fits
+    def check_request(self, profile: dict, spec: dict) -> None:
+        pe_slots(profile, spec["gpus"], spec.get("cpus"))  # raises when no allowed size fits
 
     def header_context(self, profile: dict, spec: dict) -> dict:
         return {
             "project": spec.get("project"), "queue": profile["queue"],
-            "gpu_resource": profile["gpu_resource"], "gpu_c": profile["gpu_c"],
-            "gpu_memory": gpu_memory(profile, spec["model"]), "gpu_type": profile["gpu_type"],
-            "pe": profile["pe"], "pe_slots": pe_slots(profile, spec["gpus"]),
-            "notify": profile["notify"], "mail_events": profile["mail_events"],
-            "mail_user": profile["mail_user"], "extra_directives": profile["extra_directives"],
+            "pe": profile["pe"], "pe_slots": pe_slots(profile, spec["gpus"], spec.get("cpus")),
+            "notify": profile["notify"], "extra_directives": profile["extra_directives"],
+            # A CPU-only job (data preparation) asks for no GPU at all.
+            **({"gpu_resource": profile["gpu_resource"], "gpu_c": profile["gpu_c"],
+                "gpu_memory": gpu_memory(profile, spec.get("model")),
+                "gpu_type": profile["gpu_type"]} if spec["gpus"] > 0 else
+               {"gpu_resource": None, "gpu_c": None, "gpu_memory": None, "gpu_type": None}),
         }
 
     def submit(self, script: Path, hold_on: str | None = None, held: bool = False) -> str:

@@ -181,8 +181,6 @@ PROFILE_KEYS = {
     "gpu_type": (_STR, None, "a GPU type for --gres=gpu:TYPE:N such as a100, or null"),
     "gpu_types": (_LIST, None, "the site's GPU type names (case-sensitive), or null for any"),
     "cpus_per_gpu": ((int,), 1, "a positive integer"),
-    "mail_type": (_STR, None, "mail events such as END or FAIL,END (--mail-type), or null"),
-    "mail_user": (_STR, None, "an e-mail address or null"),
     "extra_directives": ((list,), [], "a list of extra sbatch options, e.g. '--mem-per-cpu=8G'"),
 }
 
@@ -200,14 +198,15 @@ def _check_profile(p: dict, fail) -> None:
                for item in p["extra_directives"]):
         raise fail("extra_directives", p["extra_directives"],
                    "a list of one-line sbatch options, each starting with '-'")
-    for key in ("project", "partition", "qos", "gpu_type", "mail_type", "mail_user"):
+    for key in ("project", "partition", "qos", "gpu_type"):
         if p[key] is not None and not SAFE_WORD.match(p[key]):
             raise fail(key, p[key], "letters, digits and _.,:=+@%/~- only")
 
 
-def cpus(profile: dict, gpus: int) -> int:
-    """--cpus-per-task: cpus_per_gpu for each GPU, one at least (a CPU-only job)."""
-    return max(1, profile["cpus_per_gpu"] * gpus)
+def cpus(profile: dict, gpus: int, asked: int | None = None) -> int:
+    """--cpus-per-task: what the request asked for (a CPU-only job's --cpus), else cpus_per_gpu
+    for each GPU, one at least."""
+    return asked if asked is not None else max(1, profile["cpus_per_gpu"] * gpus)
 
 
 # ---------------------------------------------------------------------- backend
@@ -233,8 +232,8 @@ class SlurmBackend(Backend):
         return {
             "account": spec.get("project"), "partition": profile["partition"],
             "qos": profile["qos"], "gpu_type": profile["gpu_type"],
-            "cpus": cpus(profile, spec["gpus"]), "mail_type": profile["mail_type"],
-            "mail_user": profile["mail_user"], "extra_directives": profile["extra_directives"],
+            "cpus": cpus(profile, spec["gpus"], spec.get("cpus")),
+            "extra_directives": profile["extra_directives"],
         }
 
     def submit(self, script: Path, hold_on: str | None = None, held: bool = False) -> str:

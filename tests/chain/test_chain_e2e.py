@@ -99,8 +99,8 @@ def assert_no_batch_recomputed_at_hand_offs(run_dir: Path, evs: list[dict]) -> N
     for done in links:
         if done["how"] == "handed_off":
             # stopped at a batch boundary with a checkpoint of exactly that step
-            assert done["step"] == done["checkpoint_step"], done
-            assert start_step(run_dir, done["link"] + 1) == done["checkpoint_step"], done
+            assert done["step"] == done["progress"], done
+            assert start_step(run_dir, done["link"] + 1) == done["progress"], done
     trained = sum(e["step"] - start_step(run_dir, e["link"]) for e in links)
     assert trained == MAX_STEPS, f"{trained} batches trained for {MAX_STEPS} steps"
 
@@ -224,13 +224,13 @@ def test_cancel_mid_chain_then_resume_completes_with_the_reference_weights(campa
     row = campaign.status(name)
     assert row["state"] == "cancelled", row
     assert events.stop_reason(ledger.read(run_dir)) == "cancelled"
-    step_at_cancel = kinds.Train().durable_progress(run_dir)
+    step_at_cancel = kinds.by_name("train").durable_progress(run_dir)
 
     out = campaign.cli("resume", name).stdout
     assert "resumed" in out
     evs = assert_finished_without_leftovers(run_dir, scheduler)
     (resumed,) = [e for e in evs if e["event"] == "resumed"]
-    assert resumed["checkpoint_step"] == step_at_cancel
+    assert resumed["progress"] == step_at_cancel
     assert start_step(run_dir, resumed["link"]) == step_at_cancel
     assert campaign.status(name)["state"] == "finished"
     assert_bitwise_equal(final_weights(run_dir), campaign.reference_weights())
@@ -310,8 +310,8 @@ def test_hard_kill_at_h_rt_continues_from_the_last_checkpoint(campaign, referenc
     assert killed, "no link was killed at h_rt"
     for dead in killed:
         # resumed from the last periodic checkpoint; lost at most one checkpoint interval
-        assert start_step(run_dir, dead["link"] + 1) == dead["checkpoint_step"]
-        assert 0 <= dead["step"] - dead["checkpoint_step"] <= SAVE_EVERY, dead
+        assert start_step(run_dir, dead["link"] + 1) == dead["progress"]
+        assert 0 <= dead["step"] - dead["progress"] <= SAVE_EVERY, dead
     # A link killed just as the run finished has no later link to ask qacct for it;
     # `slmjobs status` records what the chain could not.
     accounted = wait_accounted(campaign, "sge-hardkill", [dead["job_id"] for dead in killed])

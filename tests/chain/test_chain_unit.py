@@ -12,7 +12,9 @@ import shutil
 
 import pytest
 
-from slmjobs import chain, kinds, launch as launcher, ledger, rundir
+from support import train_spec
+
+from slmjobs import chain, kinds, ledger, rundir, submit
 from slmjobs.backends import Job
 from slmjobs.errors import UsageError
 
@@ -60,7 +62,7 @@ def test_planned_hand_offs_submit_one_held_successor_per_link(run_dir, sched):
     ended = {e["link"]: e for e in events(run_dir, "ended")}
     assert [ended[k]["how"] for k in (1, 2, 3, 4)] == ["handed_off", "handed_off", "finished",
                                                         "cancelled"]
-    assert [ended[k]["checkpoint_step"] for k in (1, 2, 3)] == [30, 60, 100]
+    assert [ended[k]["progress"] for k in (1, 2, 3)] == [30, 60, 100]
     assert (run_dir / "DONE").exists()
     assert events(run_dir, "stopped")[-1]["reason"] == "finished"
     assert sched.cancelled == [job_of(run_dir, 4)] and sched.pending() == []
@@ -69,7 +71,7 @@ def test_planned_hand_offs_submit_one_held_successor_per_link(run_dir, sched):
 def test_a_link_that_finds_the_run_finished_does_nothing_and_removes_its_successor(run_dir, sched):
     launch(run_dir, sched)
     run_link(run_dir, sched, 1, 0, 100)
-    late = sched.submit_link(run_dir, 2, hold_on=None)  # e.g. a stray resubmission
+    late = submit.submit_link(run_dir, 2, hold_on=None)  # e.g. a stray resubmission
     submitted_before = len(events(run_dir, "submitted"))
 
     assert run_link(run_dir, sched, 2, 75, 100) == chain.NOTHING
@@ -98,7 +100,7 @@ def test_hard_kill_is_closed_by_the_successor_with_accounting(run_dir, sched):
     assert run_link(run_dir, sched, 2, 75, 80) == chain.TRAIN
     killed = [e for e in events(run_dir, "ended") if e["link"] == 1]
     assert len(killed) == 1 and killed[0]["how"] == "killed"
-    assert killed[0]["checkpoint_step"] == 40 and killed[0]["job_id"] == first
+    assert killed[0]["progress"] == 40 and killed[0]["job_id"] == first
     (accounted,) = events(run_dir, "accounted")
     assert accounted["link"] == 1 and accounted["wallclock"] == 61.0
     assert accounted["exit_status"] == 137
@@ -223,7 +225,7 @@ def test_resume_resets_the_guards_and_submits_the_next_link(run_dir, sched, limi
 
     job_id = chain.resume_run(run_dir)
     (resumed,) = events(run_dir, "resumed")
-    assert resumed["checkpoint_step"] == 10 and resumed["link"] == 4  # link 3 was cancelled
+    assert resumed["progress"] == 10 and resumed["link"] == 4  # link 3 was cancelled
     assert job_of(run_dir, 4) == job_id and events(run_dir, "submitted")[-1]["hold_on"] is None
     assert run_link(run_dir, sched, 4, 1, 10) == chain.TRAIN  # one crash: budget is fresh
     assert sched.pending() == [job_of(run_dir, 5)]
@@ -253,7 +255,7 @@ def test_resume_changes_the_walltime_of_the_next_links(run_dir, sched):
 
 
 def test_a_training_runs_progress_is_the_checkpoint_latest_points_at(run_dir):
-    train = kinds.Train()
+    train = kinds.by_name("train")
     assert train.durable_progress(run_dir) is None
     set_progress(run_dir, 140)
     assert train.durable_progress(run_dir) == 140  # the heartbeat, while there is no link
@@ -261,9 +263,21 @@ def test_a_training_runs_progress_is_the_checkpoint_latest_points_at(run_dir):
     assert train.durable_progress(run_dir) == 120  # what the next link resumes from
 
 
-def test_a_single_job_run_never_submits_a_successor(run_dir, sched):
+class OneJob(kinds.Kind):
+    """A kind whose one job does all its work (an evaluation): no successor."""
+    name = __name__
+    chains = False
+
+    def command(self, spec):
+        return kinds.Command('"$SLMJOBS_PYTHON" -c pass')
+
+
+KIND = OneJob()  # this test module is the kind's module: run.yaml's `kind` names it
+
+
+def test_a_kind_that_does_not_chain_never_submits_a_successor(run_dir, sched):
     spec = rundir.load_run(run_dir)
-    rundir.save_run(run_dir, {**spec, "kind": "job"})
+    rundir.save_run(run_dir, {**spec, "kind": __name__})
     job_id = submit_first(run_dir)
     assert chain.begin(run_dir, 1, job_id=job_id) == chain.TRAIN
     set_progress(run_dir, 5, state="finished")
@@ -292,7 +306,7 @@ def test_limits_come_from_launch_over_the_profile_over_defaults(tmp_path):
     profile.write_text("scheduler: local\nmax_gpus: 1\nwalltime_default: '01:00:00'\n"
                        "walltime_max: '02:00:00'\nhandoff_margin: 60\n"
                        "chain: {max_links: 9, crash_budget: 5}\n")
-    spec = launcher.resolve("tiny", cluster=str(profile), name="r", max_links=4)
+    spec = train_spec(cluster=str(profile), name="r", max_links=4)
     assert spec["chain"] == {**CHAIN_DEFAULTS, "max_links": 4, "crash_budget": 5}
 
 
@@ -396,3 +410,74 @@ def test_a_worker_killed_by_the_oom_killer_is_killed_not_crashed(run_dir, sched,
         assert run_link(run_dir, sched, link, 137, 10 * link) == chain.TRAIN
     assert [e["how"] for e in events(run_dir, "ended")] == ["killed"] * 3
     assert events(run_dir, "stopped") == []
+
+
+def test_a_ledger_and_run_yaml_from_before_kinds_still_read_and_resume(run_dir, sched):
+    """run.yaml without kind/cpus/then/after, `ended`/`resumed` with `checkpoint_step`: status
+    shows the same progress, the guards count it, resume continues it."""
+    from slmjobs import monitor
+
+    spec = rundir.load_run(run_dir)
+    old = {k: v for k, v in spec.items() if k not in ("kind", "cpus", "then", "after")}
+    rundir.save_run(run_dir, old)
+    ledger.append(run_dir, {"event": "submitted", "link": 1, "job_id": "7", "script": "s", "hold_on": None})
+    for link, job in ((1, "7"), (2, "8"), (3, "9")):
+        if link > 1:
+            ledger.append(run_dir, {"event": "submitted", "link": link, "job_id": job,
+                                    "script": "s", "hold_on": str(int(job) - 1)})
+        ledger.append(run_dir, {"event": "started", "link": link, "job_id": job, "host": "h"})
+        ledger.append(run_dir, {"event": "ended", "link": link, "job_id": job, "how": "handed_off",
+                                "exit_status": 75, "checkpoint_step": 30, "step": 30})
+    set_progress(run_dir, 30)
+    from slmjobs.events import guard_verdict
+
+    assert guard_verdict(events(run_dir), {"max_links": 9, "crash_budget": 3,
+                                                  "no_progress_links": 2})[0] == "no_progress"
+    ledger.append(run_dir, {"event": "stopped", "reason": "cancelled", "detail": "slmjobs cancel"})
+    (row,) = monitor.run_statuses([run_dir])
+    assert (row["kind"], row["progress"], row["step"], row["state"]) == ("train", 30, 30, "cancelled")
+    chain.resume_run(run_dir)
+    (resumed,) = events(run_dir, "resumed")
+    assert (resumed["progress"], resumed["link"], resumed["previous_stop"]) == (30, 4, "cancelled")
+    assert job_of(run_dir, 4) in sched.pending()
+
+
+def test_resume_refuses_while_the_recorded_stops_cause_is_still_there(run_dir, sched, tmp_path):
+    """bad_config: the kind's launch-time checks again (here: the dataset still missing);
+    no_intact_checkpoint: still none that is whole. One line, nothing submitted; once the
+    cause is gone, resume goes on."""
+    from trainer.dataset_format import DATASET_FILE, FORMAT_VERSION
+
+    data = tmp_path / "later-data"
+    spec = rundir.load_run(run_dir)
+    rundir.save_run(run_dir, {**spec, "overrides": [f"data.path={data}", "model.block_size=32"]})
+    launch(run_dir, sched)
+    run_link(run_dir, sched, 1, 2, 0)  # the worker: exit 2, its dataset is gone
+    assert events(run_dir, "stopped")[-1]["reason"] == "bad_config"
+    submitted = len(events(run_dir, "submitted"))
+    with pytest.raises(UsageError, match=str(data)) as refused:
+        chain.resume_run(run_dir)
+    assert "\n" not in str(refused.value) and len(events(run_dir, "submitted")) == submitted
+    for split in ("train", "val"):  # the dataset is back (what trainer.prepare leaves)
+        (data / split).mkdir(parents=True)
+        (data / split / "index.json").write_text('{"shards": []}')
+    (data / DATASET_FILE).write_text(json.dumps({
+        "format": FORMAT_VERSION, "tokenizer": {"kind": "bytes", "vocab_size": 257, "eos_id": 256},
+        "seq_len": 32, "window": 33, "bytes_per_token": 1.0,
+        "splits": {"train": {"windows": 100}, "val": {"windows": 4}}}))
+    chain.resume_run(run_dir)
+    assert events(run_dir, "resumed")[-1]["previous_stop"] == "bad_config"
+
+
+def test_resume_refuses_while_no_checkpoint_is_whole(run_dir, sched):
+    folder = run_dir / "checkpoints"
+    (folder / "ep0-ba10-rank0.pt").write_bytes(b"PK\x03\x04 not a whole archive")
+    os.symlink("ep0-ba10-rank0.pt", folder / "latest-rank0.pt")
+    launch(run_dir, sched)
+    run_link(run_dir, sched, 1, 75, 10)  # begin finds it damaged: the chain stops
+    assert events(run_dir, "stopped")[-1]["reason"] == "no_intact_checkpoint"
+    with pytest.raises(UsageError, match="still no intact checkpoint"):
+        chain.resume_run(run_dir)
+    (folder / "latest-rank0.pt").unlink()  # what the message says: start the training over
+    chain.resume_run(run_dir)
+    assert events(run_dir, "resumed")[-1]["previous_stop"] == "no_intact_checkpoint"

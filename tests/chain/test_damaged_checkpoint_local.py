@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -68,5 +69,55 @@ def test_a_truncated_newest_checkpoint_is_set_aside_and_the_run_finishes_from_th
         print(f"batches computed again: {newest_step - aside['resumes_from']} "
               f"(+ {ended[0].get('step', newest_step) - newest_step} lost to the kill)")
         assert_bitwise_equal(final_weights(run_dir), c.reference_weights())
+    finally:
+        c.close()
+
+
+def test_a_checkpoint_damaged_after_begin_is_set_aside_by_the_worker(tmp_path, monkeypatch):
+    """The chain's `begin` checked the checkpoint and found it whole; then, before the worker
+    loads it, it is truncated (a bad disk, a second writer). The worker resumes from the
+    newest checkpoint that loads, by the same rule as sample and export, and says so in the
+    log and the ledger: 0 crashes. The worker is held between `begin` and its start by the
+    profile's Python (a wrapper that waits at a gate), so the order is certain."""
+    c = Campaign(tmp_path, prepare_data(tmp_path, documents=40, seq_len=64), TRAINING, SLOW, 600)
+    gate, waiting = tmp_path / "gate", tmp_path / "worker-waiting"
+    gate.touch()
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    wrapper = wrappers / "gatepython"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1 $2" = "-m trainer.train" ] && [ "$SLMJOBS_LINK" -ge 2 ]; then\n'
+        f'    touch "{waiting}"; while [ -e "{gate}" ]; do sleep 0.1; done\n'
+        "fi\n"
+        f'exec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    profile = local_profile("00:20:00", 60, {"max_links": 5, "crash_budget": 1,
+                                             "no_progress_links": 3})
+    profile.update(python="gatepython", env_setup=[f'export PATH="{wrappers}:$PATH"'])
+    monkeypatch.setenv("SLMJOBS_LOCAL_STATE", c.env["SLMJOBS_LOCAL_STATE"])
+    try:
+        run_dir = c.launch("late", c.profile("late", profile))
+        wait_until(lambda: (rundir.read_progress(run_dir).get("checkpoint_step") or 0) >= 3 * SAVE_EVERY,
+                   300, "link 1's third checkpoint", interval=0.2)
+        subprocess.run(["pkill", "-KILL", "-f", f"trainer.train .*run_dir={run_dir} "], check=True)
+        wait_until(waiting.exists, 120, "link 2's begin to pass and its worker to wait")
+        assert not events_of(run_dir, "checkpoint_set_aside")  # begin found nothing wrong
+        folder = rundir.checkpoints_dir(run_dir)
+        newest = folder / os.readlink(folder / "latest-rank0.pt")
+        newest_step = int(newest.name.split("-ba")[1].split("-")[0])
+        with open(newest, "r+b") as handle:
+            handle.truncate(newest.stat().st_size // 2)
+        gate.unlink()
+
+        evs = c.wait_settled(run_dir)
+        assert events.stop_reason(evs) == "finished", evs[-3:]
+        (aside,) = events_of(run_dir, "checkpoint_set_aside")
+        assert (aside["link"], aside["step"]) == (2, newest_step)
+        assert aside["resumes_from"] == newest_step - SAVE_EVERY
+        assert (folder / f"{newest.name}.damaged").exists()
+        log = rundir.log_path(run_dir, 2).read_text()
+        assert f"set aside, resuming from step {newest_step - SAVE_EVERY}" in log
+        assert not [e for e in events_of(run_dir, "ended") if e["how"] == "crashed"]
     finally:
         c.close()

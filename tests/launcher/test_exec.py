@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from support import train_spec
+
 from slmjobs import launch, render
 
 FAKE_PYTHON = """#!/bin/bash
@@ -88,7 +90,7 @@ def bench(tmp_path):
 
 def hostile_script(bench, overrides=HOSTILE_OVERRIDES) -> Path:
     """Render through the real template, bypassing launch's validation on purpose."""
-    spec = launch.resolve("tiny", gpus=2, cluster="local", name="placeholder",
+    spec = train_spec(gpus=2, cluster="local", name="placeholder",
                           python=str(bench["bin"] / "python"), workdir=str(bench["work"]))
     spec.update(name=HOSTILE_NAME, run_dir=str(bench["run_dir"]), overrides=list(overrides))
     path = bench["tmp"] / "link-001.sh"
@@ -221,7 +223,7 @@ def test_deadline_is_job_start_plus_walltime_minus_margin(bench):
 
 def test_profile_python_command_resolved_in_the_job(bench):
     """A profile with `python: NAME` (after its env setup) uses that interpreter, found on PATH."""
-    spec = launch.resolve("tiny", gpus=2, cluster="local", name="pycmd", python="/nonexistent/python",
+    spec = train_spec(gpus=2, cluster="local", name="pycmd", python="/nonexistent/python",
                           workdir=str(bench["work"]))
     spec["cluster"]["python"] = "python"
     spec["cluster"]["env_setup"] = [f'export PATH="{bench["bin"]}:$PATH"']

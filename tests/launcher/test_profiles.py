@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from support import train_spec
+
 from slmjobs import profiles
 from slmjobs.backends.sge import pe_slots
 from slmjobs.errors import UsageError
@@ -42,7 +44,7 @@ def test_default_profile_is_local_then_env_then_user_config(config_dir, monkeypa
 def test_shipped_profiles_are_package_data():
     """The package reaches cluster/ through slmjobs/clusters, which a wheel build copies."""
     assert sorted(p.name for p in profiles.SHIPPED_DIR.glob("*.yaml")) == [
-        "local.yaml", "scc.yaml", "sge.yaml", "slurm.yaml"]
+        "demo.yaml", "local.yaml", "scc.yaml", "sge.yaml", "slurm.yaml"]
     assert profiles.load("local")["scheduler"] == "local"
 
 
@@ -86,7 +88,7 @@ def test_bad_profiles_name_file_key_and_allowed(tmp_path, text, key, allowed):
 
 
 def test_unknown_cluster_lists_the_allowed_ones():
-    with pytest.raises(UsageError, match=r"unknown cluster 'nope': allowed are local, scc, sge"):
+    with pytest.raises(UsageError, match=r"unknown cluster 'nope': allowed are demo, local, scc, sge, slurm"):
         profiles.load("nope")
 
 
@@ -154,7 +156,7 @@ def test_scc_loads_the_venvs_python_module_first(monkeypatch):
     from slmjobs import launch, render
 
     monkeypatch.setenv("SLMJOBS_PROJECT", "p")
-    text = render.render_link(launch.resolve("tiny", cluster="scc", name="m"), 1)
+    text = render.render_link(train_spec(cluster="scc", name="m"), 1)
     loads = [line for line in text.splitlines() if line.startswith("module load")]
     assert loads == ["module load python3/3.10.12", "module load cuda/12.2"]
 

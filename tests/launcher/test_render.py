@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from support import train_spec
+
 from slmjobs import launch, render
 from slmjobs.errors import UsageError
 
@@ -29,7 +31,7 @@ def golden_spec(cluster, model, gpus, monkeypatch, overrides=("train.max_duratio
     monkeypatch.setenv("SLMJOBS_RUNS_ROOT", "/runs")
     monkeypatch.setenv("HOME", "/home/tester")
     monkeypatch.chdir(Path("/"))  # local's ./data resolves against the cwd
-    return launch.resolve(model, gpus=gpus, cluster=cluster, name=f"golden-{model}-{gpus}",
+    return train_spec(model, gpus=gpus, cluster=cluster, name=f"golden-{model}-{gpus}",
                           project="myproj" if cluster == "scc" else None, overrides=list(overrides),
                           python=FIXED_PYTHON, workdir=FIXED_WORKDIR)
 
@@ -53,10 +55,11 @@ def test_scc_gpt2_two_gpus_carries_the_original_script_and_more(monkeypatch):
     text = render.render_link(golden_spec("scc", "gpt2", 2, monkeypatch), 1)
     lines = text.splitlines()
     assert lines[0] == "#!/bin/bash -l"
-    for directive in ("-pe omp 8", "-l gpus=2", "-l gpu_c=7.0", "-l gpu_memory=16G", "-j y", "-m e",
+    for directive in ("-pe omp 8", "-l gpus=2", "-l gpu_c=7.0", "-l gpu_memory=16G", "-j y",
                       "-P myproj", "-l h_rt=12:00:00", "-N golden-gpt2-2",
                       "-o /runs/golden-gpt2-2/logs/link-001.log", f"-wd {FIXED_WORKDIR}"):
         assert f"#$ {directive}" in lines, directive
+    assert not [line for line in lines if line.startswith(("#$ -m", "#$ -M"))]  # one mail per run
     assert "export TOKENIZERS_PARALLELISM=false" in lines
     assert "module load python3/3.10.12" in lines
     # the worker: composer on 2 ranks, the contract's overrides first, then the user's
@@ -160,13 +163,13 @@ def test_composer_resolves_in_the_job(tmp_path, monkeypatch):
     venv.mkdir(parents=True)
     (venv / "composer").write_text("#!/bin/sh\n")
     (venv / "composer").chmod(0o755)
-    assert launch.worker_bin_dir(str(venv / "python")) == str(venv)
+    assert launch.worker_bin_dir(str(venv / "python"), "composer") == str(venv)
     user_bin = tmp_path / "local-bin"
     user_bin.mkdir()
     (user_bin / "composer").write_text("#!/bin/sh\n")
     (user_bin / "composer").chmod(0o755)
     monkeypatch.setenv("PATH", str(user_bin))
-    assert launch.worker_bin_dir("/usr/bin/python3") == str(user_bin)
+    assert launch.worker_bin_dir("/usr/bin/python3", "composer") == str(user_bin)
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
     with pytest.raises(UsageError, match="composer not found"):
-        launch.worker_bin_dir("/usr/bin/python3")
+        launch.worker_bin_dir("/usr/bin/python3", "composer")

@@ -14,46 +14,13 @@ from slmjobs import backends as registry, chain, ledger, logs, monitor, rundir, 
 from slmjobs.backends import ENDED, ENDING, HELD, QUEUED, RUNNING, Job, SchedulerError
 from slmjobs.backends.local import LocalBackend
 from slmjobs.backends.sge import SGEBackend
-from support import make_run_dir
-
-
-def fake_backend(real: type):
-    """The real backend of a scheduler (its profile keys, header, environment) whose jobs are
-    whatever the test says."""
-
-    class FakeBackend(real):
-        def __init__(self):
-            self.states: dict[str, Job] = {}
-            self.accounts: dict[str, Job] = {}
-            self.queries: list[list[str]] = []
-            self.accounting_calls: list[str] = []
-            self.cancelled: list[str] = []
-            self.on_cancel = None
-            self.fail = False
-
-        def query(self, job_ids):
-            if self.fail:
-                raise SchedulerError("qstat failed (exit 1): unable to contact qmaster")
-            self.queries.append(list(job_ids))
-            return {j: self.states.get(j, Job(job_id=j, state=ENDING)) for j in job_ids}
-
-        def accounting(self, job_id):
-            self.accounting_calls.append(job_id)
-            return self.accounts.get(job_id)
-
-        def cancel(self, job_ids):
-            self.cancelled += list(job_ids)
-            for j in job_ids:
-                self.states.pop(j, None)
-            if self.on_cancel:
-                self.on_cancel()
-
-    return FakeBackend()
+from support import fake_scheduler, make_run_dir
 
 
 @pytest.fixture
 def backends(monkeypatch):
-    fakes = {"sge": fake_backend(SGEBackend), "local": fake_backend(LocalBackend)}
+    fakes = {"sge": fake_scheduler(SGEBackend, gone=ENDING),
+             "local": fake_scheduler(LocalBackend, gone=ENDING)}
     for kind, fake in fakes.items():
         monkeypatch.setitem(registry.REGISTRY, kind, lambda fake=fake: fake)
     return fakes
@@ -96,7 +63,7 @@ def test_accounting_is_asked_once_and_recorded(tmp_path, backends):
     assert (row["state"], row["previous_link"]) == (QUEUED, "handed off")
     assert sge.accounting_calls == ["7"]
     assert not [e for e in ledger.read(run) if e["event"] == "accounted"]
-    sge.accounts["7"] = Job(job_id="7", state=ENDED, exit_status=75, failed=True,
+    sge.accounted["7"] = Job(job_id="7", state=ENDED, exit_status=75, failed=True,
                             wallclock=1800.0, gpus=2)
     row = monitor.run_statuses([run])[0]
     assert row["gpu_hours"] == pytest.approx(1.0)
@@ -118,7 +85,7 @@ def test_a_run_with_nothing_queued_held_or_running_is_broken(tmp_path, backends)
     run = make_run(tmp_path, "r", events=[
         submitted(1, "7"), {"event": "started", "link": 1, "job_id": "7"},
         {"event": "not_submitted", "link": 2, "reason": "submit_failed", "detail": "qsub: busy"}])
-    backends["sge"].accounts["7"] = Job(job_id="7", state=ENDED, exit_status=137, failed=True)
+    backends["sge"].accounted["7"] = Job(job_id="7", state=ENDED, exit_status=137, failed=True)
     row = monitor.run_statuses([run])[0]
     assert row["state"] == "broken"
     assert table.note(row) == ("broken: link 2 was never submitted (submit_failed: qsub: busy); "
@@ -174,7 +141,9 @@ def test_killed_link_without_its_end_hook(tmp_path, backends):
 @pytest.mark.parametrize("reason,state,note", [
     ("cancelled", "cancelled", ""), ("finished", "finished", ""),
     ("crash_budget", "failed", "stopped: crash_budget (d); continue: slmjobs resume r"),
-    ("max_links", "stopped", "stopped: max_links (d); continue: slmjobs resume r")])
+    ("max_links", "stopped", "stopped: max_links (d); continue: slmjobs resume r"),
+    ("diverged", "stopped", "stopped: diverged (d); lower train.lr in the overrides of its run.yaml "
+                            "(the next links read them), then continue: slmjobs resume r")])
 def test_stopped_chains(tmp_path, backends, reason, state, note):
     run = make_run(tmp_path, "r", events=[
         submitted(1, "7"), {"event": "stopped", "reason": reason, "detail": "d"}])
@@ -242,7 +211,7 @@ def test_logs_in_link_order_and_follow_until_settled(tmp_path, backends, monkeyp
     assert out.getvalue() == "first\nsecond\n"
 
     sge = backends["sge"]
-    sge.accounts["7"] = Job(job_id="7", state=ENDED, exit_status=75)
+    sge.accounted["7"] = Job(job_id="7", state=ENDED, exit_status=75)
     sge.states["8"] = Job(job_id="8", state=RUNNING)
     polls = []
 
@@ -252,7 +221,7 @@ def test_logs_in_link_order_and_follow_until_settled(tmp_path, backends, monkeyp
             handle.write(f"more {len(polls)}\n")
         if len(polls) == 3:
             sge.states.pop("8")
-            sge.accounts["8"] = Job(job_id="8", state=ENDED, exit_status=0)
+            sge.accounted["8"] = Job(job_id="8", state=ENDED, exit_status=0)
             (log_dir / "link-003.log").write_text("third\n")
 
     monkeypatch.setattr(logs.time, "sleep", sleep)
@@ -324,7 +293,7 @@ def test_a_starting_link_shows_the_step_the_ledger_knows_and_deleted_successors_
         progress={"state": "starting", "step": 0, "max_steps": 200})
     row = monitor.run_statuses([run])[0]
     assert (row["step"], row["link"], row["state"]) == (33, 2, "cancelled")
-    assert row["checkpoint_step"] == 33
+    assert row["progress"] == 33  # a ledger from before kinds: `checkpoint_step` still reads
     assert row["previous_link"] == "handed off"
 
 

@@ -154,3 +154,13 @@ def test_the_command_line_exits_2_with_one_line_or_prints_the_plan(tmp_path):
     assert (plan['world_size'], plan['per_device_batch'], plan['precision']) == (2, 4, 'fp32')
     assert plan['config']['model']['name'] == 'tiny'
     assert sorted(os.listdir(tmp_path)) == ['ds']  # nothing written
+
+
+def test_a_whole_split_evaluation_is_never_guessed_at_zero_seconds(tmp_path):
+    """eval_batches null (the whole val split): until the first evaluation is timed, the
+    hand-off guesses it from the split's windows over the ranks' batches, not from 0 batches."""
+    from trainer.train import eval_batches_per_rank
+    data = write_dataset(tmp_path / 'ds', splits={'train': {'windows': 100}, 'val': {'windows': 50}})
+    whole = validate(config(data, 'train.global_batch_size=8', 'train.eval_batches=null'), world_size=2)
+    assert whole.eval_batches is None and eval_batches_per_rank(whole) == 7  # ceil(50 / (4 x 2))
+    assert eval_batches_per_rank(validate(config(data, 'train.eval_batches=3'))) == 3

@@ -9,7 +9,6 @@
 #$ -l gpu_c=7.0
 #$ -l gpu_memory=16G
 #$ -pe omp 4
-#$ -m e
 # Rendered by slmjobs from the run's run.yaml: the exact script submitted for one link.
 
 # The deadline is taken first, before anything slow (module loads) runs.
