@@ -154,7 +154,9 @@ def parse_sacct(text: str, job_id: str) -> Job | None:
         exit_status = _exit_status(batch[3])
     # The allocation's Elapsed stops at --time; the batch step's runs on through KillWait.
     elapsed = [int(r[4]) for r in (allocation, batch) if r is not None and r[4].isdigit()]
-    return Job(job_id=str(job_id), state=ENDED, name=allocation[1], exit_status=exit_status,
+    # Until slurmdbd has the job's whole record, sacct names it "allocation" (measured, 22.05).
+    name = "" if allocation[1] == "allocation" else allocation[1]
+    return Job(job_id=str(job_id), state=ENDED, name=name, exit_status=exit_status,
                failed=state in FAILED_IN_WORDS,
                reason=FAILED_IN_WORDS.get(state, ""),
                wallclock=float(max(elapsed)) if elapsed else None,
