@@ -144,7 +144,7 @@ def summarize(spec: dict) -> dict:
     """What status needs from run.yaml."""
     return {"name": spec["name"], "kind": run_kind(spec), "model": spec.get("model"),
             "gpus": spec.get("gpus"), "scheduler": spec["cluster"]["scheduler"],
-            "max_links": spec["chain"]["max_links"]}
+            "max_links": spec["chain"]["max_links"], "sweep": spec.get("sweep")}
 
 
 def unreadable_summary(why: str) -> dict:
