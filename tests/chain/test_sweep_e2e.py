@@ -3,16 +3,16 @@
 
 One module fixture starts everything at once (the members sleep more than they compute):
 
-- `slmjobs sweep tiny --name sw --max-running 2 ... seed=1,2,3`, then `slmjobs sweep add sw
-  seed=4 data.path=bad`: member sw-seed4-pathbad trains on a dataset whose training shard is
+- `slmjobs sweep tiny --name sw25 --max-running 2 ... seed=1,2,3`, then `slmjobs sweep add sw25
+  seed=4 data.path=bad`: member sw25-seed4-pathbad trains on a dataset whose training shard is
   truncated (launch's checks pass, every worker crashes reading it);
-- member sw-seed2 meets a failing `qsub` first on its jobs' PATH (the shim fails for its job name
+- member sw25-seed2 meets a failing `qsub` first on its jobs' PATH (the shim fails for its job name
   only), so its link 1 cannot submit a successor, and it is qdel'd (a bare SIGKILL) once it
   trained past a checkpoint: no hook of it ever runs again, so only `slmjobs status` can give its
   slot to the next member;
 - a thread polls `qstat -u '*' -xml` every 2 s for the whole module and counts the members
   holding a slot (a job queued without a hold, or running);
-- the same training as sw-seed1, uninterrupted, as the reference for its final weights.
+- the same training as sw25-seed1, uninterrupted, as the reference for its final weights.
 
 Link counts follow from the walltime and `train.debug_batch_sleep`, never from CPU speed.
 """
@@ -50,8 +50,8 @@ TRAINING = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.block
 SLOW = [f"train.debug_batch_sleep={BATCH_SLEEP}"]
 LIMITS = {"max_links": 10, "crash_budget": 2, "no_progress_links": 3}
 WAIT = 1200
-VICTIM, BAD = "sw-seed2", "sw-seed4-pathbad"
-MEMBERS = ["sw-seed1", VICTIM, "sw-seed3", BAD]
+VICTIM, BAD = "sw25-seed2", "sw25-seed4-pathbad"
+MEMBERS = ["sw25-seed1", VICTIM, "sw25-seed3", BAD]
 
 
 class FailingQsub:
@@ -115,16 +115,16 @@ def sweep_run(tmp_path_factory, sge_cluster):
     profile = c.profile("sge-sweep", cluster_profile(
         "sge", WALLTIME, MARGIN, LIMITS, submit_retry_seconds=6,
         env_setup=[f'export PATH="{c.shim.dir}:$PATH"']))
-    c.poll = SlotPoll("sw-")
+    c.poll = SlotPoll("sw25-")
     c.poll.start()
-    c.cli("sweep", "tiny", "--name", "sw", "--max-running", str(K), "--cluster", str(profile),
+    c.cli("sweep", "tiny", "--name", "sw25", "--max-running", str(K), "--cluster", str(profile),
           *TRAINING, *SLOW, "seed=1,2,3")
-    c.cli("sweep", "add", "sw", "seed=4", "data.path=bad")
+    c.cli("sweep", "add", "sw25", "seed=4", "data.path=bad")
     c.chains = {name: c.runs / name for name in MEMBERS}
     c.start_reference(ranks=1)
     yield c
     c.poll.stopping.set()
-    c.cli("sweep", "cancel", "sw", check=False)
+    c.cli("sweep", "cancel", "sw25", check=False)
     c.close()
 
 
@@ -134,27 +134,27 @@ def released_by(run_dir: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def victim_killed(sweep_run):
-    """sw-seed2's link 1, without a successor, SIGKILLed once it trained past a checkpoint;
+    """sw25-seed2's link 1, without a successor, SIGKILLed once it trained past a checkpoint;
     then `slmjobs status` polled until it gave the freed slot to the next member."""
     c, run_dir = sweep_run, sweep_run.chains[VICTIM]
     wait_until(lambda: events_of(run_dir, "not_submitted")
                and (rundir.read_progress(run_dir).get("checkpoint_step") or 0) >= SAVE_EVERY,
-               WAIT, "sw-seed2 to train past a checkpoint without a successor", interval=0.5)
+               WAIT, "sw25-seed2 to train past a checkpoint without a successor", interval=0.5)
     (first,) = events_of(run_dir, "submitted")
     subprocess.run(["qdel", first["job_id"]], check=True, capture_output=True)
 
     def released_through_status():
-        c.cli("status", "sw")
-        return released_by(c.chains["sw-seed3"])
+        c.cli("status", "sw25")
+        return released_by(c.chains["sw25-seed3"])
 
-    return wait_until(released_through_status, 180, "status to release sw-seed3", interval=2.0)
+    return wait_until(released_through_status, 180, "status to release sw25-seed3", interval=2.0)
 
 
 @pytest.fixture(scope="module")
 def first_round(sweep_run, victim_killed):
     """Every member as far as it goes by itself: seed1 and seed3 finished, the bad member
     stopped by its guard, the victim broken."""
-    for name in ("sw-seed1", "sw-seed3", BAD):
+    for name in ("sw25-seed1", "sw25-seed3", BAD):
         sweep_run.wait_settled(sweep_run.chains[name])
     return {name: sweep_run.status(name) for name in MEMBERS}
 
@@ -167,7 +167,7 @@ def resumed(sweep_run, first_round):
     shutil.rmtree(bad)
     shutil.copytree(c.data, bad)
     c.shim.set("0")
-    said = c.cli("sweep", "resume", "sw", "--failed").stdout
+    said = c.cli("sweep", "resume", "sw25", "--failed").stdout
     for name in MEMBERS:
         c.wait_settled(c.chains[name])
     return said
@@ -185,11 +185,11 @@ def test_a_member_killed_before_its_hook_gives_its_slot_away_through_status(swee
 def test_the_member_on_a_truncated_dataset_stops_alone_and_the_others_finish(sweep_run,
                                                                              first_round):
     assert first_round[BAD]["stop_reason"] == "crash_budget", first_round[BAD]
-    assert first_round["sw-seed1"]["state"] == first_round["sw-seed3"]["state"] == "finished"
+    assert first_round["sw25-seed1"]["state"] == first_round["sw25-seed3"]["state"] == "finished"
     # the bad member waited (held) for a slot: the first member over released it
-    assert released_by(sweep_run.chains[BAD]) == ["sw-seed1"]
-    summary = sweep_run.cli("status", "sw").stdout.strip().splitlines()[-1]
-    assert summary == "sweep sw: 4 members: 0 running, 0 waiting, 2 finished, 2 stopped " \
+    assert released_by(sweep_run.chains[BAD]) == ["sw25-seed1"]
+    summary = sweep_run.cli("status", "sw25").stdout.strip().splitlines()[-1]
+    assert summary == "sweep sw25: 4 members: 0 running, 0 waiting, 2 finished, 2 stopped " \
                       "(at most 2 at once)", summary
 
 
@@ -214,11 +214,11 @@ def test_never_more_than_k_members_held_a_slot(sweep_run, resumed):
 
 
 def test_a_member_has_the_weights_of_the_same_run_launched_alone(sweep_run, resumed):
-    assert_bitwise_equal(final_weights(sweep_run.chains["sw-seed1"]), sweep_run.reference_weights())
+    assert_bitwise_equal(final_weights(sweep_run.chains["sw25-seed1"]), sweep_run.reference_weights())
 
 
 def test_sweep_table_has_every_members_numbers_from_its_metrics_history(sweep_run, resumed):
-    rows = json.loads(sweep_run.cli("sweep", "table", "sw", "--metric", "loss", "--json").stdout)
+    rows = json.loads(sweep_run.cli("sweep", "table", "sw25", "--metric", "loss", "--json").stdout)
     assert sorted(r["name"] for r in rows) == sorted(MEMBERS)
     best = [r["best_loss"] for r in rows]
     assert best == sorted(best)
@@ -229,7 +229,7 @@ def test_sweep_table_has_every_members_numbers_from_its_metrics_history(sweep_ru
         assert row["tokens"] == [r["tokens"] for r in history if "tokens" in r][-1]
         assert row["state"] == "finished" and row["gpu_hours"] > 0
     assert {r["name"]: r["overrides"] for r in rows}[BAD] == "seed=4 data.path=bad"
-    csv = sweep_run.cli("sweep", "table", "sw", "--metric", "loss", "--csv").stdout.splitlines()
+    csv = sweep_run.cli("sweep", "table", "sw25", "--metric", "loss", "--csv").stdout.splitlines()
     assert len(csv) == 1 + len(MEMBERS) and csv[0].startswith("name,overrides,final_loss")
-    plot = Path(sweep_run.cli("plot", "sw", "--metric", "loss").stdout.strip())
+    plot = Path(sweep_run.cli("plot", "sw25", "--metric", "loss").stdout.strip())
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
