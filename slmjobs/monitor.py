@@ -168,17 +168,17 @@ def fill_sweep_slots(run_dirs, infos: dict, answers: dict) -> list[int]:
                if info.run.get("sweep") and events.waiting_for_slot(info.events)}
     if not waiting:
         return []
-    from slmjobs import sweep
+    from slmjobs import throttle
 
     shown = {os.path.abspath(d) for d in run_dirs}
     again = []
     for sweep_dir in sorted(waiting):
         try:
-            members = {str(d) for d in sweep.member_dirs(sweep_dir)}
+            members = {str(d) for d in throttle.member_dirs(sweep_dir)}
             if not members <= shown:
                 continue
             scheduler = next(i.scheduler for i in infos.values() if i.run.get("sweep") == sweep_dir)
-            released = sweep.release_next(sweep_dir, by="status", answers={
+            released = throttle.release_next(sweep_dir, by="status", answers={
                 job_id: job for (kind, job_id), job in answers.items() if kind == scheduler})
         except (OSError, UsageError, SchedulerError) as exc:
             print(f"slmjobs: sweep {Path(sweep_dir).name}: could not release a waiting member: "

@@ -102,11 +102,11 @@ def release_sweep_slot(sweep_dir, spec: dict) -> None:
     """The member is over: its slot goes to the next waiting member. Inside a job's hook the
     released member still waits for this very job to end (its slot is free only then). A
     failure is said, never raised: `slmjobs status` fills free slots too."""
-    from slmjobs import sweep
+    from slmjobs import throttle
 
     own_job = submit.backend_of(spec).current_job_id()
     try:
-        released = sweep.release_next(sweep_dir, by=spec["name"], after=own_job)
+        released = throttle.release_next(sweep_dir, by=spec["name"], after=own_job)
     except Exception as exc:  # noqa: BLE001 - the run is over either way
         print(f"slmjobs: run {spec['name']} is over but could not release the next member of "
               f"its sweep ({exc}); `slmjobs status` will", file=sys.stderr)
