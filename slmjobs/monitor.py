@@ -170,11 +170,11 @@ def fill_sweep_slots(run_dirs, infos: dict, answers: dict) -> list[int]:
         return []
     from slmjobs import throttle
 
-    shown = {os.path.abspath(d) for d in run_dirs}
+    shown = {os.path.realpath(d) for d in run_dirs}
     again = []
     for sweep_dir in sorted(waiting):
         try:
-            members = {str(d) for d in throttle.member_dirs(sweep_dir)}
+            members = {os.path.realpath(d) for d in throttle.member_dirs(sweep_dir)}
             if not members <= shown:
                 continue
             scheduler = next(i.scheduler for i in infos.values() if i.run.get("sweep") == sweep_dir)

@@ -141,6 +141,24 @@ def test_past_k_members_wait_held_and_each_member_over_releases_the_next_once(sc
     assert monitor.run_statuses([dirs[2]])[0]["state"] != "waiting"
 
 
+def test_status_tells_a_member_waiting_for_a_slot_from_a_link_held_behind_its_predecessor(
+        sched, data_root):
+    from slmjobs import submit
+    from slmjobs.table import note
+
+    path, dirs = start("held", members=2, k=1)
+    first = first_job(dirs[0])
+    sched.states[first] = "running"
+    successor = submit.submit_link(dirs[0], 2, hold_on=first)
+    rows = {r["name"]: r for r in monitor.run_statuses(dirs)}
+    assert note(rows["held-seed1"]) == "waiting for a sweep slot (sweep held)"
+    sched.states[first] = "ended"  # link 1 gone: the successor is the current link
+    sched.accounted[first] = backends.Job(job_id=first, state="ended", exit_status=75)
+    row = monitor.run_statuses(dirs[:1])[0]
+    assert (row["state"], note(row)) == ("held", f"held behind its predecessor (job {first})")
+    assert row["job_id"] == successor
+
+
 def test_two_members_over_at_once_release_two_different_members(sched, data_root):
     path, dirs = start("race", members=4, k=2)
     jobs = [first_job(d) for d in dirs]
