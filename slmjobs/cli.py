@@ -148,7 +148,7 @@ def _find_sweep(name: str):
 
 def _runs_or_sweeps(names):
     """The run directories `names` stand for (a sweep stands for its members) and the sweeps
-    among them."""
+    among them, as their sweep.yaml records."""
     from slmjobs.rundir import is_run_dir
 
     run_dirs, sweeps = [], []
@@ -159,8 +159,8 @@ def _runs_or_sweeps(names):
             continue
         from slmjobs import sweep
 
-        sweeps.append(sweep_path)
-        run_dirs += sweep.member_dirs(sweep_path)
+        sweeps.append(sweep.load(sweep_path))
+        run_dirs += [Path(m["run_dir"]) for m in sweeps[-1]["members"]]
     return run_dirs, sweeps
 
 
@@ -202,10 +202,9 @@ def status(runs, as_json, watch_seconds):
     if sweeps and not as_json:
         from slmjobs import sweep
 
-        for path in sweeps:
-            members = {str(d) for d in sweep.member_dirs(path)}
-            click.echo(sweep.summary_line(sweep.load(path),
-                                          [r for r in rows if r["run_dir"] in members]))
+        for record in sweeps:
+            members = {m["run_dir"] for m in record["members"]}
+            click.echo(sweep.summary_line(record, [r for r in rows if r["run_dir"] in members]))
     unreachable = [r for r in rows if r.get("scheduler_unreachable")]
     if unreachable:  # the table is printed, but it cannot be trusted: say so, and fail
         click.echo(f"slmjobs: the scheduler could not be asked about {len(unreachable)} run(s) "

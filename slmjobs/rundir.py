@@ -103,7 +103,7 @@ def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 # ------------------------------------------------------------------------ run.yaml
-def _yaml_loader():
+def yaml_loader():
     import yaml  # only when a run is read: keeps `slmjobs --help` light
 
     return yaml, getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~8x faster
@@ -112,7 +112,7 @@ def _yaml_loader():
 def load_run(run_dir) -> dict:
     """run.yaml as written by the launcher (and updated by `slmjobs resume`). UsageError when
     it is missing or is not one."""
-    yaml, loader = _yaml_loader()
+    yaml, loader = yaml_loader()
     path = Path(run_dir) / RUN_FILE
     try:
         with open(path, encoding="utf-8") as handle:

@@ -32,11 +32,10 @@ def is_sweep_dir(path) -> bool:
 
 
 def load(path) -> dict:
-    import yaml
-
+    yaml, loader = rundir.yaml_loader()  # libyaml's where there is one: status reads it too
     try:
         with open(Path(path) / SWEEP_FILE, encoding="utf-8") as handle:
-            record = yaml.safe_load(handle)
+            record = yaml.load(handle, Loader=loader)
     except (OSError, yaml.YAMLError) as exc:
         raise UsageError(f"{Path(path) / SWEEP_FILE} is unreadable: {exc}") from None
     if not isinstance(record, dict) or not isinstance(record.get("members"), list):
