@@ -296,10 +296,11 @@ def cancel_run(run_dir) -> list[str]:
         return cancelled
 
 
-def resume_run(run_dir, walltime: str | None = None) -> str:
+def resume_run(run_dir, walltime: str | None = None, held: bool = False) -> str:
     """`slmjobs resume`: restart a stopped or cancelled chain from its latest checkpoint;
     returns the new link's job id. One at a time (the run's lock): of two at once, the second
-    finds the first one's link active and refuses."""
+    finds the first one's link active and refuses. `held`: with a user hold (a sweep member
+    resumed under its sweep's throttle)."""
     with rundir.locked(run_dir):
         run = Run(run_dir)
         run_events = run.events()  # none: a launch killed before it submitted link 1
@@ -325,7 +326,7 @@ def resume_run(run_dir, walltime: str | None = None) -> str:
             walltime = set_walltime(run, walltime)
         link = events.next_link(run_events)
         run.record(events.resumed(link, run.progress(), walltime, stop))
-        return submit.submit_link(run.dir, link, hold_on=None)
+        return submit.submit_link(run.dir, link, hold_on=None, held=held)
 
 
 def set_walltime(run: Run, walltime: str) -> str:

@@ -42,6 +42,7 @@ TRAINING_TESTS = (  # start the worker without one of those fixtures
     "tests/chain/test_diverged_local.py::",  # the same
     "tests/chain/test_disk_full.py::test_a_chain_on_a_full_disk",  # the same, on a tmpfs
     "tests/chain/test_scheduler_faults.py::",  # chains on Grid Engine and SLURM (and a reference)
+    "tests/chain/test_sweep_e2e.py::",  # a sweep of chains on Grid Engine (and a reference)
     "tests/launcher/test_launch.py::test_a_launcher_killed_at_any_moment",  # links that start
     "tests/launcher/test_launch.py::test_a_run_directory_is_private",
     "tests/launcher/test_launch.py::test_a_launch_killed_while_qsub_hangs",

@@ -337,6 +337,7 @@ def make_loggers(plan: Plan, progress: Progress) -> list:
     from trainer.callbacks import LocalCheckpointsWandBLogger
     return [LocalCheckpointsWandBLogger(
         project=str(wandb['project']), entity=wandb['entity'], name=plan.run_name,
+        group=None if wandb['group'] is None else str(wandb['group']),
         init_kwargs={'id': progress.data['wandb_id'], 'resume': 'allow', 'dir': str(plan.run_dir),
                      'mode': wandb_mode(wandb['mode']), 'config': plan.config})]
 

@@ -251,10 +251,14 @@ class SlurmBackend(Backend):
             raise SchedulerError(f"sbatch --parsable printed {out!r}, not a job id")
         return job_id
 
-    def release(self, job_ids) -> None:
+    def release(self, job_ids, after: str | None = None) -> None:
         ids = [str(j) for j in job_ids]
-        if ids:
-            _run(["scontrol", "release", ",".join(ids)])
+        if not ids:
+            return
+        if after:  # the dependency first: released alone they could start before it ends
+            for job_id in ids:
+                _run(["scontrol", "update", f"JobId={job_id}", f"Dependency=afterany:{after}"])
+        _run(["scontrol", "release", ",".join(ids)])
 
     def query(self, job_ids) -> dict[str, Job]:
         """ONE `squeue` call for all of this user's jobs. A job it does not list, or lists as

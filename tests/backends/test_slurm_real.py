@@ -81,6 +81,18 @@ def test_a_job_submitted_held_starts_only_when_released(slurm, tmp_path, wait_un
     assert job.exit_status == 0 and (tmp_path / "s2_user_held.out").read_text() == "ran\n"
 
 
+def test_a_job_released_after_another_still_waits_for_it(slurm, tmp_path, wait_until):
+    blocker = slurm.submit(sbatch_script(tmp_path, "s2_rel_block", "sleep 4; date +%s.%N"))
+    job_id = slurm.submit(sbatch_script(tmp_path, "s2_rel_after", "date +%s.%N"), held=True)
+    wait_until(lambda: state_of(slurm, blocker) == RUNNING, 20, "the blocker to run")
+    slurm.release([job_id], after=blocker)
+    # (pending with reason None until slurmctld's next pass names the dependency: what shows
+    # is the order the two ran in)
+    wait_until(lambda: slurm.accounting(job_id), 40, "the released job to run after the blocker")
+    assert float((tmp_path / "s2_rel_after.out").read_text()) > \
+        float((tmp_path / "s2_rel_block.out").read_text())
+
+
 def test_validate_asks_the_scheduler(slurm, tmp_path):
     ok, message = slurm.validate(sbatch_script(tmp_path, "s2_ok", "true", "--gres=gpu:2",
                                                "--cpus-per-task=2"))
