@@ -1,6 +1,6 @@
 """trainer.compose against hydra itself: every preset with each override form composed both ways
 (compose_quickly and hydra.compose) gives the same configuration, value types and key order
-included; what it does not vouch for goes to hydra, whose own error reaches the one line; its
+included, and so do random combinations of colliding overrides; what it does not vouch for goes to hydra, whose own error reaches the one line; its
 override parser agrees with hydra's on thousands of random overrides; a sweep's members are
 checked in one process without hydra."""
 
