@@ -1,5 +1,5 @@
 """What asking "can this configuration train?" costs a fresh process (the budget for `slmjobs
-launch --dry-run` is 0.5 s). Median wall and CPU time, alternating, of
+launch --dry-run` is 0.3 s). Median wall and CPU time, alternating, of
 
     python -c pass                                   the interpreter alone
     python -c 'import trainer.validate'              the checks' module alone

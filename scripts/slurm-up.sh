@@ -226,7 +226,7 @@ wait_for 60 "slurmdbd listening on 6819" bash -c "exec 3<>/dev/tcp/127.0.0.1/681
 start_slurm_daemon slurmctld
 wait_for 60 "slurmctld answering" scontrol ping
 start_slurm_daemon slurmd
-node_ready() { sinfo -h -N -o %T | grep -qE '^(idle|mixed|allocated)$'; }
+node_ready() { sinfo -h -N -o %T | grep -qE '^(idle|mixed|allocated|completing)$'; }
 for ((i = 0; i < 300; i++)); do node_ready && break; sleep 0.1; done
 if ! node_ready; then
     # a node left DOWN/DRAIN by an earlier run of the controller: give it back

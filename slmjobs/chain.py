@@ -38,11 +38,14 @@ TRAIN = 0     # begin: go on and train
 NOTHING = 3   # begin: nothing to do; the job script exits 0 without starting the worker
 
 # The worker's exit statuses (docs/CONTRACTS.md). 128 + 9: SIGKILL from outside the job (the
-# kernel's OOM killer, a node agent), which is a kill like h_rt, not a crash.
+# kernel's OOM killer, a node agent), which is a kill like h_rt, not a crash; 128 + 15: SIGTERM
+# from outside that no hand-off answered (SLURM's --time or scancel reaching the `composer`
+# launcher, or a worker still starting), the same.
 # 74 (EX_IOERR): a save failed for lack of space or quota, which retrying cannot fix either.
 # 65 (EX_DATAERR): the loss or the weights became non-finite; the same data diverges again.
 EXIT_FINISHED, EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_DISK_FULL, EXIT_HANDED_OFF, EXIT_SIGKILL = (
     0, 2, 65, 74, 75, 137)
+EXIT_SIGTERM = 143
 # Exit statuses after which the chain must stop at once, and the reason it records.
 STOPPING_EXITS = {EXIT_BAD_CONFIG: BAD_CONFIG, EXIT_DIVERGED: events.DIVERGED,
                   EXIT_DISK_FULL: DISK_FULL}
@@ -209,7 +212,7 @@ def describe(event: dict) -> str:
 
 def how_it_ended(rc: int) -> str:
     return {EXIT_FINISHED: FINISHED, EXIT_HANDED_OFF: HANDED_OFF,
-            EXIT_SIGKILL: KILLED}.get(rc, CRASHED)
+            EXIT_SIGKILL: KILLED, EXIT_SIGTERM: KILLED}.get(rc, CRASHED)
 
 
 def worker_error(run: Run, link: int, rc: int) -> str:
@@ -293,10 +296,11 @@ def cancel_run(run_dir) -> list[str]:
         return cancelled
 
 
-def resume_run(run_dir, walltime: str | None = None) -> str:
+def resume_run(run_dir, walltime: str | None = None, held: bool = False) -> str:
     """`slmjobs resume`: restart a stopped or cancelled chain from its latest checkpoint;
     returns the new link's job id. One at a time (the run's lock): of two at once, the second
-    finds the first one's link active and refuses."""
+    finds the first one's link active and refuses. `held`: with a user hold (a sweep member
+    resumed under its sweep's throttle)."""
     with rundir.locked(run_dir):
         run = Run(run_dir)
         run_events = run.events()  # none: a launch killed before it submitted link 1
@@ -322,7 +326,7 @@ def resume_run(run_dir, walltime: str | None = None) -> str:
             walltime = set_walltime(run, walltime)
         link = events.next_link(run_events)
         run.record(events.resumed(link, run.progress(), walltime, stop))
-        return submit.submit_link(run.dir, link, hold_on=None)
+        return submit.submit_link(run.dir, link, hold_on=None, held=held)
 
 
 def set_walltime(run: Run, walltime: str) -> str:

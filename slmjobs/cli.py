@@ -190,6 +190,48 @@ def _find_run(run: str):
     return found[0]
 
 
+def _find_sweep(name: str):
+    """A sweep's directory by its name (searched in every runs root) or by path; None when
+    there is no such sweep."""
+    from slmjobs import sweep
+
+    path = Path(name).expanduser()
+    if sweep.is_sweep_dir(path):
+        return path.resolve()
+    found = [sweep.sweep_dir(root, name) for root in _runs_roots()
+             if "/" not in name and sweep.is_sweep_dir(sweep.sweep_dir(root, name))]
+    if len(found) > 1:
+        raise UsageError(f"sweep name {name!r} is ambiguous: {', '.join(map(str, found))}; "
+                         "give the path")
+    return found[0] if found else None
+
+
+def _runs_or_sweeps(names):
+    """The run directories `names` stand for (a sweep stands for its members) and the sweeps
+    among them, as their sweep.yaml records."""
+    from slmjobs.rundir import is_run_dir
+
+    run_dirs, sweeps = [], []
+    for name in names:
+        sweep_path = None if is_run_dir(Path(name).expanduser()) else _find_sweep(name)
+        if sweep_path is None:
+            run_dirs.append(_find_run(name))
+            continue
+        from slmjobs import sweep
+
+        sweeps.append(sweep.load(sweep_path))
+        run_dirs += [Path(m["run_dir"]) for m in sweeps[-1]["members"]]
+    return run_dirs, sweeps
+
+
+def _sweep_or_fail(name: str):
+    found = _find_sweep(name)
+    if found is None:
+        raise UsageError(f"unknown sweep {name!r}: no {name}/sweep.yaml under the .sweeps/ of "
+                         f"{', '.join(str(r) for r in _runs_roots()) or '(no runs root)'}")
+    return found
+
+
 # ---------------------------------------------------------------- status, logs, cancel
 @cli.command(context_settings=CONTEXT)
 @click.argument("runs", nargs=-1, metavar="[RUN]...")
@@ -197,7 +239,8 @@ def _find_run(run: str):
 @click.option("--watch", "watch_seconds", type=float, is_flag=False, flag_value=5.0, metavar="[SECONDS]",
               help="Redraw every SECONDS (default 5) until every run shown has ended; Ctrl-C quits.")
 def status(runs, as_json, watch_seconds):
-    """Where every run (or the named ones) stands: link, job state, step, loss, ETA."""
+    """Where every run (or the named ones) stands: link, job state, step, loss, ETA. A sweep's
+    name stands for its members, with a summary line."""
     import json
 
     from slmjobs import monitor, table
@@ -207,8 +250,8 @@ def status(runs, as_json, watch_seconds):
 
         if as_json:
             raise UsageError("--watch with --json: allowed: one of them")
-        return watch(lambda: [_find_run(r) for r in runs] if runs else _all_runs(), watch_seconds)
-    run_dirs = [_find_run(r) for r in runs] if runs else _all_runs()
+        return watch(lambda: _runs_or_sweeps(runs)[0] if runs else _all_runs(), watch_seconds)
+    run_dirs, sweeps = _runs_or_sweeps(runs) if runs else (_all_runs(), [])
     rows = monitor.run_statuses(run_dirs)
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
@@ -216,6 +259,12 @@ def status(runs, as_json, watch_seconds):
         click.echo(table.format_table(rows))
     else:
         click.echo("no runs yet (slmjobs launch MODEL to start one)")
+    if sweeps and not as_json:
+        from slmjobs import sweep
+
+        for record in sweeps:
+            members = {m["run_dir"] for m in record["members"]}
+            click.echo(sweep.summary_line(record, [r for r in rows if r["run_dir"] in members]))
     unreachable = [r for r in rows if r.get("scheduler_unreachable")]
     if unreachable:  # the table is printed, but it cannot be trusted: say so, and fail
         click.echo(f"slmjobs: the scheduler could not be asked about {len(unreachable)} run(s) "
@@ -267,13 +316,173 @@ def resume(run, walltime):
 @click.option("--x", "x_axis", metavar="AXIS", default="step", show_default=True,
               help="step, tokens or hours (training time: no queue waits).")
 def plot(runs, output, metric, x_axis):
-    """Plot a metric of one or more runs across all their links, as a PNG; print its path."""
+    """Plot a metric of one or more runs across all their links, as a PNG; print its path. A
+    sweep's name overlays its members, each labelled with its overrides."""
     from pathlib import Path
 
     from slmjobs.plot import has_history, plot as draw_plot
 
-    run_dirs = [Path(r).resolve() if has_history(Path(r)) else _find_run(r) for r in runs]
-    click.echo(draw_plot(run_dirs, metric=metric, x=x_axis, output=output))
+    run_dirs, labels = [], []
+    for r in runs:
+        sweep_path = None if has_history(Path(r)) else _find_sweep(r)
+        if sweep_path is None:
+            run_dirs.append(Path(r).resolve() if has_history(Path(r)) else _find_run(r))
+            labels.append(run_dirs[-1].name)
+            continue
+        from slmjobs import sweep
+
+        members = sweep.load(sweep_path)["members"]
+        run_dirs += [Path(m["run_dir"]) for m in members]
+        labels += [" ".join(m["overrides"]) or m["name"] for m in members]
+        if output is None:  # a sweep's plot belongs to the sweep, not to its first member
+            output = str(Path(sweep_path) / "plots" / f"{metric}.png")
+    click.echo(draw_plot(run_dirs, metric=metric, x=x_axis, output=output, labels=labels))
+
+
+# ---------------------------------------------------------------------------- sweeps
+class _SweepGroup(click.Group):
+    """`slmjobs sweep MODEL ...` starts a sweep; `slmjobs sweep table|resume|cancel|add S` steer
+    one: a first word that is not a subcommand is the model of a new sweep."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in CONTEXT["help_option_names"]:
+            args = ["start", *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group(cls=_SweepGroup, context_settings=CONTEXT)
+def sweep():
+    """Many chained runs from one command, at most K holding a scheduler slot at once.
+
+    \b
+      slmjobs sweep tiny --name lrs --max-running 2 train.lr=3e-4,6e-4 seed=range(2)
+      slmjobs status lrs                       # one row per member, and a summary line
+      slmjobs sweep table lrs --metric val_loss
+      slmjobs plot lrs --metric val_loss
+      slmjobs sweep resume lrs --failed | sweep cancel lrs | sweep add lrs train.lr=1.2e-3
+    """
+
+
+@sweep.command("start", context_settings=CONTEXT)
+@click.argument("model")
+@click.argument("overrides", nargs=-1, type=click.UNPROCESSED, metavar="[HYDRA_OVERRIDE]...")
+@click.option("--name", required=True, help="The sweep's name; members are NAME-<values>.")
+@click.option("--max-running", type=int, default=1, show_default=True,
+              help="Most members holding a scheduler slot at once (K).")
+@click.option("--gpus", type=int, default=1, show_default=True, help="GPUs of each member.")
+@click.option("--cluster", metavar="NAME|PATH", help="Cluster profile name or file.")
+@click.option("--walltime", metavar="HH:MM:SS", help="Walltime of each link.")
+@click.option("--max-links", type=int, help="Most jobs each member's chain may use.")
+@click.option("--project", help="Scheduler project (-P).")
+@click.option("--dry-run", is_flag=True, help="Print the members and the first member's script.")
+def sweep_start(model, overrides, name, max_running, gpus, cluster, walltime, max_links, project,
+                dry_run):
+    """Start a sweep of MODEL over hydra's sweep grammar: key=a,b,c, key=range(N), choice(...),
+    glob(...); every combination is one member, an ordinary chained run."""
+    import os
+
+    from slmjobs import sweep as sweeps
+
+    request = {"cluster": str(Path(cluster).resolve()) if cluster and Path(cluster).is_file()
+               else cluster, "gpus": gpus, "walltime": walltime, "max_links": max_links,
+               "project": project, "workdir": os.getcwd()}  # what `sweep add` launches with too
+    result = sweeps.start(name, model, list(overrides), max_running, request, dry_run=dry_run)
+    _report_members(result["specs"])
+    if dry_run:
+        click.echo(f"# link 1 of {result['specs'][0]['name']}:")
+        click.echo(result["script"], nl=False)
+        return
+    click.echo(f"sweep {name}: {len(result['specs'])} members, at most {max_running} at once; "
+               f"the rest wait held\n"
+               f"sweep dir: {result['sweep_dir']}\n"
+               f"next:\n  slmjobs status {name}\n  slmjobs sweep table {name}\n"
+               f"  slmjobs sweep cancel {name}")
+
+
+def _report_members(specs) -> None:
+    for spec in specs:
+        click.echo(f"member {spec['name']}: {' '.join(spec['overrides'])}")
+
+
+@sweep.command("add", context_settings=CONTEXT)
+@click.argument("name")
+@click.argument("overrides", nargs=-1, required=True, type=click.UNPROCESSED,
+                metavar="HYDRA_OVERRIDE...")
+@click.option("--dry-run", is_flag=True, help="Print the new members; create nothing.")
+def sweep_add(name, overrides, dry_run):
+    """More members of sweep NAME (its other overrides, these replacing theirs), under the
+    same throttle."""
+    from slmjobs import sweep as sweeps
+
+    result = sweeps.add(_sweep_or_fail(name), list(overrides), dry_run=dry_run)
+    _report_members(result["specs"])
+    if not dry_run:
+        click.echo(f"sweep {name}: {len(result['specs'])} members added, held until a slot is "
+                   f"free (released now: {len(result['released'])})")
+
+
+@sweep.command("table", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--metric", default="val_loss", show_default=True,
+              help="loss, val_loss, bits_per_byte, lr or tokens_per_sec.")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV instead of a table.")
+def sweep_table(name, metric, as_json, as_csv):
+    """Per member: its overrides, final and best METRIC, tokens, GPU-hours and state; best
+    first."""
+    from slmjobs import monitor, sweep as sweeps
+    from slmjobs.table import Column, format_table, number
+
+    if as_json and as_csv:
+        raise UsageError("--json with --csv: allowed: one of them")
+    path = _sweep_or_fail(name)
+    record = sweeps.load(path)
+    rows = sweeps.table_rows(record, monitor.run_statuses(sweeps.member_dirs(path)), metric)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(rows, indent=2))
+    elif as_csv:
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["name"])
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        click.echo(format_table(rows, [
+            Column("MEMBER", "name"), Column("OVERRIDES", "overrides"),
+            Column(f"FINAL {metric.upper()}", f"final_{metric}", number(f"final_{metric}", ".4f")),
+            Column(f"BEST {metric.upper()}", f"best_{metric}", number(f"best_{metric}", ".4f")),
+            Column("TOKENS", "tokens", number("tokens", ",d")),
+            Column("GPU-H", "gpu_hours", number("gpu_hours", ".2f")), Column("STATE", "state")]))
+
+
+@sweep.command("resume", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--failed", is_flag=True, help="Only the members that stopped (not the cancelled).")
+def sweep_resume(name, failed):
+    """Resume the members of sweep NAME that stopped (and, without --failed, those cancelled),
+    under the sweep's throttle."""
+    from slmjobs import monitor, sweep as sweeps
+
+    path = _sweep_or_fail(name)
+    rows = monitor.run_statuses(sweeps.member_dirs(path))
+    resumed = sweeps.resume(path, rows, include_cancelled=not failed)
+    click.echo(f"sweep {name}: resumed {', '.join(resumed) if resumed else 'no member (none stopped)'}"
+               f"\n  slmjobs status {name}")
+
+
+@sweep.command("cancel", context_settings=CONTEXT)
+@click.argument("name")
+def sweep_cancel(name):
+    """Cancel every member of sweep NAME that has not finished."""
+    from slmjobs import sweep as sweeps
+
+    deleted = sweeps.cancel(_sweep_or_fail(name))
+    jobs = sorted(j for ids in deleted.values() for j in ids)
+    click.echo(f"sweep {name} cancelled: {len(deleted)} members; jobs deleted: "
+               f"{', '.join(jobs) or 'none were queued or running'}\n"
+               f"resume it with: slmjobs sweep resume {name}")
 
 
 # ------------------------------------------------------------------- profiles, data

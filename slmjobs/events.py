@@ -19,9 +19,21 @@ DIVERGED = "diverged"             # the worker exited 65: the loss or the weight
 
 
 # ------------------------------------------------------------------ constructors
-def submitted(link: int, job_id: str, script: str, hold_on: str | None) -> dict:
-    return {"event": "submitted", "link": int(link), "job_id": job_id, "script": script,
-            "hold_on": hold_on}
+def submitted(link: int, job_id: str, script: str, hold_on: str | None,
+              held: bool = False) -> dict:
+    """`held`: submitted with a user hold (a sweep member waiting for a slot: slmjobs.sweep);
+    it starts once a `released` event follows."""
+    event = {"event": "submitted", "link": int(link), "job_id": job_id, "script": script,
+             "hold_on": hold_on}
+    if held:
+        event["held"] = True
+    return event
+
+
+def released(link: int, job_id: str, by: str, after: str | None) -> dict:
+    """The user hold of link `link` (job `job_id`) was lifted: a sweep slot became free when run
+    `by` was over (or `status` found one free); `after`: it still waits for that job to end."""
+    return {"event": "released", "link": link, "job_id": job_id, "by": by, "after": after}
 
 
 def started(link: int, job_id: str | None, host: str) -> dict:
@@ -86,7 +98,7 @@ def accounted(link: int | None, job_id: str, job) -> dict:
 
 
 EVENTS = ("submitted", "not_submitted", "started", "checkpoint_set_aside", "ended", "stopped",
-          "resumed", "accounted", "action", "waiting")
+          "resumed", "accounted", "action", "waiting", "released")
 
 
 # ------------------------------------------------------------------ predicates
@@ -109,6 +121,18 @@ def waiting_for(events: list[dict]) -> str | None:
     """The run directory this run waits for, until its first link is submitted."""
     waits = of_kind(events, "waiting")
     return waits[-1].get("for") if waits and not of_kind(events, "submitted") else None
+
+def waiting_for_slot(events: list[dict]) -> dict | None:
+    """The `submitted` event of a link still under its user hold (submitted `held`, no
+    `released` since), unless the run is stopped: a sweep member waiting for a slot."""
+    submits = of_kind(events, "submitted")
+    if not submits or not submits[-1].get("held") or stop_in_force(events) is not None:
+        return None
+    last = submits[-1]
+    if any(e.get("job_id") == last.get("job_id") for e in of_kind(events, "released")):
+        return None
+    return last
+
 
 def since_resume(events: list[dict]) -> list[dict]:
     """The events since the last `resumed`: what the guards count and the stop in force."""

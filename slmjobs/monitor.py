@@ -150,10 +150,43 @@ def run_statuses(run_dirs) -> list[dict]:
         _reconcile(info, answers)
         conclude_unrecorded(info)
         rows[i] = status_row(info, answers)
+    for i in fill_sweep_slots(run_dirs, infos, answers):
+        infos[i].reread()
+        rows[i] = status_row(infos[i], answers)
+    for i, info in infos.items():
         if info.settled():
             cache.keep_row(info.dir, info.stamps, rows[i], info.progress.get("checkpoint_time"))
     cache.save()
     return rows
+
+
+def fill_sweep_slots(run_dirs, infos: dict, answers: dict) -> list[int]:
+    """Sweeps with a member waiting for a slot: release the next members while fewer than K
+    hold one (a member killed before its hook released nobody). Only for sweeps all of whose
+    members are shown: this one query knows their jobs. Returns the rows to compute again."""
+    waiting = {info.run["sweep"] for info in infos.values()
+               if info.run.get("sweep") and events.waiting_for_slot(info.events)}
+    if not waiting:
+        return []
+    from slmjobs import throttle
+
+    shown = {os.path.realpath(d) for d in run_dirs}
+    again = []
+    for sweep_dir in sorted(waiting):
+        try:
+            members = {os.path.realpath(d) for d in throttle.member_dirs(sweep_dir)}
+            if not members <= shown:
+                continue
+            scheduler = next(i.scheduler for i in infos.values() if i.run.get("sweep") == sweep_dir)
+            released = throttle.release_next(sweep_dir, by="status", answers={
+                job_id: job for (kind, job_id), job in answers.items() if kind == scheduler})
+        except (OSError, UsageError, SchedulerError) as exc:
+            print(f"slmjobs: sweep {Path(sweep_dir).name}: could not release a waiting member: "
+                  f"{exc}", file=sys.stderr)
+            continue
+        again += [i for i, info in infos.items() if released
+                  and info.run.get("sweep") == sweep_dir]
+    return again
 
 
 def status_row(info: RunInfo, answers: dict[tuple[str, str], Job]) -> dict:
@@ -198,7 +231,18 @@ def status_row(info: RunInfo, answers: dict[tuple[str, str], Job]) -> dict:
         "stop_detail": stop.get("detail") if stop else (_why_broken(info) if state == BROKEN
                                                          else None),
         "waiting_for": _waiting_for(info) if state == WAITING else None,
+        "sweep": Path(run["sweep"]).name if run.get("sweep") else None,
+        "waiting_for_slot": events.waiting_for_slot(info.events) is not None,
+        "held_on": _held_on(info, current) if state == "held" else None,
     }
+
+
+def _held_on(info: RunInfo, current: dict | None) -> str | None:
+    """The predecessor job the current link is held behind (`-hold_jid`), if any."""
+    for event in events.of_kind(info.events, "submitted"):
+        if current and str(event.get("job_id")) == current["job_id"]:
+            return event.get("hold_on")
+    return None
 
 
 def _kind_of(run: dict):
@@ -330,6 +374,8 @@ def _run_state(info: RunInfo, current: dict | None, job: Job | None, stop: dict 
         return "finished"
     if current is None:
         return WAITING if events.waiting_for(info.events) else "new"
+    if events.waiting_for_slot(info.events):
+        return WAITING  # a sweep member under its user hold until a slot is free
     if job is not None and job.state in ACTIVE_STATES + (UNKNOWN,):
         return job.state
     ended = current.get("ended")

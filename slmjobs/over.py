@@ -15,6 +15,9 @@ The `then:` actions, listed in run.yaml:
     {submit: RUN_DIR}     a run created earlier waits for this one (`launch --after`): its
                           first link is submitted when this run FINISHES; a stopped run
                           keeps it waiting until `slmjobs resume` brings it to its finish
+    {release: SWEEP_DIR}  the run is a sweep member (slmjobs.sweep): whenever it is over,
+                          however it ended, its slot is free and the next waiting members
+                          are released (once per stop: a resumed member releases again)
 
 An action is recorded in the ledger (an `action` event) under the ledger's lock before it is
 done, so two hooks racing to conclude the same run never do it twice. No controller process
@@ -90,6 +93,27 @@ def run_actions(run_dir, spec: dict) -> None:
         elif "submit" in action and stop.get("reason") == FINISHED:
             if _claim(run_dir, "submit", action["submit"], since_resume_only=False):
                 start_waiting_run(action["submit"], run_dir)
+        elif "release" in action:
+            if _claim(run_dir, "release", action["release"], since_resume_only=True):
+                release_sweep_slot(action["release"], spec)
+
+
+def release_sweep_slot(sweep_dir, spec: dict) -> None:
+    """The member is over: its slot goes to the next waiting member. Inside a job's hook the
+    released member still waits for this very job to end (its slot is free only then). A
+    failure is said, never raised: `slmjobs status` fills free slots too."""
+    from slmjobs import throttle
+
+    own_job = submit.backend_of(spec).current_job_id()
+    try:
+        released = throttle.release_next(sweep_dir, by=spec["name"], after=own_job)
+    except Exception as exc:  # noqa: BLE001 - the run is over either way
+        print(f"slmjobs: run {spec['name']} is over but could not release the next member of "
+              f"its sweep ({exc}); `slmjobs status` will", file=sys.stderr)
+        return
+    if released:
+        print(f"slmjobs: run {spec['name']} is over: released job(s) {' '.join(released)} of "
+              f"its sweep")
 
 
 def _claim(run_dir, name: str, target: str, since_resume_only: bool) -> bool:

@@ -98,13 +98,14 @@ def load_histories(run_dirs, metric: str) -> list[tuple[Path, list[dict]]]:
     return loaded
 
 
-def plot(run_dirs, metric: str = "loss", x: str = "step", output=None) -> Path:
-    """Write the PNG (default: the first run's plots/<metric>.png) and return its path."""
+def plot(run_dirs, metric: str = "loss", x: str = "step", output=None, labels=None) -> Path:
+    """Write the PNG (default: the first run's plots/<metric>.png) and return its path.
+    `labels`: each run's legend text (default: its name; a sweep's members: their overrides)."""
     check_choices(metric, x)
     if output is not None and Path(output).suffix.lower() != ".png":
         raise UsageError(f"-o {output}: allowed: a path ending in .png")
     histories = load_histories(run_dirs, metric)
-    figure = draw(histories, metric, x)
+    figure = draw(histories, metric, x, labels)
     path = Path(output) if output is not None else rundir.plot_path(histories[0][0], metric)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -129,7 +130,7 @@ def reference_lines(axes, histories) -> list:
     return lines
 
 
-def draw(histories: list[tuple[Path, list[dict]]], metric: str, x: str):
+def draw(histories: list[tuple[Path, list[dict]]], metric: str, x: str, labels=None):
     """The matplotlib Figure: a line per run, its validation points as markers, a thin
     vertical line (in the run's colour, styled by how the link ended) at every link boundary."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -146,7 +147,8 @@ def draw(histories: list[tuple[Path, list[dict]]], metric: str, x: str):
         color = RUN_COLORS[i % len(RUN_COLORS)]
         xs, ys = series(records, event, field, x)
         style = dict(marker="o", markersize=4) if event in ("eval", evals.TASK) else {}
-        handles += axes.plot(xs, ys, color=color, linewidth=1.2, label=run_dir.name, **style)
+        label = labels[i] if labels else run_dir.name
+        handles += axes.plot(xs, ys, color=color, linewidth=1.2, label=label, **style)
         validation = VALIDATION_OF.get(metric)
         if validation:
             vx, vy = series(records, "eval", validation, x)

@@ -104,7 +104,7 @@ def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 # ------------------------------------------------------------------------ run.yaml
-def _yaml_loader():
+def yaml_loader():
     import yaml  # only when a run is read: keeps `slmjobs --help` light
 
     return yaml, getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~8x faster
@@ -113,7 +113,7 @@ def _yaml_loader():
 def load_run(run_dir) -> dict:
     """run.yaml as written by the launcher (and updated by `slmjobs resume`). UsageError when
     it is missing or is not one."""
-    yaml, loader = _yaml_loader()
+    yaml, loader = yaml_loader()
     path = Path(run_dir) / RUN_FILE
     try:
         with open(path, encoding="utf-8") as handle:
@@ -145,7 +145,7 @@ def summarize(spec: dict) -> dict:
     """What status needs from run.yaml."""
     return {"name": spec["name"], "kind": run_kind(spec), "model": spec.get("model"),
             "gpus": spec.get("gpus"), "scheduler": spec["cluster"]["scheduler"],
-            "max_links": spec["chain"]["max_links"]}
+            "max_links": spec["chain"]["max_links"], "sweep": spec.get("sweep")}
 
 
 def unreadable_summary(why: str) -> dict:

@@ -39,16 +39,18 @@ def write_link_script(run_dir, link: int, spec: dict | None = None) -> Path:
     return path
 
 
-def submit_link(run_dir, link: int, hold_on: str | None = None) -> str:
-    """Write link N's script, submit it (held on `hold_on` if given), append `submitted`."""
+def submit_link(run_dir, link: int, hold_on: str | None = None, held: bool = False) -> str:
+    """Write link N's script, submit it (held on `hold_on` if given; with a user hold if
+    `held`: a sweep member waiting for a slot), append `submitted`."""
     spec = rundir.load_run(run_dir)
     path = write_link_script(run_dir, link, spec)
     backend = backend_of(spec)
     job_id = submit_with_retries(backend, path, hold_on,
-                                 spec["cluster"].get("submit_retry_seconds", DEFAULT_RETRY_SECONDS))
+                                 spec["cluster"].get("submit_retry_seconds", DEFAULT_RETRY_SECONDS),
+                                 held=held)
     try:
         ledger.append(run_dir, events.submitted(link, job_id, str(path.relative_to(run_dir)),
-                                                hold_on))
+                                                hold_on, held))
     except BaseException:
         backend.cancel([job_id])  # an unrecorded job would run unseen: take it back
         raise
@@ -59,14 +61,15 @@ DEFAULT_RETRY_SECONDS = 180  # run.yaml snapshots from before the profile key
 MAX_BACKOFF_SECONDS = 30
 
 
-def submit_with_retries(backend, script: Path, hold_on: str | None, budget_seconds: float) -> str:
+def submit_with_retries(backend, script: Path, hold_on: str | None, budget_seconds: float,
+                        held: bool = False) -> str:
     """backend.submit, asked again after 1, 2, 4 ... (at most 30) s while the scheduler says it
     is busy or unreachable and the budget lasts; the last error is raised as it came."""
     give_up = time.monotonic() + budget_seconds
     delay = 1.0
     while True:
         try:
-            return backend.submit(script, hold_on=hold_on)
+            return backend.submit(script, hold_on=hold_on, held=held)
         except SchedulerError as exc:
             if not exc.transient or time.monotonic() + delay > give_up:
                 raise

@@ -51,6 +51,10 @@ def note(row: dict) -> str:
     """Why a run stopped or is broken, and the command that continues it; else what the
     scheduler says about its job."""
     resume = f"continue: slmjobs resume {row.get('name')}"
+    if row.get("waiting_for_slot"):
+        return f"waiting for a sweep slot (sweep {row.get('sweep')})"
+    if row.get("state") == "held" and row.get("held_on"):
+        return f"held behind its predecessor (job {row['held_on']})"
     waiting = row.get("waiting_for")
     if waiting:
         if waiting.get("stop_reason") and waiting["stop_reason"] != "finished":

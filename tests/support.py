@@ -291,18 +291,28 @@ def fake_scheduler(real=None, gone: str = "ended", job_id_variable: str | None =
             self.on_submit = self.on_cancel = None
             self.submitted, self.queries, self.accounting_calls, self.cancelled = [], [], [], []
             self.attempts = 0
+            self.user_held, self.released = set(), []
 
-        def submit(self, script, hold_on=None):
+        def submit(self, script, hold_on=None, held=False):
             self.attempts += 1
             if self.failures:
                 raise self.failures.pop(0)
             self.next_id += 1
             job_id = str(self.next_id)
             self.submitted.append(hold_on)
-            self.states[job_id] = "held" if hold_on else "queued"
+            self.states[job_id] = "held" if hold_on or held else "queued"
+            if held:
+                self.user_held.add(job_id)
             if self.on_submit:
                 self.on_submit(job_id)
             return job_id
+
+        def release(self, job_ids, after=None):
+            for job_id in map(str, job_ids):
+                self.user_held.discard(job_id)
+                self.released.append((job_id, after))
+                if self.states.get(job_id) == "held":
+                    self.states[job_id] = "held" if after else "queued"
 
         def query(self, job_ids):
             if self.fail:

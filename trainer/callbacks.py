@@ -32,7 +32,7 @@ from composer.utils.misc import create_interval_scheduler
 
 from trainer.checkpoints import non_finite
 from trainer.errors import Diverged
-from trainer.handoff import EXIT_SECONDS, StopRequest, take_python_handlers
+from trainer.handoff import EXIT_SECONDS, StopRequest
 from trainer.progress import Progress, format_duration, record_checkpoint, say
 
 
@@ -79,7 +79,6 @@ class HandOff(Callback):
         self.max_steps = int(state.max_duration.value)
         self.checkpoint_step = int(state.timestamp.batch) or None  # resumed from it, if any
         self._mark = time.time()
-        take_python_handlers()  # Composer's engine set its own SIGTERM handler when imported
 
     def after_checkpoint_phase(self, save_seconds: Optional[float], step: int) -> None:
         """Called by SaveTimer once the CheckpointSaver has run for batch `step` (save_seconds:

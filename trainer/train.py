@@ -37,7 +37,8 @@ from typing import NoReturn, Optional
 
 from trainer.errors import EXIT_BAD_INPUT, EXIT_FINISHED, EXIT_HANDED_OFF, BadInput
 from trainer.failures import exit_for
-from trainer.handoff import deadline_from_env, ignore_signals_for_exit, install_signal_handlers
+from trainer.handoff import (deadline_from_env, ignore_signals_for_exit, install_signal_handlers,
+                             take_python_handlers)
 from trainer.progress import Progress, eprint, fail_line, say
 from trainer.run_inputs import keep_run_inputs
 from trainer.validate import Plan, check_device_and_precision, compose, validate
@@ -196,6 +197,7 @@ def start_ranks(plan: Plan):
     """The device, and the process group of all ranks (gloo on CPU, NCCL on GPUs)."""
     from composer.devices import DeviceCPU, DeviceGPU
     from composer.utils import dist
+    take_python_handlers()  # importing composer set its engine's SIGTERM handler
     device = DeviceGPU() if plan.device == 'gpu' else DeviceCPU()
     dist.initialize_dist(device)
     return device
@@ -335,6 +337,7 @@ def make_loggers(plan: Plan, progress: Progress) -> list:
     from trainer.callbacks import LocalCheckpointsWandBLogger
     return [LocalCheckpointsWandBLogger(
         project=str(wandb['project']), entity=wandb['entity'], name=plan.run_name,
+        group=None if wandb['group'] is None else str(wandb['group']),
         init_kwargs={'id': progress.data['wandb_id'], 'resume': 'allow', 'dir': str(plan.run_dir),
                      'mode': wandb_mode(wandb['mode']), 'config': plan.config})]
 

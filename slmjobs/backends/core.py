@@ -101,9 +101,10 @@ class Backend:
         ended); with `held`, only once `release` names it (a user hold)."""
         raise NotImplementedError
 
-    def release(self, job_ids) -> None:
+    def release(self, job_ids, after: str | None = None) -> None:
         """Lift the user hold of jobs submitted `held` (a job also held on a predecessor keeps
-        waiting for it)."""
+        waiting for it). `after`: they still wait until that job has ended (a sweep member over
+        in its own job's hook frees its slot when that job leaves, not before)."""
         raise NotImplementedError
 
     def query(self, job_ids) -> dict[str, Job]:

@@ -183,9 +183,11 @@ class LocalBackend(Backend):
                           supervisor_identity=_process_identity(supervisor.pid))
         return job_id
 
-    def release(self, job_ids) -> None:
+    def release(self, job_ids, after: str | None = None) -> None:
         for job_id in job_ids:
-            self.store.update(str(job_id), user_hold=False)  # its supervisor sees this
+            # its supervisor sees this (and then waits for `after`, as for `hold_on`)
+            self.store.update(str(job_id), user_hold=False,
+                              **({"hold_on": str(after)} if after else {}))
 
     def query(self, job_ids) -> dict[str, Job]:
         return {str(j): self._job(str(j)) for j in job_ids}

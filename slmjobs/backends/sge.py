@@ -309,10 +309,13 @@ class SGEBackend(Backend):
             raise SchedulerError(f"qsub -terse printed {out!r}, not a job id")
         return job_id
 
-    def release(self, job_ids) -> None:
+    def release(self, job_ids, after: str | None = None) -> None:
         ids = [str(j) for j in job_ids]
-        if ids:
-            _run(["qrls", "-h", "u"] + ids)
+        if not ids:
+            return
+        if after:  # the hold on `after` first: released alone they could start before it ends
+            _run(["qalter", "-hold_jid", str(after)] + ids)
+        _run(["qrls", "-h", "u"] + ids)
 
     def query(self, job_ids) -> dict[str, Job]:
         """ONE `qstat -u '*' -xml` call. A job that is not listed has left the queue: ENDING

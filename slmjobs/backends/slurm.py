@@ -154,7 +154,9 @@ def parse_sacct(text: str, job_id: str) -> Job | None:
         exit_status = _exit_status(batch[3])
     # The allocation's Elapsed stops at --time; the batch step's runs on through KillWait.
     elapsed = [int(r[4]) for r in (allocation, batch) if r is not None and r[4].isdigit()]
-    return Job(job_id=str(job_id), state=ENDED, name=allocation[1], exit_status=exit_status,
+    # Until slurmdbd has the job's whole record, sacct names it "allocation" (measured, 22.05).
+    name = "" if allocation[1] == "allocation" else allocation[1]
+    return Job(job_id=str(job_id), state=ENDED, name=name, exit_status=exit_status,
                failed=state in FAILED_IN_WORDS,
                reason=FAILED_IN_WORDS.get(state, ""),
                wallclock=float(max(elapsed)) if elapsed else None,
@@ -249,10 +251,14 @@ class SlurmBackend(Backend):
             raise SchedulerError(f"sbatch --parsable printed {out!r}, not a job id")
         return job_id
 
-    def release(self, job_ids) -> None:
+    def release(self, job_ids, after: str | None = None) -> None:
         ids = [str(j) for j in job_ids]
-        if ids:
-            _run(["scontrol", "release", ",".join(ids)])
+        if not ids:
+            return
+        if after:  # the dependency first: released alone they could start before it ends
+            for job_id in ids:
+                _run(["scontrol", "update", f"JobId={job_id}", f"Dependency=afterany:{after}"])
+        _run(["scontrol", "release", ",".join(ids)])
 
     def query(self, job_ids) -> dict[str, Job]:
         """ONE `squeue` call for all of this user's jobs. A job it does not list, or lists as

@@ -93,6 +93,17 @@ def test_a_job_submitted_held_starts_only_when_released(local_backend, tmp_path,
     assert (tmp_path / "loc_both.out").read_text() == "ran\n"
 
 
+def test_a_job_released_after_another_waits_for_it(local_backend, tmp_path, wait_until):
+    blocker = local_backend.submit(job_script(tmp_path, "loc_rblock", "sleep 30"))
+    held = local_backend.submit(job_script(tmp_path, "loc_rheld", "echo ran"), held=True)
+    local_backend.release([held], after=blocker)
+    time.sleep(0.6)  # several looks of its supervisor: released, but held on the blocker
+    assert local_backend.query([held])[held].state == HELD
+    local_backend.cancel([blocker])
+    wait_until(lambda: ended(local_backend, held), 10, "the released job to run once it ended")
+    assert (tmp_path / "loc_rheld.out").read_text() == "ran\n"
+
+
 def test_state_is_visible_from_another_process(local_backend, tmp_path, wait_until):
     job_id = local_backend.submit(job_script(tmp_path, "loc_x", "sleep 30"))
     wait_until(lambda: local_backend.query([job_id])[job_id].state == RUNNING, 10, "to run")

@@ -63,6 +63,19 @@ def test_a_job_submitted_held_starts_only_when_released(sge, tmp_path, wait_unti
     assert job.exit_status == 0 and (tmp_path / "l2_user_held.out").read_text() == "ran\n"
 
 
+def test_a_job_released_after_another_still_waits_for_it(sge, tmp_path, wait_until):
+    """A sweep member over in its own job's hook releases the next member after that job: the
+    released job is held on it (not queued beside it) until it has left."""
+    blocker = sge.submit(job_script(tmp_path, "l2_rel_block", "sleep 4; date +%s.%N"))
+    job_id = sge.submit(job_script(tmp_path, "l2_rel_after", "date +%s.%N"), held=True)
+    wait_until(lambda: state_of(sge, blocker) == RUNNING, 20, "the blocker to run")
+    sge.release([job_id], after=blocker)
+    assert state_of(sge, job_id) == HELD  # the user hold is gone, the hold on the blocker not
+    wait_until(lambda: sge.accounting(job_id), 40, "the released job to run after the blocker")
+    assert float((tmp_path / "l2_rel_after.out").read_text()) > \
+        float((tmp_path / "l2_rel_block.out").read_text())
+
+
 def test_validate_asks_the_scheduler(sge, tmp_path):
     ok, message = sge.validate(job_script(tmp_path, "l2_ok", "true", "-l gpus=2", "-pe omp 2"))
     assert ok, message

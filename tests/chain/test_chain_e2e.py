@@ -190,7 +190,7 @@ def training_after_a_hand_off(run_dir: Path) -> bool:
     link = progress.get("link") or 0
     before = events.ended_links(ledger.read(run_dir)).get(link - 1)
     return (link >= 2 and progress.get("state") == "training" and before is not None
-            and progress.get("step", 0) >= (before.get("checkpoint_step") or 0) + 3)
+            and progress.get("step", 0) >= (events.progress_of(before) or 0) + 3)
 
 
 @pytest.fixture(scope="module")

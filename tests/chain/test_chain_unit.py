@@ -293,7 +293,8 @@ def submit_first(run_dir):
 
 
 @pytest.mark.parametrize("rc, how", [(0, "finished"), (75, "handed_off"), (1, "crashed"),
-                                     (2, "crashed"), (137, "killed"), (139, "crashed")])
+                                     (2, "crashed"), (137, "killed"), (139, "crashed"),
+                                     (143, "killed")])
 def test_exit_status_meaning(rc, how):
     assert chain.how_it_ended(rc) == how
 

@@ -1,6 +1,6 @@
 """trainer.compose against hydra itself: every preset with each override form composed both ways
 (compose_quickly and hydra.compose) gives the same configuration, value types and key order
-included; what it does not vouch for goes to hydra, whose own error reaches the one line; its
+included, and so do random combinations of colliding overrides; what it does not vouch for goes to hydra, whose own error reaches the one line; its
 override parser agrees with hydra's on thousands of random overrides; a sweep's members are
 checked in one process without hydra."""
 
@@ -60,6 +60,28 @@ def test_every_preset_with_each_override_form_composes_as_hydra_does(preset, for
 
 def test_the_shipped_presets_are_all_tested():
     assert set(model_presets()) >= {'tiny', 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'}
+
+
+# Overrides that work together or collide: added, replaced, deleted, merged, interpolated.
+MIXED = ['model=gpt2', 'model=tiny', 'train.lr=1e-3', '+train.lr=1', '++train.lr=2', '~train.lr',
+         '~train.lr=0.002', '+model.x=1', 'model.x=1', '++model.x=[1,2]', 'train.betas=[0.1]',
+         '+train.betas=[3]', '~train.betas=[0.9,0.95]', 'run_name=${model.name}x', 'run_dir=${nope}',
+         'wandb.project={a: 1}', 'checkpoint.keep=${train.max_steps}', '~checkpoint.save_seconds_guess',
+         'seed=null', '~seed', '+seed=1', 'train.lr.x=1', 'model.name=${run_name}', '+new=${seed}',
+         '~run_name', '+a.b.c=1', '++a.b=2', 'train.lr={a: ${seed}}', '~wandb', 'model=nope']
+
+
+def test_random_combinations_compose_as_hydra_does_or_are_left_to_hydra():
+    rng = random.Random(25)
+    vouched = 0
+    for _ in range(80):
+        overrides = rng.sample(MIXED, rng.randint(1, 4))
+        quick = compose_quickly(overrides)
+        if quick is None:
+            continue
+        vouched += 1
+        assert repr(quick) == repr(compose_with_hydra(overrides)), overrides  # hydra refusing fails too
+    assert vouched >= 20
 
 
 def hydra_says(overrides) -> str:
