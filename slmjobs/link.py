@@ -228,5 +228,9 @@ class HandOff:
         try:
             yield
         finally:
-            self.save_seconds.append(time.time() - started)
-            self._mark = time.time()
+            self.save_took(time.time() - started)
+
+    def save_took(self, seconds: float) -> None:
+        """A save (timed by the caller) ended now."""
+        self.save_seconds.append(seconds)
+        self._mark = time.time()

@@ -153,13 +153,14 @@ def handed_over(rc: int, stop: signal.Signals | None, stop_sent: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)  # the command is everything after
     parser = argparse.ArgumentParser(prog="python -m slmjobs.wrapper")
     parser.add_argument("run_dir")
     parser.add_argument("--stop-signal")
     parser.add_argument("--resume-glob")
-    parser.add_argument("command", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    args = parser.parse_args(argv[:split])
+    command = argv[split + 1:]
     try:
         stop = stop_signal(args.stop_signal)
     except ValueError as exc:
