@@ -185,3 +185,14 @@ def test_the_import_checker_sees_a_third_party_import(tmp_path):
 def test_link_and_the_wrapper_import_only_the_standard_library():
     for name, allowed in STDLIB_ONLY.items():
         assert non_stdlib_imports(ROOT / name, allowed) == set(), name
+
+
+def test_the_worker_imports_nothing_of_the_launcher_but_slmjobs_link():
+    found = set()
+    for path in sorted((ROOT / "trainer").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [f"{node.module}.{a.name}" for a in node.names]
+                     if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            found |= {(path.name, n) for n in names if n.split(".")[0] == "slmjobs"}
+    assert {n for _, n in found} <= {"slmjobs.link"}, found

@@ -1,11 +1,13 @@
-"""The worker's one error type for bad input (the launcher has its own; the two never import
-each other). Entry points print it as one line and exit with status 2, before touching any
-checkpoint or dataset."""
+"""The worker's one error type for bad input (the launcher has its own). Entry points print it
+as one line and exit with status 2, before touching any checkpoint or dataset. The exit
+statuses are the chain's contract, the same for any command (slmjobs.link)."""
 
-EXIT_FINISHED = 0
-EXIT_BAD_INPUT = 2
+from slmjobs import link
+
+EXIT_FINISHED = link.FINISHED
+EXIT_BAD_INPUT = link.BAD_INPUT
 EXIT_DISK_FULL = 74   # EX_IOERR: a checkpoint could not be saved for lack of space or quota
-EXIT_HANDED_OFF = 75  # EX_TEMPFAIL: stopped early with a checkpoint, more to do
+EXIT_HANDED_OFF = link.HANDED_OFF  # EX_TEMPFAIL: stopped early with a checkpoint, more to do
 
 
 class BadInput(Exception):

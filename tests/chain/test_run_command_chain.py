@@ -158,7 +158,8 @@ def command_chains(tmp_path_factory, sge_cluster):
                  "--max-steps", str(FRAMEWORK_STEPS), "--step-seconds", str(FRAMEWORK_STEP),
                  "--weights", str(tmp / "hf-chain.pt"))
     for total in sorted({PLAIN_TOTAL, SGE_TOTAL, KILLED_TOTAL_LOCAL, KILLED_TOTAL_SGE}):
-        c.reference(f"plain-{total}", *plain("--total", total, "--ckpt-dir", tmp / f"plain-{total}"))
+        c.reference(f"plain-{total}", sys.executable,
+                    *plain("--total", total, "--ckpt-dir", tmp / f"plain-{total}")[1:])
     c.reference("lightning", sys.executable, str(EXAMPLES / "lightning_fit.py"), "--max-steps",
                 str(FRAMEWORK_STEPS), "--weights", str(tmp / "lightning-reference.pt"))
     c.reference("hf", sys.executable, str(EXAMPLES / "hf_train.py"), "--max-steps",
