@@ -128,15 +128,21 @@ def test_outside_slmjobs_nothing_is_declared_or_written(tmp_path, monkeypatch):
 
 def test_ranks_agree_through_torch_distributed_when_it_is_initialised(tmp_path):
     """Two real gloo ranks: one wants to stop, both stop."""
-    code = ("import os, sys, torch, torch.distributed as dist\n"
+    import socket
+
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = ("import sys, torch.distributed as dist\n"
             "from slmjobs import link\n"
             "rank = int(sys.argv[1])\n"
-            "dist.init_process_group('gloo', init_method='file://' + sys.argv[2], rank=rank, world_size=2)\n"
-            "print(link.agree(rank == 1), link.agree(False))\n"
-            "dist.destroy_process_group()\n")
-    ranks = [subprocess.Popen([sys.executable, "-c", code, str(r), str(tmp_path / "rendezvous")],
-                              stdout=subprocess.PIPE, text=True) for r in range(2)]
-    assert [p.communicate(timeout=120)[0].split() for p in ranks] == [["True", "False"]] * 2
+            "dist.init_process_group('gloo', init_method=sys.argv[2], rank=rank, world_size=2)\n"
+            "print(link.agree(rank == 1), link.agree(False), flush=True)\n"
+            "dist.barrier()\n")
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
+    ranks = [subprocess.Popen([sys.executable, "-c", code, str(r), f"tcp://127.0.0.1:{port}"],
+                              stdout=subprocess.PIPE, text=True, env=env) for r in range(2)]
+    assert [p.communicate(timeout=300)[0].split() for p in ranks] == [["True", "False"]] * 2
 
 
 def test_link_is_cheap_to_import_and_pulls_in_no_torch():
