@@ -72,6 +72,7 @@ def main() -> int:
         if args.save_every and (step % args.save_every == 0 or step == args.total):
             save(os.path.join(args.ckpt_dir, f"step-{step:06d}.json"), step, state)
     if not args.save_every:
+        link.heartbeat(step, args.total, every_seconds=0)  # status shows where it stopped
         path = os.path.join(args.ckpt_dir, f"state-{step:06d}.json")
         with handoff.saving():
             save(path, step, state)

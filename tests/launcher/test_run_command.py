@@ -72,6 +72,24 @@ def test_the_argv_is_kept_exactly_and_rendered_quoted(tmp_path):
     assert not [line for line in script.splitlines() if line.startswith("#$ -l gpus")]
 
 
+def test_run_yaml_keeps_the_argv_and_bash_reads_back_exactly_that(tmp_path, monkeypatch):
+    from slmjobs import launch, rundir
+    from slmjobs.render import render_link
+
+    hostile = ["python3", "-c", "print(1)", "a b", "$(touch pwned)", "it's", "\\n", "", "--", "*"]
+    monkeypatch.chdir(tmp_path)
+    spec = launch.resolve(launch.Request(kind="command", options={"argv": hostile},
+                                         cluster=str(profile(tmp_path)), cpus=1, name="q"))
+    run_dir = launch.create(spec)
+    assert rundir.load_run(run_dir)["argv"] == hostile
+    script = render_link(rundir.load_run(run_dir), 1)
+    command = script.split('"$SLMJOBS_PYTHON" -m slmjobs.wrapper \\\n', 1)[1].split("    &\n", 1)[0]
+    out = subprocess.run(["bash", "-c", "printf '%s\\0' \\\n" + command], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=60)
+    assert out.stdout.split("\0")[:-1] == [str(run_dir), "--", *hostile]
+    assert not (tmp_path / "pwned").exists()
+
+
 # ------------------------------------------------------------------ slmjobs.link
 def test_link_decides_from_the_deadline_the_step_and_the_save(monkeypatch):
     now = time.time()
