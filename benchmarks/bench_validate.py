@@ -3,8 +3,11 @@ launch --dry-run` is 0.5 s). Median wall and CPU time, alternating, of
 
     python -c pass                                   the interpreter alone
     python -c 'import trainer.validate'              the checks' module alone
-    python -c '...validate(compose([...]))'          a hydra compose of trainer/conf + the checks
+    python -c '...validate(compose([...]))'          trainer/conf composed (trainer.compose, no
+                                                     hydra) + the checks: what `slmjobs launch` runs
+    python -c '...compose_with_hydra...'             the same composed by hydra.compose itself
     python -m trainer.validate ...                   the same through the command line (JSON out)
+    python -c '...validate_members(16 members)'      a sweep of 16 members checked in one process
 
 against a dataset description written for the run (dataset.json + index files: all the checks
 read), and the modules that `import trainer.validate` loads (python -X importtime): no torch,
@@ -28,6 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ('torch', 'numpy', 'composer', 'streaming', 'omegaconf', 'hydra')
+SWEEP = 16
 
 
 def write_dataset(path: Path) -> Path:
@@ -74,12 +78,18 @@ def main() -> None:
     data = write_dataset(Path(tempfile.mkdtemp(prefix='bench-validate-')) / 'ds')
     env = {**os.environ, 'PYTHONPATH': str(REPO)}
     overrides = ['model=gpt2', f'data.path={data}']
+    members = [[*overrides, f'train.lr={lr:.1e}'] for lr in (1e-4 * 1.5 ** i for i in range(SWEEP))]
     commands = {
         'python -c pass': [sys.executable, '-c', 'pass'],
         'import trainer.validate': [sys.executable, '-c', 'import trainer.validate'],
         'compose + validate': [sys.executable, '-c', 'from trainer.validate import compose, validate; '
                                f'validate(compose({overrides!r}), world_size=2)'],
+        'hydra.compose + validate': [sys.executable, '-c', 'from trainer.validate import validate; '
+                                     'from trainer.compose import compose_with_hydra; '
+                                     f'validate(compose_with_hydra({overrides!r}), world_size=2)'],
         'python -m trainer.validate': [sys.executable, '-m', 'trainer.validate', '--ranks', '2', *overrides],
+        f'{SWEEP} members, one process': [sys.executable, '-c', 'from trainer.validate import validate_members; '
+                                         f'validate_members({members!r}, world_size=2)'],
     }
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for _ in range(args.repeat):  # alternating, so a change in the machine's load hits all alike
@@ -93,7 +103,12 @@ def main() -> None:
         wall = statistics.median(w for w, _ in samples)
         cpu = statistics.median(c for _, c in samples)
         extra = '' if name == 'python -c pass' else f'   (+{wall - base_wall:.3f} s wall, +{cpu - base_cpu:.3f} s CPU over the interpreter)'
-        print(f'  {name:28s} median {wall:.3f} s wall, {cpu:.3f} s CPU{extra}')
+        print(f'  {name:30s} median {wall:.3f} s wall, {cpu:.3f} s CPU{extra}')
+
+    one = statistics.median(c for _, c in runs['compose + validate'])
+    many = statistics.median(c for _, c in runs[f'{SWEEP} members, one process'])
+    print(f'  a sweep member beyond the first: +{(many - one) / (SWEEP - 1) * 1e3:.1f} ms CPU '
+          f'(one process each: {one * 1e3:.0f} ms CPU)')
 
     modules = imported(env)
     heavy = sorted({name.split('.')[0] for name, _ in modules} & set(HEAVY))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs and run it: the venv, a real single-node Grid Engine
-# (Debian's gridengine packages, started by scripts/sge-up.sh), a local mail delivery
+# (Debian's gridengine packages, started by scripts/sge-up.sh), a real single-host SLURM
+# (Debian's slurm packages with slurmdbd, started by scripts/slurm-up.sh), a local mail delivery
 # (scripts/mail-up.sh), then pytest. Any failure fails.
 # Usage: bash scripts/test.sh [pytest args...]
 set -euo pipefail
@@ -14,6 +15,8 @@ command -v tmux >/dev/null || { as_root apt-get update -q &&
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q tmux; }
 as_root bash scripts/sge-up.sh up
 qstat -f >/dev/null   # the cluster answers, or we stop here
+as_root bash scripts/slurm-up.sh up
+sinfo -h >/dev/null && sacct -n -X -S now >/dev/null   # SLURM and its accounting answer
 # mailx and a local exim4: the one mail a run sends when it is over is delivered for real
 as_root bash scripts/mail-up.sh
 

@@ -40,9 +40,12 @@ NOTHING = 3   # begin: nothing to do; the job script exits 0 without starting th
 # The worker's exit statuses (docs/CONTRACTS.md). 128 + 9: SIGKILL from outside the job (the
 # kernel's OOM killer, a node agent), which is a kill like h_rt, not a crash.
 # 74 (EX_IOERR): a save failed for lack of space or quota, which retrying cannot fix either.
-EXIT_FINISHED, EXIT_BAD_CONFIG, EXIT_DISK_FULL, EXIT_HANDED_OFF, EXIT_SIGKILL = 0, 2, 74, 75, 137
+# 65 (EX_DATAERR): the loss or the weights became non-finite; the same data diverges again.
+EXIT_FINISHED, EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_DISK_FULL, EXIT_HANDED_OFF, EXIT_SIGKILL = (
+    0, 2, 65, 74, 75, 137)
 # Exit statuses after which the chain must stop at once, and the reason it records.
-STOPPING_EXITS = {EXIT_BAD_CONFIG: BAD_CONFIG, EXIT_DISK_FULL: DISK_FULL}
+STOPPING_EXITS = {EXIT_BAD_CONFIG: BAD_CONFIG, EXIT_DIVERGED: events.DIVERGED,
+                  EXIT_DISK_FULL: DISK_FULL}
 
 
 class Run:

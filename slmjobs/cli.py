@@ -7,6 +7,7 @@ Bad input raises UsageError anywhere below: one line on stderr, exit status 2.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -57,6 +58,26 @@ def launch(model, overrides, gpus, cluster, walltime, name, max_links, project, 
                       after=str(_find_run(after)) if after else None)
     result = do_launch(request, dry_run=dry_run, validate=validate)
     _report_launch(result, dry_run)
+    _launch_eval_after(result, overrides, cluster, project, dry_run)
+
+
+def _launch_eval_after(result: dict, overrides, cluster, project, dry_run: bool) -> None:
+    """eval.after=[TASKS]: an eval run that waits for the training run and starts when it
+    finishes (the training's `then: submit`)."""
+    from slmjobs.kinds.eval import after_tasks
+    from slmjobs.launch import Request, launch as do_launch
+
+    tasks = after_tasks(overrides)
+    if not tasks:
+        return
+    name = f"{result['spec']['name']}-eval"
+    if dry_run:
+        click.echo(f"then: eval run {name} ({','.join(tasks)}) would wait for it", err=True)
+        return
+    request = Request(kind="eval", options={"target": result["run_dir"], "tasks": tasks}, cluster=cluster,
+                      gpus=1, name=name, project=project, after=result["run_dir"])
+    do_launch(request)
+    click.echo(f"then: eval run {name} ({','.join(tasks)}) waits for it: slmjobs status {name}")
 
 
 @cli.command(context_settings={**CONTEXT, "ignore_unknown_options": True,
@@ -112,6 +133,45 @@ def _report_launch(result: dict, dry_run: bool) -> None:
                f"  slmjobs status {name}\n"
                f"  slmjobs logs {name} --follow\n"
                f"  slmjobs cancel {name}")
+
+
+# ------------------------------------------------------------------------ eval
+@cli.command("eval", context_settings=CONTEXT)
+@click.argument("run", required=False)
+@click.option("--hf-dir", metavar="DIR", help="Score a Hugging Face model directory instead of a run.")
+@click.option("--tasks", default="hellaswag", show_default=True, metavar="TASK[,TASK]",
+              help="hellaswag (native scorer) and/or lm-eval task names.")
+@click.option("--checkpoint", metavar="PATH", help="A checkpoint file (default: the newest intact one).")
+@click.option("--all-kept", is_flag=True, help="Every intact checkpoint the run kept.")
+@click.option("--gpus", type=int, default=None, help="GPUs (default 1; 0 = on the CPU).")
+@click.option("--cpus", type=int, default=None, help="CPU slots (with --gpus 0).")
+@click.option("--cluster", metavar="NAME|PATH", help="Cluster profile (default: the run's own).")
+@click.option("--walltime", metavar="HH:MM:SS", help="Walltime of the job (default: the profile's).")
+@click.option("--name", help="Run name of the evaluation (default: RUN-eval-YYYYmmdd-HHMMSS).")
+@click.option("--project", help="Scheduler project (-P).")
+@click.option("--dry-run", is_flag=True, help="Print the exact job script; write and submit nothing.")
+def eval_command(run, hf_dir, tasks, checkpoint, all_kept, gpus, cpus, cluster, walltime, name, project,
+                 dry_run):
+    """Score RUN's newest intact checkpoint (or --checkpoint, --all-kept, or --hf-dir DIR) on
+    HellaSwag and/or lm-eval tasks, as a job; scores go to RUN's evals.jsonl."""
+    from slmjobs import rundir
+    from slmjobs.kinds.eval import default_name
+    from slmjobs.launch import Request, launch as do_launch
+
+    if (run is None) == (hf_dir is None):
+        raise UsageError("give a RUN or --hf-dir DIR (one of them)")
+    if cpus is not None and gpus not in (None, 0):
+        raise UsageError(f"--cpus {cpus} with --gpus {gpus}: allowed: --gpus N or --cpus N (then --gpus 0)")
+    target = str(_find_run(run)) if run else None
+    if cluster is None and target:  # the run's own cluster
+        snapshot = rundir.load_run(target).get("cluster") or {}
+        cluster = snapshot.get("source") if os.path.isfile(str(snapshot.get("source"))) else snapshot.get("name")
+    request = Request(kind="eval", options={"target": target, "hf_dir": hf_dir,
+                                            "tasks": [t for t in tasks.split(",") if t],
+                                            "checkpoint": checkpoint, "all_kept": all_kept},
+                      cluster=cluster, gpus=0 if cpus is not None and gpus is None else gpus, cpus=cpus,
+                      walltime=walltime, name=name or default_name(target, hf_dir), project=project)
+    _report_launch(do_launch(request, dry_run=dry_run), dry_run)
 
 
 # ---------------------------------------------------------------- finding runs by name
@@ -285,24 +345,55 @@ def list_clusters():
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def prepare(args):
     """Prepare a dataset: forwards to `python -m trainer.prepare ARGS` (try `prepare --help`)."""
-    import subprocess
+    _become_worker("trainer.prepare", list(args))
 
-    return subprocess.call([sys.executable, "-m", "trainer.prepare", *args])
+
+def _become_worker(module, args):
+    """Replace this process with `python -m MODULE ARGS`: one process, so a kill of the pid the
+    user sees (or a job's end) ends the work too; a child would run on to the end. The worker's
+    exit status and its one-line errors are the command's."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", module, *args])
+
+
+@cli.group("eval-data", context_settings=CONTEXT)
+def eval_data():
+    """Evaluation data for jobs, which have no network (run on a login node)."""
+
+
+@eval_data.command("fetch", context_settings=CONTEXT)
+@click.argument("task", metavar="hellaswag")
+@click.option("--file", metavar="PATH", help="Copy this local file instead of downloading the original.")
+@click.option("--cluster", metavar="NAME|PATH", help="Cluster profile whose data_root receives it.")
+def eval_data_fetch(task, file, cluster):
+    """Download (or copy with --file) TASK's items to <data_root>/evals/TASK/, checked against the
+    pinned hash, with a manifest written last."""
+    from pathlib import Path
+
+    from slmjobs import evaldata, profiles
+
+    profile = profiles.load(cluster)
+    root = profiles.data_root(profile, profiles.project_of(None, profile)) or Path("data").absolute()
+    folder, manifest, warnings = evaldata.fetch(task, root, file)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"{task}: {manifest['items']} items in {folder} (git blob {manifest['git_blob'][:12]})")
 
 
 # ------------------------------------------------------------------ sample, export
 def _forward_to_worker(module, run, options):
-    """Run `python -m trainer.MODULE RUN_DIR --option value ...` with the options the user gave
+    """Become `python -m trainer.MODULE RUN_DIR --option value ...` with the options the user gave
     (the worker owns the defaults and the checks; torch lives there, never in the CLI)."""
-    import subprocess
-
     args = []
     for name, value in options.items():
         if value is True:
             args.append(f"--{name.replace('_', '-')}")
         elif value not in (None, False):
             args += [f"--{name.replace('_', '-')}", str(value)]
-    return subprocess.call([sys.executable, "-m", module, str(_find_run(run)), *args])
+    _become_worker(module, [str(_find_run(run)), *args])
 
 
 @cli.command(context_settings=CONTEXT)
@@ -346,6 +437,14 @@ def main(argv=None) -> None:
             raise
         click.echo(f"slmjobs: scheduler error: {exc}", err=True)
         sys.exit(1)
+    except OSError as exc:  # a full, read-only or closed filesystem: one line, as the worker's
+        from slmjobs.rundir import filesystem_failure
+
+        failure = filesystem_failure(exc)
+        if failure is None:
+            raise
+        click.echo(f"slmjobs: error: {failure[1]}", err=True)
+        sys.exit(failure[0])
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

@@ -15,6 +15,7 @@ SUBMIT_FAILED = "submit_failed"   # the next link could not be submitted, retrie
 BAD_CONFIG = "bad_config"         # the worker exited 2: its input can never train
 DISK_FULL = "disk_full"           # the worker exited 74: a save failed for lack of space/quota
 NO_INTACT_CHECKPOINT = "no_intact_checkpoint"  # every checkpoint to resume from is damaged
+DIVERGED = "diverged"             # the worker exited 65: the loss or the weights became NaN/inf
 
 
 # ------------------------------------------------------------------ constructors

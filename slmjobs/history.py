@@ -12,7 +12,7 @@ import json
 
 from slmjobs.rundir import history_path
 
-VALUE_EVENTS = ("train", "eval")
+VALUE_EVENTS = ("train", "eval", "hellaswag")
 
 
 def read_records(run_dir) -> list[dict]:
@@ -41,7 +41,7 @@ def current_history(run_dir) -> list[dict]:
     A `start` record at step S (a link resuming from its checkpoint at S) supersedes every
     earlier record with a step after S: those steps were lost with the link that trained
     them and trained again. Of two records of one event at one step, the later one counts.
-    So every step has at most one `train` and one `eval` record, from the timeline that led
+    So every step has at most one `train`, one `eval` and one `hellaswag` record, from the timeline that led
     to the run's latest checkpoint. `start` records are kept: they are the link boundaries."""
     kept: list[dict] = []
     for record in read_records(run_dir):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from slmjobs import events, ledger, rundir
+from slmjobs import evals, events, ledger, rundir
 from slmjobs.errors import UsageError
 from slmjobs.history import current_history
 
@@ -22,6 +22,7 @@ METRICS = {
     "bits_per_byte": ("train", "bits_per_byte", "bits per byte"),
     "lr": ("train", "lr", "learning rate"),
     "tokens_per_sec": ("train", "tokens_per_sec", "tokens/s"),
+    "hellaswag": ("hellaswag", "acc_norm", "HellaSwag acc_norm (lm-eval 0.4.13 scoring, 0-shot)"),
 }
 VALIDATION_OF = {"loss": "val_loss", "bits_per_byte": "val_bits_per_byte"}
 X_AXES = {
@@ -86,6 +87,8 @@ def load_histories(run_dirs, metric: str) -> list[tuple[Path, list[dict]]]:
     for run_dir in run_dirs:
         run_dir = Path(run_dir)
         records = current_history(run_dir)
+        if event == evals.TASK:  # scored during training, then by eval runs after it
+            records = records + evals.scored_points(run_dir)
         if not any(r.get("event") == event and isinstance(r.get(field), (int, float))
                    for r in records):
             what = "no metrics history yet" if not records else f"no {metric} values yet"
@@ -115,6 +118,17 @@ def plot(run_dirs, metric: str = "loss", x: str = "step", output=None) -> Path:
     return path
 
 
+def reference_lines(axes, histories) -> list:
+    """The published HellaSwag acc_norm of each plotted run's preset (slmjobs.evals), dotted."""
+    lines = []
+    for preset in dict.fromkeys(rundir.run_summary(run_dir).get("model") for run_dir, _ in histories):
+        reference = evals.HELLASWAG_REFERENCES.get(preset)
+        if reference:
+            lines.append(axes.axhline(reference["acc_norm"], color="0.25", linestyle=(0, (1, 2)), linewidth=1.2,
+                                      label=f"{reference['model']}: {reference['acc_norm']} (lm-eval)"))
+    return lines
+
+
 def draw(histories: list[tuple[Path, list[dict]]], metric: str, x: str):
     """The matplotlib Figure: a line per run, its validation points as markers, a thin
     vertical line (in the run's colour, styled by how the link ended) at every link boundary."""
@@ -131,7 +145,7 @@ def draw(histories: list[tuple[Path, list[dict]]], metric: str, x: str):
     for i, (run_dir, records) in enumerate(histories):
         color = RUN_COLORS[i % len(RUN_COLORS)]
         xs, ys = series(records, event, field, x)
-        style = dict(marker="o", markersize=4) if event == "eval" else {}
+        style = dict(marker="o", markersize=4) if event in ("eval", evals.TASK) else {}
         handles += axes.plot(xs, ys, color=color, linewidth=1.2, label=run_dir.name, **style)
         validation = VALIDATION_OF.get(metric)
         if validation:
@@ -146,6 +160,8 @@ def draw(histories: list[tuple[Path, list[dict]]], metric: str, x: str):
                 axes.axvline(record[x_key] * x_scale, color=color, linestyle=linestyle,
                              linewidth=0.9, alpha=0.8)
                 boundary_kinds[text] = linestyle
+    if metric == "hellaswag":
+        handles += reference_lines(axes, histories)
     if has_validation:
         handles.append(Line2D([], [], linestyle="none", marker="o", markersize=5, color="white",
                               markeredgecolor="black", label="validation"))

@@ -5,7 +5,7 @@ Where profiles come from, first match wins:
   2. the user's config dir: `$SLMJOBS_CONFIG_DIR/clusters/NAME.yaml`
      (default `${XDG_CONFIG_HOME:-~/.config}/slmjobs/clusters/NAME.yaml`), so users add or shadow
      profiles without touching the package;
-  3. the shipped profiles (scc, sge, local): the repository's `cluster/` folder, which the
+  3. the shipped profiles (scc, sge, slurm, local): the repository's `cluster/` folder, which the
      package sees as `slmjobs/clusters` (a symlink in the source tree, real files in a wheel).
 
 The default profile is env SLMJOBS_CLUSTER, else `cluster:` in `<config dir>/config.yaml`, else
@@ -37,7 +37,8 @@ _STR, _INT, _BOOL, _LIST, _DICT = (str,), (int,), (bool,), (list,), (dict,)
 _OPT_STR = (str, type(None))
 # The keys every profile has; its scheduler's backend adds its own (Backend.PROFILE_KEYS).
 SCHEMA: dict[str, tuple] = {
-    "scheduler": (_STR, REQUIRED, "a scheduler in slmjobs.backends.REGISTRY"),
+    "scheduler": (_STR, REQUIRED, "a scheduler in slmjobs.backends.REGISTRY, or a module that "
+                                  "defines BACKEND"),
     "description": (_STR, "", "a string"),
     "shell": (_STR, "/bin/bash", "an interpreter for the #! line, e.g. '/bin/bash -l'"),
     "python_module": (_OPT_STR, None,
@@ -91,9 +92,14 @@ def format_walltime(seconds: int) -> str:
 def schema_of(data: dict, source: str) -> dict[str, tuple]:
     """SCHEMA plus the keys of the profile's scheduler."""
     scheduler = data.get("scheduler")
-    if scheduler not in backends.REGISTRY:
+    if not isinstance(scheduler, str):
         raise _fail(source, "scheduler", scheduler, "one of: " + ", ".join(backends.REGISTRY))
-    return {**SCHEMA, **backends.get_backend(scheduler).PROFILE_KEYS}
+    try:
+        backend = backends.get_backend(scheduler)
+    except UsageError:
+        raise _fail(source, "scheduler", scheduler, "one of: " + ", ".join(backends.REGISTRY)
+                    + ", or a module that defines BACKEND") from None
+    return {**SCHEMA, **backend.PROFILE_KEYS}
 
 
 def validate(data, source: str) -> dict:

@@ -11,6 +11,7 @@ The layout is docs/CONTRACTS.md's table; every other module asks here for a path
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -30,7 +31,7 @@ LATEST_CHECKPOINT = "latest-rank0.pt"
 HISTORY_FILE = "metrics.jsonl"     # its format and reader: slmjobs.history
 LOCK_FILE = ".lock"                # held by whatever changes the chain from outside
 # The files a status row is computed from: a row is valid while none of them changed.
-STATUS_INPUTS = (RUN_FILE, LEDGER_FILE, PROGRESS_FILE, DONE_FILE)
+STATUS_INPUTS = (RUN_FILE, LEDGER_FILE, PROGRESS_FILE, DONE_FILE, "evals.jsonl")  # evals: slmjobs.evals
 
 
 # ------------------------------------------------------------------------ paths
@@ -279,6 +280,28 @@ def human_bytes(n: float) -> str:
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
+
+
+# The worker's statuses for the same faults (docs/CONTRACTS.md; trainer.failures words its own).
+EXIT_CANT_CREATE, EXIT_NO_SPACE = 73, 74
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def filesystem_failure(exc: BaseException) -> tuple[int, str] | None:
+    """(exit status, one line) for a write the filesystem refused for a reason retrying cannot
+    fix: no space or quota (74), read-only or permission denied (73); None for anything else."""
+    if not isinstance(exc, OSError) or exc.errno not in NO_SPACE + NOT_WRITABLE:
+        return None
+    where = "a write failed"  # a failed write() names no file
+    if exc.filename:
+        mount, kind = filesystem_of(exc.filename)
+        where = f"{exc.filename} (filesystem {mount}, {kind})"
+    if exc.errno in NO_SPACE:
+        return EXIT_NO_SPACE, (f"{exc.strerror}: {where}; free some space or raise the quota, then "
+                               f"run the command again")
+    return EXIT_CANT_CREATE, (f"{exc.strerror}: {where}; allowed: a runs root (SLMJOBS_RUNS_ROOT, the "
+                              f"profile's runs_root) and outputs where you may write")
 
 
 def no_room_for_a_checkpoint(run_dir) -> str | None:

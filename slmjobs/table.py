@@ -40,6 +40,13 @@ def number(key: str, spec: str) -> Callable[[dict], str]:
     return lambda row: "-" if row.get(key) is None else format(row[key], spec)
 
 
+# What to change before resuming a run stopped for these reasons: resumed as it is, it would
+# stop the same way again.
+BEFORE_RESUMING = {
+    "diverged": "lower train.lr in the overrides of its run.yaml (the next links read them), then ",
+}
+
+
 def note(row: dict) -> str:
     """Why a run stopped or is broken, and the command that continues it; else what the
     scheduler says about its job."""
@@ -56,7 +63,7 @@ def note(row: dict) -> str:
         return f"no link submitted yet; {resume}"
     if row.get("stop_reason") and row["stop_reason"] not in ("finished", "cancelled"):
         detail = f" ({row['stop_detail']})" if row.get("stop_detail") else ""
-        return f"stopped: {row['stop_reason']}{detail}; {resume}"
+        return f"stopped: {row['stop_reason']}{detail}; {BEFORE_RESUMING.get(row['stop_reason'], '')}{resume}"
     return row.get("job_reason") or ""
 
 

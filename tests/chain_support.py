@@ -1,6 +1,7 @@
 """Helpers for the tests that run real chains of jobs (tests/chain/test_chain_e2e.py,
-test_scheduler_faults.py): a campaign of runs launched through the real CLI, the state of a
-chain read from its ledger and the scheduler, and final weights compared bit for bit."""
+test_scheduler_faults.py): a campaign of runs launched through the real CLI on each real
+scheduler, the state of a chain read from its ledger and the scheduler, and final weights
+compared bit for bit."""
 
 from __future__ import annotations
 
@@ -19,10 +20,17 @@ from support import assert_bitwise_equal, model_weights, wait_until  # noqa: F40
 CLI = [sys.executable, "-c", "import sys; from slmjobs.cli import main; sys.exit(main())"]
 
 
-def sge_profile(walltime: str, margin: int, limits: dict, **extra) -> dict:
-    """The test cluster with short links; `extra` keys are added (env is merged)."""
-    return {"scheduler": "sge", "description": "test cluster, short links", "max_gpus": 4,
-            "gpu_resource": "gpus", "pe": "omp", "cpus_per_gpu": 1,
+# The real schedulers a chain test runs on, each with its test cluster's GPUs and CPUs as a
+# profile asks for them.
+SCHEDULERS = ("sge", "slurm")
+RESOURCE_KEYS = {"sge": {"gpu_resource": "gpus", "pe": "omp", "cpus_per_gpu": 1},
+                 "slurm": {"cpus_per_gpu": 1}, "local": {}}
+
+
+def cluster_profile(scheduler: str, walltime: str, margin: int, limits: dict, **extra) -> dict:
+    """The test cluster of `scheduler` with short links; `extra` keys are added (env is merged)."""
+    return {"scheduler": scheduler, "description": "test cluster, short links", "max_gpus": 4,
+            **RESOURCE_KEYS[scheduler],
             "walltime_default": walltime, "walltime_max": "01:00:00", "handoff_margin": margin,
             # one thread per rank: the same arithmetic in every link and in the reference
             "env": {"OMP_NUM_THREADS": "1", **extra.pop("env", {})},
@@ -30,10 +38,8 @@ def sge_profile(walltime: str, margin: int, limits: dict, **extra) -> dict:
 
 
 def local_profile(walltime: str, margin: int, limits: dict) -> dict:
-    profile = sge_profile(walltime, margin, limits)
-    for key in ("gpu_resource", "pe", "cpus_per_gpu"):
-        profile.pop(key)
-    return {**profile, "scheduler": "local", "description": "this machine, short links"}
+    return {**cluster_profile("local", walltime, margin, limits),
+            "description": "this machine, short links"}
 
 
 class Campaign:

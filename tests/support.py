@@ -51,6 +51,15 @@ def train_spec(model: str = "tiny", overrides=(), **request) -> dict:
                                          **request))
 
 
+def sbatch_script(directory: Path, name: str, body: str, *options: str) -> Path:
+    """A minimal SLURM job script (`#SBATCH` options), for the backends' own tests."""
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={name}", f"#SBATCH --output={directory}/{name}.out",
+             "#SBATCH --time=00:10:00", *[f"#SBATCH {o}" for o in options], body, ""]
+    path = directory / f"{name}.sh"
+    path.write_text("\n".join(lines))
+    return path
+
+
 def make_run_dir(path: Path, scheduler: str = "local", gpus: int = 1, **chain) -> Path:
     """A run directory at `path` as `slmjobs launch` writes it (run.yaml through the real
     writers, for the shipped `scheduler` profile), with no job submitted yet. `chain`
@@ -96,7 +105,7 @@ class Run:
         else:
             cmd = [PYTHON, '-m', 'trainer.train']
         cmd += overrides + [f'run_name={run_dir.name}', f'run_dir={run_dir}']
-        script = "trap '' USR1 USR2; " + ' '.join(shlex.quote(c) for c in cmd)
+        script = "trap '' USR1 USR2 TERM; " + ' '.join(shlex.quote(c) for c in cmd)
         self.log = open(self.log_path, 'w')
         self.proc = subprocess.Popen(['bash', '-c', script], stdout=self.log, stderr=subprocess.STDOUT,
                                      cwd=run_dir.parent, env=env, start_new_session=True)

@@ -1,6 +1,7 @@
 """The README's demo command, as written (less the venv setup): prepare the offline corpus and
-train `tiny` to the end through `slmjobs launch` on the local backend. About 2 minutes on an
-idle 2-core machine."""
+train `tiny` to the end through `slmjobs launch` on the local backend, over at least two links
+(two-minute walltime, paced steps: at least 100 s of training in links of at most 90 s). About
+3 minutes on an idle 2-core machine."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+from slmjobs import history, ledger
+from slmjobs.plot import link_boundaries
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,4 +46,12 @@ def test_demo_prepares_the_offline_corpus_and_trains_tiny_to_the_end(tmp_path):
     for what in ("checkpoints/", "logs/link-001.log", "progress.json", "wandb/", "metrics.jsonl",
                  "plots/loss.png"):
         assert f"{run_dir}/{what}" in out
-    assert re.search(rf"{name}\s+tiny\s+1\s+1/\d+\s+\S+\s+finished", out)
+    assert re.search(rf"{name}\s+tiny\s+1\s+\d+/\d+\s+\S+\s+finished", out)
+    # The chain: handed off at least once, said so, and the plot draws it.
+    ended = [e for e in ledger.read(run_dir) if e["event"] == "ended"]
+    handed = [e for e in ended if e["how"] == "handed_off"]
+    assert handed and ended[-1]["how"] == "finished"
+    for e in handed:
+        assert f"link {e['link']} handed off at step {e['progress']}" in out
+    boundaries = link_boundaries(run_dir, history.current_history(run_dir))
+    assert [how for _, how in boundaries if how == "handed_off"], boundaries

@@ -100,7 +100,9 @@ def test_the_ledger_events_in_the_contracts_are_the_ones_the_code_constructs():
 
 
 # ------------------------------------------------------------ schedulers stay in backends/
-SCHEDULER_WORDS = {"qsub", "qstat", "qacct", "qdel", "qconf", "JOB_ID", "NSLOTS"}
+SCHEDULER_WORDS = {"qsub", "qstat", "qacct", "qdel", "qconf", "qrls", "JOB_ID", "NSLOTS",
+                   "sbatch", "squeue", "sacct", "scancel", "scontrol"}
+SCHEDULER_PREFIXES = ("SGE_", "SLURM_", "SBATCH_")
 
 
 def docstrings(tree: ast.AST) -> set[int]:
@@ -124,7 +126,7 @@ def scheduler_leaks(path: Path) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose:
             words = node.value.split()
-            if node.value in SCHEDULER_WORDS or node.value.startswith("SGE_") \
+            if node.value in SCHEDULER_WORDS or node.value.startswith(SCHEDULER_PREFIXES) \
                     or (words and words[0] in SCHEDULER_WORDS):
                 leaks.append(f"{path.name}:{node.lineno}: {node.value!r}")
         if isinstance(node, ast.Compare):
@@ -138,8 +140,9 @@ def test_the_leak_finder_finds_leaks(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text('"""qsub in prose is fine."""\nimport os\n'
                       'job = os.environ.get("JOB_ID")\nx = ["qsub", "-terse"]\n'
-                      'if kind == "sge":\n    pass\ny = os.environ["SGE_ROOT"]\n')
-    assert len(scheduler_leaks(sample)) == 4
+                      'if kind == "sge":\n    pass\ny = os.environ["SGE_ROOT"]\n'
+                      'z = ["sbatch", "--parsable"]\nw = os.environ["SLURM_JOB_ID"]\n')
+    assert len(scheduler_leaks(sample)) == 6
 
 
 def test_no_scheduler_names_or_variables_outside_backends():
@@ -151,7 +154,7 @@ def test_no_scheduler_names_or_variables_outside_backends():
 def test_the_job_script_template_names_scheduler_variables_only_in_echo_lines():
     for template in (PACKAGE / "templates").glob("base*.j2"):
         for line in template.read_text().splitlines():
-            named = any(w in line for w in SCHEDULER_WORDS) or "SGE_" in line
+            named = any(w in line for w in (*SCHEDULER_WORDS, *SCHEDULER_PREFIXES))
             if named:
                 assert line.lstrip().startswith(("echo", "#", "{#")), f"{template.name}: {line}"
 

@@ -3,10 +3,11 @@
 Imports Composer at module level: trainer.train imports this module only once it trains, so the
 module boundary keeps `import composer` (seconds) off the path of the configuration checks.
 
-    HandOff         BATCH_END: stop here? (deadline, signal; all ranks agree)
+    HandOff         BATCH_END: stop here? (deadline, signal, a non-finite loss; all ranks agree)
     SaveInterval    BATCH_CHECKPOINT: is a checkpoint due? (Composer's CheckpointSaver asks)
     SaveTimer       after the CheckpointSaver: how long the save took; progress.json; pruning
     EvalInterval    is an evaluation due? (not on a hand-off)
+    HellaSwagEval   BATCH_END, after the hand-off decision: HellaSwag every eval.every steps
     ProgressLogger  console lines and the progress.json heartbeat (trainer.history's
                     MetricsHistory, after it, appends what it logged to metrics.jsonl)
     LocalCheckpointsWandBLogger  wandb, with checkpoints kept in run_dir only
@@ -29,7 +30,9 @@ from composer.loggers import Logger, WandBLogger
 from composer.utils import dist
 from composer.utils.misc import create_interval_scheduler
 
-from trainer.handoff import EXIT_SECONDS, StopRequest
+from trainer.checkpoints import non_finite
+from trainer.errors import Diverged
+from trainer.handoff import EXIT_SECONDS, StopRequest, take_python_handlers
 from trainer.progress import Progress, format_duration, record_checkpoint, say
 
 
@@ -42,9 +45,16 @@ class HandOff(Callback):
     agree (a one-element all-reduce), training stops at this batch, and Composer's
     CheckpointSaver writes the checkpoint for this step.
 
+    The same all-reduce carries a second verdict: the loss of this batch, or a weight after its
+    update, is NaN or infinite. Then every rank raises Diverged at this BATCH_END, before the
+    CheckpointSaver's BATCH_CHECKPOINT, so no non-finite state is ever saved (no hand-off or
+    final save either): the newest checkpoint stays the last finite one.
+
     Must be registered before Composer's CheckpointSaver (user callbacks are), with `SaveTimer`
     after it, so that BATCH_END -> BATCH_CHECKPOINT brackets the save.
     """
+
+    STOP, DIVERGED = 1, 2  # the all-reduced flag (MAX: divergence wins over a hand-off)
 
     def __init__(self, deadline: Optional[float], save_seconds_guess: float, eval_every: int,
                  eval_seconds_guess_per_batch: float):
@@ -58,19 +68,25 @@ class HandOff(Callback):
         self.max_steps = 0
         self.stopped_early = False
         self.reason = ''
+        self.checkpoint_step: Optional[int] = None  # the newest checkpoint's step (all finite)
         self._mark = time.time()  # end of the previous batch's checkpoint phase
         self._eval_started = 0.0
+        self.hellaswag: Optional['HellaSwagEval'] = None  # its time is added when it is due
 
     # -- timing -----------------------------------------------------------------------------
 
     def fit_start(self, state: State, logger: Logger) -> None:
         self.max_steps = int(state.max_duration.value)
+        self.checkpoint_step = int(state.timestamp.batch) or None  # resumed from it, if any
         self._mark = time.time()
+        take_python_handlers()  # Composer's engine set its own SIGTERM handler when imported
 
-    def after_checkpoint_phase(self, save_seconds: Optional[float]) -> None:
-        """Called by SaveTimer once the CheckpointSaver has run for this batch."""
+    def after_checkpoint_phase(self, save_seconds: Optional[float], step: int) -> None:
+        """Called by SaveTimer once the CheckpointSaver has run for batch `step` (save_seconds:
+        None when it saved nothing)."""
         if save_seconds is not None:
             self.save_seconds.append(save_seconds)
+            self.checkpoint_step = step
         self._mark = time.time()
 
     def eval_start(self, state: State, logger: Logger) -> None:
@@ -107,19 +123,54 @@ class HandOff(Callback):
             needed = self.estimate_batch() + 1.25 * self.estimate_save() + EXIT_SECONDS
             if self._next_batch_evaluates(step):
                 needed += self.estimate_eval()
+            # both evaluations run after the same batch: their times add up
+            hellaswag_due = self.hellaswag is not None and self.hellaswag.due(step + 1, self.max_steps)
+            if hellaswag_due:
+                needed += self.hellaswag.estimate(self.estimate_batch())
             if now + needed > self.deadline:
                 local_reason = (f'deadline in {self.deadline - now:.1f} s < next batch '
                                 f'{self.estimate_batch():.2f} s + save {self.estimate_save():.2f} s'
                                 f' + exit {EXIT_SECONDS:.1f} s'
                                 + (f' + eval {self.estimate_eval():.2f} s'
-                                   if self._next_batch_evaluates(step) else ''))
-        flag = torch.tensor([1 if local_reason else 0], dtype=torch.int32)
-        flag = state.device.tensor_to_device(flag)
+                                   if self._next_batch_evaluates(step) else '')
+                                + (f' + hellaswag {self.hellaswag.estimate(self.estimate_batch()):.2f} s'
+                                   if hellaswag_due else ''))
+        flag = state.device.tensor_to_device(torch.tensor([self.STOP if local_reason else 0], dtype=torch.int32))
+        flag = torch.maximum(flag, self.DIVERGED * non_finite_flag(state.loss, state.model))
         dist.all_reduce(flag, reduce_operation='MAX')  # every rank stops at the same step
-        if int(flag.item()) and step < self.max_steps:
+        verdict = int(flag.item())
+        if verdict == self.DIVERGED:
+            raise Diverged(self.diverged_line(state, step))
+        if verdict and step < self.max_steps:
             self.stopped_early = True
             self.reason = local_reason or 'another rank asked to stop'
             state.stop_training()  # CheckpointSaver saves at this BATCH_CHECKPOINT
+
+    def diverged_line(self, state: State, step: int) -> str:
+        """What became non-finite at `step`, and what to do."""
+        loss = state.total_loss_dict.get('loss/train/total', 0.0)  # averaged over the ranks by Composer
+        if not math.isfinite(loss):
+            what = f'the loss became non-finite ({loss}) at step {step}'
+        else:
+            found = next(((name, kind) for name, p in state.model.named_parameters()
+                          if (kind := non_finite(p.detach())) is not None), None)
+            what = (f'the weights became non-finite ({found[1]} in {found[0]}) at step {step}' if found
+                    else f'the loss or the weights became non-finite on another rank at step {step}')
+        if self.checkpoint_step is None:
+            return (f'{what}; nothing was saved: start the run again from step 0, perhaps with a '
+                    f'lower train.lr')
+        return (f'{what}; nothing was saved after it: resume from the last finite checkpoint (step '
+                f'{self.checkpoint_step}), perhaps with a lower train.lr')
+
+
+def non_finite_flag(loss, model) -> torch.Tensor:
+    """1 (int32, on the model's device) when the loss or any weight holds a NaN or an infinity,
+    else 0, without waiting for the device: a tensor's sum is NaN or infinite when it holds one
+    (or when it sums past ~3e38, which no trainable model's weights do)."""
+    sums = [p.detach().sum(dtype=torch.float32) for p in model.parameters()]
+    if isinstance(loss, torch.Tensor):
+        sums.append(loss.detach().sum(dtype=torch.float32))
+    return (~torch.isfinite(torch.stack(sums)).all()).to(torch.int32).reshape(1)
 
 
 class SaveInterval:
@@ -169,7 +220,7 @@ class SaveTimer(Callback):
         saver = self.saver
         saved = saver is not None and saver.last_checkpoint_batch == state.timestamp.batch
         seconds = time.time() - self._started if saved else None
-        self.handoff.after_checkpoint_phase(seconds)
+        self.handoff.after_checkpoint_phase(seconds, int(state.timestamp.batch))
         if saved:
             path = saver.saved_checkpoints[-1] if saver.saved_checkpoints else ''
             record_checkpoint(self.progress, int(state.timestamp.batch), path, seconds)
@@ -207,6 +258,89 @@ class EvalInterval:
         if self.every <= 0:
             return event == Event.FIT_END and state.get_elapsed_duration() >= 1.0
         return self.inner(state, event)
+
+
+class HellaSwagEval(Callback):
+    """HellaSwag (trainer/hellaswag.py, lm-eval's numbers) every `every` steps and at the last
+    step, inside the training job, on all ranks (each scores its share of the items).
+
+    Runs at BATCH_END after HandOff has decided: a batch where training stops early is not
+    scored (the time before the deadline belongs to the checkpoint), and HandOff adds this
+    scoring's time to its arithmetic when the next batch will be scored. Not a Composer
+    Evaluator: a second one would log a second `eval` record per step, have its time estimated
+    as the max of the evaluators rather than their sum, and pad the last ranks' batches with
+    repeated items. Rank 0 records each score in metrics.jsonl as its own `hellaswag` event, so it
+    never replaces the `eval` (val_loss) record of the same step, and checkpoint pruning cannot
+    lose it.
+    """
+
+    def __init__(self, every: int, items: list, items_name: str, tokenizer, vocab_size: int,
+                 batch_items: int, history, seconds_guess: Optional[float], handoff: HandOff):
+        self.every = every
+        self.handoff = handoff
+        handoff.hellaswag = self
+        self.items = items  # the chosen items (hellaswag.Item); this rank's share is encoded once
+        self.items_name = items_name
+        self.tokenizer = tokenizer  # the run's tokenizers.Tokenizer
+        self.vocab_size = vocab_size
+        self.batch_items = batch_items
+        self.history = history  # trainer.history.MetricsHistory (rank 0 writes)
+        self.seconds_guess = seconds_guess
+        self.seconds: list[float] = []
+        self.encoded: Optional[list] = None
+
+    def due(self, step: int, max_steps: int) -> bool:
+        return step == max_steps or step % self.every == 0
+
+    def estimate(self, batch_seconds: float) -> float:
+        """The longest scoring so far; before the first, the guess (or: 3 forwards of a training
+        batch's size take about one training step, and a scoring is len(items) * 4 rows)."""
+        if self.seconds:
+            return max(self.seconds)
+        if self.seconds_guess is not None:
+            return self.seconds_guess
+        return batch_seconds * len(self.items) / 8
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        from trainer import hellaswag
+        gpt = _gpt_of(state)
+        encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
+        self.encoded = hellaswag.encode_items(hellaswag.my_share(self.items), encode, gpt.config.block_size)
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        step = int(state.timestamp.batch)
+        if self.handoff.stopped_early or not self.due(step, self.handoff.max_steps):
+            return  # (a hand-off shortens max_duration to this step: ask HandOff, not the state)
+        from composer.core.precision import get_precision_context
+
+        from trainer import hellaswag
+        started = time.time()
+        gpt = _gpt_of(state)
+        was_training = gpt.training
+        gpt.eval()
+        try:
+            lm = hellaswag.gpt_language_model(gpt, self.vocab_size, next(gpt.parameters()).device)
+            with get_precision_context(state.precision):
+                results = hellaswag.gather(hellaswag.score_encoded(lm, self.encoded, self.batch_items))
+        finally:
+            gpt.train(was_training)
+        seconds = time.time() - started
+        self.seconds.append(seconds)
+        summary = hellaswag.summarize(results)
+        if dist.get_global_rank() == 0:
+            say(f'hellaswag step {step} | acc_norm {summary["acc_norm"]:.4f} | acc {summary["acc"]:.4f} | '
+                f'acc_norm_tokens {summary["acc_norm_tokens"]:.4f} | {summary["n"]} items ({self.items_name}) '
+                f'| {seconds:.1f} s')
+            self.history.record('hellaswag', state, {
+                'step': step, 'tokens': int(state.timestamp.token), **summary,
+                'items': self.items_name, 'seconds': round(seconds, 3)})
+
+
+def _gpt_of(state: State):
+    """trainer.gpt.GPT inside the Composer model (which DDP may wrap)."""
+    model = state.model.module if hasattr(state.model, 'module') else state.model
+    return model.model
+
 
 
 class ProgressLogger(Callback):

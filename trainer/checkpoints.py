@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import pickle
 import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -176,3 +177,49 @@ def record_set_aside(run_dir: Path, link: Optional[int], passed: list, resumes_f
             os.write(fd, line)
         finally:
             os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finite weights: a diverged run's NaN model is no model (sample, export)
+# ---------------------------------------------------------------------------------------------
+
+def non_finite(tensor) -> Optional[str]:
+    """'nan' or 'inf' when `tensor` holds one (NaN named first), else None."""
+    import torch
+    if bool(torch.isfinite(tensor).all()):
+        return None
+    return 'nan' if bool(torch.isnan(tensor).any()) else 'inf'
+
+
+def refuse_non_finite(path: Path, weights: dict) -> None:
+    """BadInput naming the first tensor of `weights` (a checkpoint's model state) that holds a
+    NaN or an infinity. Reads every weight once, handing each one's pages back afterwards (see
+    page_out): a gpt2-xl checkpoint is not kept resident for this."""
+    from trainer.errors import BadInput
+    for name, tensor in weights.items():
+        found = non_finite(tensor)
+        page_out(tensor)
+        if found is not None:
+            raise BadInput(f'checkpoint {path}: weight {name} holds {found} (the run diverged before '
+                           f'this save); allowed: a checkpoint whose weights are all finite (name an '
+                           f'earlier one with --checkpoint, from {Path(path).parent})')
+
+
+MADV_PAGEOUT = 21  # Linux >= 5.4 (<linux/mman.h>); Python's mmap module does not always name it
+
+
+def page_out(tensor) -> None:
+    """Hint that the checkpoint pages behind `tensor` (memory-mapped by load) are done with, so
+    reading a whole checkpoint (export, refuse_non_finite) keeps resident memory about one tensor
+    instead of growing to the whole model. Only a hint: the data
+    stays valid (it is read from the file again if touched); where the kernel lacks it, nothing."""
+    import ctypes
+    import mmap
+    if not sys.platform.startswith('linux'):
+        return
+    storage = tensor.untyped_storage()
+    start = -(-storage.data_ptr() // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside it
+    end = storage.data_ptr() + storage.nbytes()
+    if end > start:
+        ctypes.CDLL(None, use_errno=True).madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start),
+                                                  MADV_PAGEOUT)

@@ -90,7 +90,7 @@ class FileSource:
             elif path.suffix in RECORD_SUFFIXES:
                 yield from self._json_lines(path)
             else:
-                text = path.read_text(encoding='utf-8', errors='replace')
+                text = text_of(path, path.read_bytes())
                 self._at = {'file': self._at['file'] + 1, 'offset': 0, 'line': 0}
                 yield text
         except OSError as e:
@@ -132,6 +132,21 @@ class FileSource:
                 self._at = {'file': self._at['file'], 'offset': 0, 'line': row}
                 if text:
                     yield text
+
+
+def text_of(path: Path, data: bytes) -> str:
+    """A text file's contents; BadInput naming the first byte that says it is not UTF-8 text (a
+    binary file named .txt would otherwise go into the dataset as replacement characters)."""
+    nul = data.find(b'\0')
+    if nul >= 0:
+        raise BadInput(f'--source {path}: not a text file (a NUL byte at offset {nul}); allowed: '
+                       f'UTF-8 text files')
+    try:
+        return data.decode('utf-8')
+    except UnicodeDecodeError as e:
+        raise BadInput(f'--source {path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset '
+                       f'{e.start}); allowed: UTF-8 text files (convert it first, e.g. iconv -t '
+                       f'UTF-8)') from None
 
 
 def _file_identity(path: Path) -> list:

@@ -29,10 +29,11 @@ def data_root() -> Path:
     return Path(os.environ.get('SLMJOBS_DATA_ROOT') or 'data')
 
 
-def resolve_dataset_path(path: str, root: Optional[Path] = None) -> Path:
-    """An absolute dataset directory: `~` expanded, a relative path taken under the data root."""
+def resolve_dataset_path(path: str, root: Optional[Path] = None, workdir: Optional[Path] = None) -> Path:
+    """An absolute dataset directory: `~` expanded, a relative path taken under the data root
+    (itself, if relative, under `workdir`: by default this process's working directory)."""
     p = Path(os.path.expanduser(path))
-    return (p if p.is_absolute() else (root or data_root()) / p).absolute()
+    return (p if p.is_absolute() else Path(workdir or '') / (root or data_root()) / p).absolute()
 
 
 def is_finished_dataset(path: Path) -> bool:

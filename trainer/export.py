@@ -17,7 +17,8 @@ near one tensor whatever the model's size (gpt2-xl: benchmarks/bench_export.py).
 DIR is built beside itself and renamed into place: a failed export leaves nothing behind, and an
 existing DIR is only replaced with --force.
 
-Exit status: 0, or 2 for bad input (one line on stderr, nothing written).
+Exit status: 0; 2 for bad input; 74 when DIR's filesystem is full (or the quota spent), 73 when
+it is read-only or DIR may not be written there. One line on stderr each; nothing left behind.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import time
 from pathlib import Path
 
 from trainer.errors import EXIT_BAD_INPUT, BadInput, one_line_parser
-from trainer.files import replace_directory
+from trainer.failures import filesystem_failure
+from trainer.files import parents_made_for, replace_directory
 
 # trainer.gpt.GPT Linear weights that transformers' GPT-2 keeps as Conv1D, i.e. transposed.
 CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
@@ -96,6 +98,8 @@ def write_safetensors(path: Path, tensors: dict) -> None:
     """The safetensors format (8-byte header length, JSON header, raw little-endian data), written
     one tensor at a time: safetensors.torch.save_file would hold every tensor's bytes at once."""
     import torch
+
+    from trainer import checkpoints
     header, offset = {}, 0
     for name, t in tensors.items():
         n = t.numel() * t.element_size()
@@ -110,26 +114,7 @@ def write_safetensors(path: Path, tensors: dict) -> None:
         f.write(raw)
         for t in tensors.values():
             f.write(t.contiguous().view(-1).view(torch.uint8).numpy().data)  # one tensor's copy at most
-            page_out(t)
-
-
-MADV_PAGEOUT = 21  # Linux >= 5.4 (<linux/mman.h>); Python's mmap module does not always name it
-
-
-def page_out(tensor) -> None:
-    """Hint that the checkpoint pages behind `tensor` are done with, so the export's resident
-    memory stays about one tensor instead of growing to the whole model. Only a hint: the data
-    stays valid (it is read from the file again if touched); where the kernel lacks it, nothing."""
-    import ctypes
-    import mmap
-    if not sys.platform.startswith('linux'):
-        return
-    storage = tensor.untyped_storage()
-    start = -(-storage.data_ptr() // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside it
-    end = storage.data_ptr() + storage.nbytes()
-    if end > start:
-        ctypes.CDLL(None, use_errno=True).madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start),
-                                                  MADV_PAGEOUT)
+            checkpoints.page_out(t)
 
 
 def write_config(out: Path, model_cfg: dict, vocab_size: int, eos_id: int) -> None:
@@ -179,19 +164,20 @@ def export(run_dir: Path, out: Path, checkpoint=None, force: bool = False) -> st
     weights = checkpoints.model_state(checkpoints.load(path))
     vocab_size = int(info['vocab_size'])
     check_expressible(model_cfg, weights, vocab_size)
+    checkpoints.refuse_non_finite(path, weights)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f'.{out.name}.tmp-{os.getpid()}')
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        write_safetensors(tmp / 'model.safetensors', hf_weights(weights, vocab_size))
-        write_config(tmp, model_cfg, vocab_size, int(info['eos_id']))
-        write_tokenizer(tmp, tok, model_cfg['block_size'])
-        replace_directory(tmp, out)
-    except BaseException:
+    with parents_made_for(out):
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        tmp.mkdir()
+        try:
+            write_safetensors(tmp / 'model.safetensors', hf_weights(weights, vocab_size))
+            write_config(tmp, model_cfg, vocab_size, int(info['eos_id']))
+            write_tokenizer(tmp, tok, model_cfg['block_size'])
+            replace_directory(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     files = ' '.join(sorted(p.name for p in out.iterdir()))
     return (f'exported {path.name} (step {step}) of {run_dir.name} to {out}: {files} '
             f'({vocab_size} token ids, {info["kind"]} tokenizer, {time.time() - started:.1f} s)')
@@ -210,6 +196,12 @@ def main(argv=None) -> int:
     except BadInput as e:
         print(f'error: {e}', file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as e:
+        failure = filesystem_failure(e, Path(args.out).expanduser().absolute())
+        if failure is None:
+            raise
+        print(f'error: {failure[1]}', file=sys.stderr)
+        return failure[0]
     print(line)
     return 0
 

@@ -148,6 +148,11 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) -> logits (B, T, padded_vocab_size)."""
+        return self.lm_head(self.hidden(idx))
+
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) -> the final hidden states (B, T, n_embd), before the output head:
+        a scorer that needs the logits of a few positions only applies lm_head to those."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f'sequence length {T} exceeds block_size {self.config.block_size}')
@@ -155,7 +160,7 @@ class GPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:
             x = block(x)
-        return self.lm_head(self.transformer.ln_f(x))
+        return self.transformer.ln_f(x)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward = 3x forward), PaLM appendix B:

@@ -68,6 +68,17 @@ def install_signal_handlers() -> None:
         _watcher.start()
 
 
+def take_python_handlers() -> None:
+    """Point the Python-level handlers of the hand-off signals at the stop flag. Call in the main
+    thread once Composer is imported: its engine module sets a SIGTERM handler that exits 143
+    without a checkpoint, and a thread that a native library started with its own signal mask can
+    still take a process-directed SIGTERM, which Python then hands to that handler (measured:
+    SIGTERM to the worker, as SLURM sends at --time, ended it 143 mid-training). Whichever
+    thread takes a signal, it now only asks for a hand-off."""
+    for sig in HANDOFF_SIGNALS:
+        signal.signal(sig, _on_signal)
+
+
 def ignore_signals_for_exit() -> None:
     """Right before exiting: SIG_IGN survives interpreter shutdown (Python restores SIG_DFL for
     its own handlers there), so a late SIGTERM from the `composer` launcher, which terminates the

@@ -87,6 +87,10 @@ class MetricsHistory(Callback):
             self.recorded_eval = self.progress.last_eval
             self._append('eval', state, self.recorded_eval)
 
+    def record(self, kind: str, state: State, figures: dict) -> None:
+        """A record another callback computed (HellaSwag scores), as its own event."""
+        self._append(kind, state, figures)
+
     def _append(self, kind: str, state: State, figures: dict) -> None:
         if self.fd is None:
             return

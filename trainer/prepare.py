@@ -30,6 +30,12 @@ done in `.NAME.partial` beside OUT (locked while a preparation runs), renamed to
 dataset.json is written. Killed at any moment, the same command continues from the last recorded
 piece; a different one is refused with what differs (--force discards the unfinished one). An
 existing finished dataset is only replaced with --force, and only once the new one is complete.
+
+Exit status: 0; 2 for bad input (nothing of it kept); 74 when the filesystem is full or the quota
+spent (the recorded pieces are kept: the same command continues after them once there is room);
+73 when it is read-only or --out may not be written there. One line on stderr each. A failed
+preparation removes what it made -- its work directory (after a full disk: all but the recorded
+pieces), the empty directories above --out it created -- and nothing else.
 """
 
 from __future__ import annotations
@@ -51,11 +57,13 @@ import numpy as np
 # dataset.json's reader owns its name, format and the finished-dataset rule (re-exported here)
 from trainer.dataset_format import (DATASET_FILE, FORMAT_VERSION, SPLITS, data_root,  # noqa: F401
                                     is_finished_dataset, read_dataset_info)
-from trainer.errors import BadInput
-from trainer.files import replace_directory
+from trainer.errors import EXIT_DISK_FULL, BadInput
+from trainer.failures import filesystem_failure
+from trainer.files import parents_made_for, replace_directory
 from trainer.mds import write_shards
 
 JOURNAL_FILE = 'pieces.jsonl'
+MARKER_TMP = f'.{DATASET_FILE}.tmp'
 DEFAULT_SEQ_LEN = 256
 DEFAULT_VAL_FRACTION = 0.01
 DEFAULT_PIECE_CHARS = 8 << 20  # ~8 MB of text: ~2M GPT-2 tokens, a few seconds per worker
@@ -130,10 +138,26 @@ _worker_tokenizer = None
 _all_started = None  # a Barrier of the pool's size
 
 
-def _start_worker(tok, all_started) -> None:
+def _start_worker(tok, all_started, parent: int) -> None:
     global _worker_tokenizer, _all_started
+    _die_with(parent)
     os.environ['TOKENIZERS_PARALLELISM'] = 'false'  # one process per core already
     _worker_tokenizer, _all_started = tok, all_started
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with(parent: int) -> None:
+    """SIGKILL this worker when the preparing process dies: killed (a user's kill -9, a job's
+    end), it cannot shut the pool down, and the workers, each holding the task queue's write end
+    too, would wait for work forever."""
+    import ctypes
+    import signal
+    if sys.platform.startswith('linux'):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
 
 
 def _wait_for_the_others(_) -> float:
@@ -150,7 +174,8 @@ def start_pool(tok, n: int):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     spawn = multiprocessing.get_context('spawn')
-    pool = ProcessPoolExecutor(n, mp_context=spawn, initializer=_start_worker, initargs=(tok, spawn.Barrier(n)))
+    pool = ProcessPoolExecutor(n, mp_context=spawn, initializer=_start_worker,
+                               initargs=(tok, spawn.Barrier(n), os.getpid()))
     return pool, sum(pool.map(_wait_for_the_others, range(n)))
 
 
@@ -382,7 +407,9 @@ def _empty(work: Path) -> None:
 
 
 def _forget_unrecorded(work: Path, pieces: int) -> None:
-    """Shards a killed preparation wrote after its last recorded piece."""
+    """Shards a killed preparation wrote after its last recorded piece (and a completion marker
+    it did not finish writing)."""
+    (work / MARKER_TMP).unlink(missing_ok=True)
     for split in SPLITS:
         for d in (work / split).glob('piece-*'):
             if d.suffix == '.tmp' or int(d.name.split('-')[1]) >= pieces:
@@ -422,9 +449,8 @@ def prepare(sources: list[str], out: Path, tokenizer: str = 'bytes', seq_len: in
     command = {'format': FORMAT_VERSION, **source.fingerprint, 'tokenizer': describe(tokenizer),
                'seq_len': seq_len, 'val_fraction': val_fraction, 'max_documents': max_documents,
                'piece_chars': piece_chars}
-    out.parent.mkdir(parents=True, exist_ok=True)
     work = work_dir(out)
-    with locked(work, out):
+    with parents_made_for(out), locked(work, out):
         journal = Journal(work)
         header, state = journal.read()
         if header is not None and header['command'] != command:
@@ -441,8 +467,31 @@ def prepare(sources: list[str], out: Path, tokenizer: str = 'bytes', seq_len: in
         except BadInput:
             shutil.rmtree(work, ignore_errors=True)  # bad input: nothing of it is worth resuming
             raise
+        except OSError:
+            _keep_what_resumes(work)
+            raise
         replace_directory(work, out)
     return info
+
+
+def _keep_what_resumes(work: Path) -> None:
+    """After a write failed (a full disk, a quota): the pieces the journal records stay, so that
+    the same command continues from them once there is room; everything else goes, all of `work`
+    when no piece is recorded."""
+    _, state = Journal(work).read()
+    if state is None or state['pieces'] == 0:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        _forget_unrecorded(work, state['pieces'])
+
+
+def recorded_pieces(out: Path) -> int:
+    """How many pieces a preparation of `out` left recorded in its work directory."""
+    work = work_dir(out)
+    if not (work / JOURNAL_FILE).is_file():
+        return 0
+    _, state = Journal(work).read()
+    return state['pieces'] if state else 0
 
 
 def _build(work: Path, journal: Journal, header: Optional[dict], state: Optional[dict], source,
@@ -512,8 +561,11 @@ def _build(work: Path, journal: Journal, header: Optional[dict], state: Optional
         'tokenize_main_cpu_seconds': round(main_cpu, 3),
         'created_at': time.time(),
     }
-    (work / DATASET_FILE).write_text(json.dumps(info, indent=1) + '\n')  # the completion marker
-    _fsync(work / DATASET_FILE)
+    # The completion marker, whole or not at all (a full disk must not leave half of one).
+    (work / MARKER_TMP).write_text(json.dumps(info, indent=1) + '\n')
+    _fsync(work / MARKER_TMP)
+    (work / MARKER_TMP).rename(work / DATASET_FILE)
+    _fsync(work)
     return info
 
 
@@ -611,6 +663,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     except BadInput as e:
         print(f'error: {e}', file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        failure = filesystem_failure(e, out)
+        if failure is None:
+            raise
+        status, line = failure
+        kept = recorded_pieces(out) if status == EXIT_DISK_FULL else 0
+        if kept:
+            line += f' (it continues after the {kept} piece(s) kept in {work_dir(out)})'
+        print(f'error: {line}', file=sys.stderr)
+        return status
     print(summary(out, info))
     return 0
 

@@ -127,8 +127,12 @@ def byte_level_tokenizer():
 def load_tokenizer(run_dir: Path):
     """The run's tokenizer as a `tokenizers.Tokenizer`, and its dataset.json "tokenizer" entry
     (kind, vocab_size, eos_id)."""
+    return tokenizer_in(tokenizer_dir(run_dir))
+
+
+def tokenizer_in(folder: Path):
+    """The tokenizer of the dataset (or kept copy) in `folder`, and its dataset.json entry."""
     from tokenizers import Tokenizer
-    folder = tokenizer_dir(run_dir)
     info = json.loads((folder / DATASET_FILE).read_text())['tokenizer']
     if info['kind'] == 'bytes':
         tok = byte_level_tokenizer()

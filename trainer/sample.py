@@ -104,10 +104,12 @@ def sample(args) -> str:
     tok, info = load_tokenizer(run_dir)
     model_cfg = model_config(run_dir)
     device = choose_device(args.device)
+    weights = checkpoints.model_state(checkpoints.load(path))
+    checkpoints.refuse_non_finite(path, weights)  # a NaN model samples nothing but an error
     for bad, why in skipped:
         print(f'warning: skipped {bad.name}: {why}', file=sys.stderr)
     print(f'sampling {path.name} (step {step}), seed {args.seed}, on {device}', file=sys.stderr)
-    model = load_gpt(model_cfg, checkpoints.model_state(checkpoints.load(path))).to(device)
+    model = load_gpt(model_cfg, weights).to(device)
     ids = tok.encode(args.prompt).ids or [info['eos_id']]
     new = generate(model, ids, args.max_new_tokens, args.temperature, args.top_k,
                    info['vocab_size'], info['eos_id'], args.seed, device)

@@ -12,7 +12,9 @@ autoresume: a re-run continues exactly where the last checkpoint left off), prog
 Exit status: 0 finished (max_steps reached, final checkpoint written); 75 handed off (stopped
 by SLMJOBS_DEADLINE or SIGUSR1/SIGUSR2/SIGTERM, checkpoint written at the stop step, run it
 again to continue); 2 bad configuration or input (nothing written; also wandb refusing the
-credentials); 74 no space left to save a checkpoint; anything else crashed.
+credentials); 74 no space left to save a checkpoint; 65 diverged (the loss or the weights became
+NaN/inf: stopped at that batch, nothing saved after the last finite checkpoint); anything else
+crashed.
 See docs/CONTRACTS.md.
 
 Read top to bottom, this is one link's life: main -> run: compose the configuration, check it
@@ -57,12 +59,13 @@ def run(overrides: list[str]) -> int:
     """One link: the exit status. A crash raises (and is recorded in progress.json)."""
     try:
         plan = make_plan(compose(overrides))
+        hellaswag_items = read_hellaswag_items(plan)  # a malformed file is bad input, not a crash
     except BadInput as e:
         eprint(f'error: {e}')
         return EXIT_BAD_INPUT
     progress = start_progress(plan)
     try:
-        return fit(plan, progress)
+        return fit(plan, progress, hellaswag_items)
     except BaseException as e:
         progress.update(state='failed')
         try:
@@ -161,14 +164,24 @@ def wandb_run_id(run_dir: Path) -> str:
 # The fit, in the order it runs
 # ---------------------------------------------------------------------------------------------
 
-def fit(plan: Plan, progress: Progress) -> int:
+def read_hellaswag_items(plan: Plan) -> Optional[tuple[list, str]]:
+    """eval.every: (the items to score, how records name them), read before anything is written."""
+    if plan.hellaswag_data is None:
+        return None
+    from trainer import hellaswag
+    every = hellaswag.read_items(plan.hellaswag_data)
+    k = plan.config['eval']['items']
+    return hellaswag.subset(every, k), hellaswag.subset_name(k, len(every))
+
+
+def fit(plan: Plan, progress: Progress, hellaswag_items: Optional[tuple[list, str]] = None) -> int:
     device = start_ranks(plan)
     settle_resume_point(plan)
     train_dataset, train_data, val_loader = make_data(plan)
     model = make_model(plan)
     optimizer, scheduler = make_optimizer(plan, model)
     handoff = make_handoff(plan, model)
-    callbacks = make_callbacks(plan, progress, handoff, train_dataset)
+    callbacks = make_callbacks(plan, progress, handoff, train_dataset, hellaswag_items)
     save_timer = make_save_timer(plan, progress, handoff)
     evaluators = make_evaluators(plan, model, val_loader, handoff)
     loggers = make_loggers(plan, progress)
@@ -277,19 +290,34 @@ def eval_batches_per_rank(plan: Plan) -> int:
     return math.ceil(windows / (plan.per_device_batch * plan.world_size))
 
 
-def make_callbacks(plan: Plan, progress: Progress, handoff, train_dataset) -> list:
+def make_callbacks(plan: Plan, progress: Progress, handoff, train_dataset, hellaswag_items=None) -> list:
     """The callbacks Composer runs, in this order, before its own CheckpointSaver (the
     SaveTimer runs after it, see make_save_timer). HandOff stays first: it decides the stop."""
     from trainer.callbacks import ProgressLogger
     from trainer.history import HISTORY_NAME, MetricsHistory
     train = plan.config['train']
-    return [
+    history = MetricsHistory(plan.run_dir / HISTORY_NAME, progress)  # records what ProgressLogger logged
+    callbacks = [
         handoff,
         ProgressLogger(progress, train['log_every'], float(train['progress_every_seconds']),
                        float(plan.dataset['bytes_per_token']), float(train['debug_batch_sleep']),
                        train_dataset if plan.config['data']['num_workers'] == 0 else None),
-        MetricsHistory(plan.run_dir / HISTORY_NAME, progress),  # records what ProgressLogger logged
+        history,
     ]
+    if hellaswag_items is not None:
+        callbacks.append(make_hellaswag_eval(plan, handoff, history, *hellaswag_items))
+    return callbacks
+
+
+def make_hellaswag_eval(plan: Plan, handoff, history, items: list, items_name: str):
+    """eval.every: HellaSwag on the dataset's own tokenizer (read on every rank from the dataset,
+    not from the run's copy, which rank 0 may still be writing)."""
+    from trainer.callbacks import HellaSwagEval
+    from trainer.run_inputs import tokenizer_in
+    evaluation = plan.config['eval']
+    tok, info = tokenizer_in(plan.data_dir)
+    return HellaSwagEval(evaluation['every'], items, items_name, tok, int(info['vocab_size']),
+                         evaluation['batch_items'], history, evaluation['seconds_guess'], handoff)
 
 
 def make_save_timer(plan: Plan, progress: Progress, handoff):

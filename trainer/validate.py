@@ -8,11 +8,12 @@ allowed: unknown keys (with the closest allowed one), the dataset (present, fini
 windows against the model's context, its vocabulary against the model's, the batch against the
 ranks and the microbatch, the precision against the device where the device is known. It returns
 the Plan: the values training derives from the configuration. The worker runs exactly these
-checks at start (trainer.train); the launcher can import this module or run it as above.
+checks at start (trainer.train); the launcher runs them in its own process (slmjobs.launch), a
+sweep all its members at once (`validate_members`).
 
 Importing it costs the standard library only (~0.02 s of CPU: benchmarks/bench_validate.py); the
-checks read the allowed keys from the files in conf/ with PyYAML, and `compose` imports hydra and
-omegaconf (~0.2 s) only when called.
+checks read the allowed keys from the files in conf/ with PyYAML, and `compose` imports omegaconf
+(~0.04 s) when called, hydra (~0.1 s more) only for what trainer.compose does not vouch for.
 """
 
 from __future__ import annotations
@@ -20,22 +21,25 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
+from trainer.compose import CONF_DIR, compose_quickly, compose_with_hydra
 from trainer.dataset_format import (has_split, is_finished_dataset, read_dataset_info,
                                     resolve_dataset_path)
 from trainer.errors import EXIT_BAD_INPUT, BadInput
+from trainer.eval_data import hellaswag_file
 
-CONF_DIR = Path(__file__).resolve().parent / 'conf'
-GROUPS = ('model', 'data', 'train', 'checkpoint', 'wandb')
+GROUPS = ('model', 'data', 'train', 'checkpoint', 'wandb', 'eval')
 TOP_LEVEL_KEYS = ('run_name', 'run_dir', 'seed')
 PRECISIONS = ('auto', 'fp32', 'amp_fp16', 'amp_bf16')
 DEVICES = ('auto', 'cpu', 'gpu')
 WANDB_MODES = ('auto', 'online', 'offline')
 BF16_CAPABILITY = 8.0  # bf16 tensor cores from Ampere (compute capability 8.0) on
+EVAL_AFTER_TASK = re.compile(r'^[A-Za-z0-9_.-]+$')  # hellaswag, or an lm-eval task name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +57,7 @@ class Plan:
     eval_batches: Optional[int]  # 0 = no evaluation (no val split), None = the whole split
     device: Optional[str]  # 'cpu' | 'gpu'; None where the device is not known (a login node)
     precision: Optional[str]  # resolved where the device is known
+    hellaswag_data: Optional[Path] = None  # the items eval.every scores (None: eval.every=0)
     rank: int = 0  # the worker's own, filled in by trainer.train
     deadline: Optional[float] = None
 
@@ -74,12 +79,13 @@ def allowed_keys() -> dict[str, tuple[str, ...]]:
     """Group -> its keys ('' -> the top level): the group defaults plus what the model presets
     set (a preset also sets its recipe's train.* keys, all of which train/default.yaml has)."""
     import yaml
+    loader = getattr(yaml, 'CSafeLoader', yaml.SafeLoader)  # libyaml's: a quarter of the time
     keys: dict[str, set[str]] = {'': set(TOP_LEVEL_KEYS) | set(GROUPS)}
     for group in GROUPS:
         default = CONF_DIR / group / 'default.yaml'
-        keys[group] = set(yaml.safe_load(default.read_text()) or {}) if default.is_file() else set()
+        keys[group] = set(yaml.load(default.read_text(), loader) or {}) if default.is_file() else set()
     for preset in (CONF_DIR / 'model').glob('*.yaml'):
-        keys['model'] |= set(yaml.safe_load(preset.read_text())['model'])
+        keys['model'] |= set(yaml.load(preset.read_text(), loader)['model'])
     return {group: tuple(sorted(names)) for group, names in keys.items()}
 
 
@@ -120,15 +126,15 @@ def check_overrides(overrides: list[str]) -> None:
 
 
 def compose(overrides: list[str]) -> dict:
-    """trainer/conf composed with these overrides, as plain data (interpolations resolved)."""
+    """trainer/conf composed with these overrides, as plain data (interpolations resolved): hydra's
+    result, without importing hydra where trainer.compose can vouch for it (every preset and
+    override form the launcher passes), else from hydra itself, whose errors become one line."""
     check_overrides(overrides)
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
+    config = compose_quickly(overrides)
+    if config is not None:
+        return config
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            cfg = hydra_compose(config_name='config', overrides=list(overrides))
-        return OmegaConf.to_container(cfg, resolve=True)
+        return compose_with_hydra(overrides)
     except Exception as e:  # hydra's and omegaconf's: an override that does not parse or fit
         lines = str(e).strip().splitlines()
         said = lines[0] if lines else type(e).__name__
@@ -156,15 +162,17 @@ def unparsable_override(overrides: list[str]) -> Optional[str]:
 # ---------------------------------------------------------------------------------------------
 
 def validate(config: dict, world_size: int = 1, device: Optional[str] = None,
-             gpu_capability: Optional[float] = None, data_root: Optional[Path] = None) -> Plan:
+             gpu_capability: Optional[float] = None, data_root: Optional[Path] = None,
+             workdir: Optional[Path] = None) -> Plan:
     """`device`: 'cpu' or 'gpu' where it is known (the worker), None where not (a login node);
-    `gpu_capability`: the GPU's compute capability (8.0 = A100), where known."""
+    `gpu_capability`: the GPU's compute capability (8.0 = A100), where known; `workdir`: the
+    directory the job starts in, which relative paths are taken from (None: this process's)."""
     check_keys(config)
     model, train = config['model'], config['train']
     run_name = check_run_name(config['run_name'])
     check_numbers(config)
 
-    data_dir = resolve_dataset_path(str(config['data']['path']), data_root)
+    data_dir = resolve_dataset_path(str(config['data']['path']), data_root, workdir)
     dataset = check_dataset(config['data']['path'], data_dir)
     block_size = model['block_size']
     if dataset['seq_len'] > block_size:
@@ -183,12 +191,16 @@ def validate(config: dict, world_size: int = 1, device: Optional[str] = None,
     device, precision = check_device_and_precision(train['device'], train['precision'], device, gpu_capability)
     if config['wandb']['mode'] not in WANDB_MODES:
         raise BadInput(f'wandb.mode={config["wandb"]["mode"]}: allowed: {", ".join(WANDB_MODES)}')
-    run_dir = Path(str(config['run_dir'])).expanduser().absolute()
+    run_dir = (Path(workdir or '') / Path(str(config['run_dir'])).expanduser()).absolute()
     if run_dir.exists() and not run_dir.is_dir():
         raise BadInput(f'run_dir={config["run_dir"]}: exists and is not a directory')
+    hellaswag_data = None
+    if config['eval']['every'] or 'hellaswag' in config['eval']['after']:  # refused now, not after a queue wait
+        hellaswag_data = hellaswag_file(config['eval']['data'], data_root, name='eval.data=')
     return Plan(config=config, run_name=run_name, run_dir=run_dir, data_dir=data_dir, dataset=dataset,
                 vocab_size=vocab_size, world_size=world_size, per_device_batch=per_device_batch,
-                microbatch=microbatch, eval_batches=eval_batches, device=device, precision=precision)
+                microbatch=microbatch, eval_batches=eval_batches, device=device, precision=precision,
+                hellaswag_data=hellaswag_data if config['eval']['every'] else None)
 
 
 def check_keys(config: dict) -> None:
@@ -273,6 +285,20 @@ def check_numbers(config: dict) -> None:
     if checkpoint['save_seconds_guess'] is not None:
         _number('checkpoint.save_seconds_guess', checkpoint['save_seconds_guess'])
     _boolean('wandb.enabled', config['wandb']['enabled'])
+    check_eval(config['eval'])
+
+
+def check_eval(evaluation: dict) -> None:
+    _positive_int('eval.every', evaluation['every'], allow_zero=True)
+    if evaluation['items'] is not None:
+        _positive_int('eval.items', evaluation['items'])
+    _positive_int('eval.batch_items', evaluation['batch_items'])
+    if evaluation['seconds_guess'] is not None:
+        _number('eval.seconds_guess', evaluation['seconds_guess'])
+    after = evaluation['after']
+    if not (isinstance(after, list) and all(isinstance(t, str) and EVAL_AFTER_TASK.match(t) for t in after)):
+        raise BadInput(f'eval.after={after}: allowed: a list of task names, e.g. [hellaswag] or '
+                       f'[hellaswag,arc_easy]')
 
 
 def check_dataset(configured_path, data_dir: Path) -> dict:
@@ -334,6 +360,21 @@ def check_device_and_precision(requested_device: str, precision: str, device: Op
             raise BadInput(f'train.precision=amp_bf16: this GPU (compute capability {gpu_capability:g}) '
                            f'has no bf16; allowed: amp_fp16, fp32, auto')
     return device, None if precision == 'auto' else precision
+
+
+def validate_members(override_lists: list[list[str]], world_size: int = 1, device: Optional[str] = None,
+                     data_root: Optional[Path] = None, workdir: Optional[Path] = None) -> list[Plan]:
+    """compose + validate each member of a sweep, all in this one process: the start-up (the
+    interpreter, omegaconf, hydra where needed) is paid once, not once per member. The plans in
+    order, or BadInput for the first member that cannot train: `member 2 of 4 (overrides): ...`."""
+    plans = []
+    for number, overrides in enumerate(override_lists, 1):
+        try:
+            plans.append(validate(compose(list(overrides)), world_size, device, data_root=data_root,
+                                  workdir=workdir))
+        except BadInput as e:
+            raise BadInput(f'member {number} of {len(override_lists)} ({" ".join(overrides)}): {e}') from None
+    return plans
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,7 +53,8 @@ class Job:
 
 
 class Backend:
-    """The interface. Subclasses: backends.sge.SGEBackend, backends.local.LocalBackend.
+    """The interface. Subclasses: backends.sge.SGEBackend, backends.slurm.SlurmBackend,
+    backends.local.LocalBackend.
 
     Besides the job operations, a backend owns everything about its scheduler that the rest of
     slmjobs would otherwise have to name: the environment a job sees (JOB_ID_VARIABLE,
@@ -95,7 +96,14 @@ class Backend:
 
     # ----------------------------------------------------------- jobs
 
-    def submit(self, script: Path, hold_on: str | None = None) -> str:
+    def submit(self, script: Path, hold_on: str | None = None, held: bool = False) -> str:
+        """Submit `script`; with `hold_on`, it starts only once that job has ended (however it
+        ended); with `held`, only once `release` names it (a user hold)."""
+        raise NotImplementedError
+
+    def release(self, job_ids) -> None:
+        """Lift the user hold of jobs submitted `held` (a job also held on a predecessor keeps
+        waiting for it)."""
         raise NotImplementedError
 
     def query(self, job_ids) -> dict[str, Job]:

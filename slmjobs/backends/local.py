@@ -7,7 +7,7 @@ by the chain hook from inside a running job must survive that job's process grou
 SIGKILLed at h_rt. The supervisor
 
   - waits while the job is held (hold_on: until that job has ended; an unknown job is no hold,
-    as in SGE),
+    as in SGE; held: until `release` names it),
   - runs `bash SCRIPT` in its own process group with the `#$` options -N, -o, -e, -j y, -cwd,
     -wd, -l h_rt and -pe honoured, and JOB_ID, JOB_NAME, NSLOTS set as SGE sets them,
   - enforces h_rt like SGE: SIGKILL to the whole process group at start + h_rt, no warning,
@@ -154,7 +154,7 @@ class LocalBackend(Backend):
     def __init__(self, root: Path | None = None):
         self.store = Store(root or state_dir())
 
-    def submit(self, script: Path, hold_on: str | None = None) -> str:
+    def submit(self, script: Path, hold_on: str | None = None, held: bool = False) -> str:
         script = Path(script).resolve()
         options = job_options(script, os.getcwd())
         with self.store.locked():
@@ -167,8 +167,8 @@ class LocalBackend(Backend):
                                        options["workdir"]),
                 "stderr": None if options["merge"] else _output_path(
                     options["stderr"], "e", options["name"], job_id, options["workdir"]),
-                "hold_on": str(hold_on) if hold_on else None,
-                "state": HELD if hold_on else QUEUED, "submit_time": time.time(),
+                "hold_on": str(hold_on) if hold_on else None, "user_hold": held,
+                "state": HELD if hold_on or held else QUEUED, "submit_time": time.time(),
                 "supervisor_pid": None,
             }
             self.store.write(record)
@@ -182,6 +182,10 @@ class LocalBackend(Backend):
         self.store.update(job_id, supervisor_pid=supervisor.pid,
                           supervisor_identity=_process_identity(supervisor.pid))
         return job_id
+
+    def release(self, job_ids) -> None:
+        for job_id in job_ids:
+            self.store.update(str(job_id), user_hold=False)  # its supervisor sees this
 
     def query(self, job_ids) -> dict[str, Job]:
         return {str(j): self._job(str(j)) for j in job_ids}
@@ -302,7 +306,7 @@ def supervise(root: str, job_id: str) -> int:
     record = store.read(job_id)
     if record is None:
         return 1
-    if record.get("hold_on") and not _wait_for_predecessor(store, job_id, record["hold_on"]):
+    if record["state"] == HELD and not _wait_while_held(store, job_id):
         return 0  # cancelled while held
     with store.locked():
         record = store.read(job_id)
@@ -335,14 +339,17 @@ def supervise(root: str, job_id: str) -> int:
     return 0
 
 
-def _wait_for_predecessor(store: Store, job_id: str, predecessor: str) -> bool:
-    """Block until `predecessor` has ended (or does not exist); False if we were cancelled."""
+def _wait_while_held(store: Store, job_id: str) -> bool:
+    """Block while the job is held by the user or its `hold_on` job has not ended (an unknown
+    one is no hold); False if we were cancelled."""
     backend = LocalBackend(store.root)
     while True:
         own = store.read(job_id)
         if own is None or own["state"] == ENDED:
             return False
-        if backend._job(predecessor).state in (ENDED, UNKNOWN):
+        predecessor = own.get("hold_on")
+        if not own.get("user_hold") and (
+                not predecessor or backend._job(predecessor).state in (ENDED, UNKNOWN)):
             store.update(job_id, state=QUEUED)
             return True
         time.sleep(POLL_SECONDS)

@@ -297,15 +297,22 @@ class SGEBackend(Backend):
                {"gpu_resource": None, "gpu_c": None, "gpu_memory": None, "gpu_type": None}),
         }
 
-    def submit(self, script: Path, hold_on: str | None = None) -> str:
+    def submit(self, script: Path, hold_on: str | None = None, held: bool = False) -> str:
         argv = ["qsub", "-terse"]
         if hold_on:
             argv += ["-hold_jid", str(hold_on)]
+        if held:
+            argv.append("-h")  # a user hold, which qrls lifts
         out = _run(argv + [str(script)]).stdout.strip()
         job_id = out.splitlines()[-1].split(".")[0] if out else ""
         if not job_id.isdigit():
             raise SchedulerError(f"qsub -terse printed {out!r}, not a job id")
         return job_id
+
+    def release(self, job_ids) -> None:
+        ids = [str(j) for j in job_ids]
+        if ids:
+            _run(["qrls", "-h", "u"] + ids)
 
     def query(self, job_ids) -> dict[str, Job]:
         """ONE `qstat -u '*' -xml` call. A job that is not listed has left the queue: ENDING

@@ -12,11 +12,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-from slmjobs import checkpoints, events, rundir
+from slmjobs import checkpoints, evals, events, rundir
 from slmjobs.errors import UsageError
 from slmjobs.kinds import Command, Kind
 from slmjobs.render import shquote
@@ -39,7 +37,8 @@ class Train(Kind):
     gpus_min = 1  # one rank per GPU (on a CPU-only machine, 1 = one process on the CPU)
     columns = (Column("STEP", "step", out_of("step", "max_steps")),
                Column("LOSS", "loss", number("loss", ".3f")),
-               Column("TOK/S", "tokens_per_sec", number("tokens_per_sec", ",.0f")))
+               Column("TOK/S", "tokens_per_sec", number("tokens_per_sec", ",.0f")),
+               evals.HELLASWAG_COLUMN)
 
     # ------------------------------------------------------------ the request
     def spec_fields(self, options: dict, profile: dict) -> dict:
@@ -99,7 +98,8 @@ class Train(Kind):
                              "to start the training over")
 
     def status(self, run_dir, progress: dict) -> dict:
-        return {"loss": progress.get("loss"), "tokens_per_sec": progress.get("tokens_per_sec")}
+        return {"loss": progress.get("loss"), "tokens_per_sec": progress.get("tokens_per_sec"),
+                "hellaswag": evals.latest_hellaswag(run_dir)}
 
 
 KIND = Train()
@@ -145,30 +145,26 @@ def check_override(override: str) -> None:
 
 # ------------------------------------------------------------- can it ever train?
 def check_training_config(spec: dict, environ=None) -> dict:
-    """The worker's own checks on the composed configuration, run as the job would run them
-    but here and now (`python -m trainer.validate`: no torch, about 0.3 s): a typo, a missing
-    dataset or a batch the ranks cannot split is refused before anything is submitted, not
-    after a queue wait. Returns the composed configuration."""
-    import json
-
-    environ = dict(os.environ if environ is None else environ)
-    if spec.get("data_root"):
-        environ["SLMJOBS_DATA_ROOT"] = spec["data_root"]
-    argv = [sys.executable, "-m", "trainer.validate", "--ranks", str(spec["gpus"]),
-            *worker_args(spec)]
+    """The worker's own checks on the composed configuration (trainer.validate: no torch, no
+    hydra for what the launcher passes), run here and now as the job would run them: the data
+    root the job gets, relative paths from its working directory. A typo, a missing dataset or
+    a batch the ranks cannot split is refused before anything is submitted, not after a queue
+    wait. Returns the composed configuration."""
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, env=environ,
-                              cwd=spec["workdir"], timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        from trainer.errors import BadInput
+        from trainer.validate import compose, validate
+    except ImportError as exc:
         raise UsageError(f"could not check the training configuration ({exc}): allowed is a "
                          "Python environment with slmjobs' worker (pip install slmjobs)") from None
-    said = [line[len("error: "):] for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    if proc.returncode != 0:
-        raise UsageError(said[-1] if said else f"the worker's configuration check exited "
-                         f"{proc.returncode}: {proc.stderr.strip()[-300:]}")
-    config = json.loads(proc.stdout)["config"]
-    check_wandb(config["wandb"], environ)
-    return config
+    # the job's SLMJOBS_DATA_ROOT: the spec's data_root, else (as here) the environment's
+    data_root = Path(spec["data_root"]) if spec.get("data_root") else None
+    try:
+        plan = validate(compose(worker_args(spec)), world_size=spec["gpus"], data_root=data_root,
+                        workdir=Path(spec["workdir"]))
+    except BadInput as exc:
+        raise UsageError(str(exc)) from None
+    check_wandb(plan.config["wandb"], os.environ if environ is None else environ)
+    return plan.config
 
 
 # The shape wandb 0.31 itself requires of a key (wandb/sdk/lib/wbauth/validation.py): an

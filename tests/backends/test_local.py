@@ -76,6 +76,23 @@ def test_hold_on_then_cancel_held_and_running(local_backend, tmp_path, wait_unti
     assert local_backend.query(["999"])["999"].state == UNKNOWN
 
 
+def test_a_job_submitted_held_starts_only_when_released(local_backend, tmp_path, wait_until):
+    blocker = local_backend.submit(job_script(tmp_path, "loc_blocker", "sleep 30"))
+    held = local_backend.submit(job_script(tmp_path, "loc_held", "echo ran"), held=True)
+    both = local_backend.submit(job_script(tmp_path, "loc_both", "echo ran"), hold_on=blocker,
+                                held=True)
+    time.sleep(0.6)  # several looks of their supervisors
+    assert [local_backend.query([j])[j].state for j in (held, both)] == [HELD, HELD]
+    local_backend.release([held, both])
+    wait_until(lambda: ended(local_backend, held), 10, "the released job to run")
+    assert (tmp_path / "loc_held.out").read_text() == "ran\n"
+    time.sleep(0.6)  # released, but still held on its running predecessor
+    assert local_backend.query([both])[both].state == HELD
+    local_backend.cancel([blocker])
+    wait_until(lambda: ended(local_backend, both), 10, "the job held on both to run")
+    assert (tmp_path / "loc_both.out").read_text() == "ran\n"
+
+
 def test_state_is_visible_from_another_process(local_backend, tmp_path, wait_until):
     job_id = local_backend.submit(job_script(tmp_path, "loc_x", "sleep 30"))
     wait_until(lambda: local_backend.query([job_id])[job_id].state == RUNNING, 10, "to run")

@@ -80,8 +80,8 @@ def test_directives_and_requests():
 
 
 def test_unknown_backend_kind():
-    with pytest.raises(UsageError, match="'slurm'.*sge, local"):
-        get_backend("slurm")
+    with pytest.raises(UsageError, match="'pbs'.*sge, slurm, local"):
+        get_backend("pbs")
 
 
 # ------------------------------------------------------------ error paths (stand-ins)

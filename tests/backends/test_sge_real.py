@@ -55,6 +55,14 @@ def test_hold_on_starts_the_successor_after_its_predecessor(sge, tmp_path, wait_
     assert second_start > first_end
 
 
+def test_a_job_submitted_held_starts_only_when_released(sge, tmp_path, wait_until):
+    job_id = sge.submit(job_script(tmp_path, "l2_user_held", "echo ran"), held=True)
+    assert state_of(sge, job_id) == HELD
+    sge.release([job_id])
+    job = wait_until(lambda: sge.accounting(job_id), 30, "the released job to run")
+    assert job.exit_status == 0 and (tmp_path / "l2_user_held.out").read_text() == "ran\n"
+
+
 def test_validate_asks_the_scheduler(sge, tmp_path):
     ok, message = sge.validate(job_script(tmp_path, "l2_ok", "true", "-l gpus=2", "-pe omp 2"))
     assert ok, message

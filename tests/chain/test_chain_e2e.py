@@ -1,5 +1,5 @@
-"""End to end: real chains of jobs on the REAL Grid Engine and on the local backend, driven
-through the real CLI, training the tiny model on CPU.
+"""End to end: real chains of jobs on the REAL Grid Engine, the REAL SLURM and the local backend,
+driven through the real CLI, training the tiny model on CPU.
 
 Every chain runs the same training (TRAINING below) with a short walltime, so it needs several
 links. They are all launched at once by the module fixture `campaign`, together with one
@@ -7,10 +7,14 @@ uninterrupted reference run of the same training; each test then waits for its o
 compares the final weights with the reference, bit for bit. `train.debug_batch_sleep` makes each
 batch last longer without burning CPU, so the chains can share this 2-core machine.
 
-The scenarios (issue 4): planned hand-offs (SGE with `--gpus 2`: two gloo ranks through
-`composer -n 2` on the consumable `gpus`, compared with a two-rank reference; and local with one),
-a hard kill at h_rt (the worker gets no deadline: a margin "below zero"), a crash loop (a dataset
-whose training shard is truncated: launch's checks pass, every worker crashes reading it), cancel mid-chain then resume, and a successor that starts after the run finished.
+The scenarios (issues 4 and 26), each on both schedulers (parametrized): planned hand-offs
+(`--gpus 2`: two gloo ranks through `composer -n 2` on the scheduler's GPUs, compared with a
+two-rank reference; and on the local backend with one), a link at its walltime with no deadline
+of its own (a margin "below zero": Grid Engine's h_rt SIGKILLs it, SLURM's --time SIGTERMs it),
+a crash loop (a dataset whose training shard is truncated: launch's checks pass, every worker
+crashes reading it), cancel mid-chain then resume, and a successor that starts after the run
+finished. All chains of both schedulers run at once (one module fixture), so the SLURM tier adds
+little wall time to the Grid Engine one.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from chain_support import (Campaign, active_jobs, assert_bitwise_equal, events_of, final_weights,
-                           local_profile, prepare_data, settled, sge_profile)
+from chain_support import (SCHEDULERS, Campaign, active_jobs, assert_bitwise_equal,
+                           cluster_profile, events_of, final_weights, local_profile, prepare_data,
+                           settled)
 from slmjobs import events, kinds, ledger, rundir
 from support import wait_until
 
@@ -101,8 +106,9 @@ def assert_no_batch_recomputed_at_hand_offs(run_dir: Path, evs: list[dict]) -> N
 
 
 def wait_accounted(campaign: "Campaign", name: str, job_ids: list[str]) -> dict[str, dict]:
-    """job id -> its `accounted` event, once there is one for each. `slmjobs status` asks qacct
-    about jobs that left the queue and records the answer; qacct lags the job's end."""
+    """job id -> its `accounted` event, once there is one for each. `slmjobs status` asks the
+    scheduler's accounting (qacct, sacct) about jobs that left the queue and records the answer;
+    it lags the job's end."""
     run_dir = campaign.chains[name]
 
     def every_job_accounted():
@@ -139,20 +145,28 @@ def damaged_copy(dataset: Path, to: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def campaign(tmp_path_factory, sge_cluster):
+def campaign(tmp_path_factory, sge_cluster, slurm_cluster):
+    """Every chain of this module, on both schedulers, launched at once and waited for by the
+    tests: the chains are independent, so running them side by side costs the wall time of the
+    slowest, not the sum."""
     root = tmp_path_factory.mktemp("chains")
     c = Campaign(root, prepare_data(root, documents=40, seq_len=64), TRAINING, SLOW, WAIT)
-    sge = c.profile("sge-short", sge_profile(WALLTIME, MARGIN, LIMITS))
-    # No deadline reaches the worker (as if the margin were below zero): h_rt SIGKILLs it.
-    nodeadline = c.profile("sge-no-margin", sge_profile(WALLTIME, MARGIN, LIMITS,
-                                                        env={"SLMJOBS_DEADLINE": ""}))
+    damaged = damaged_copy(c.data, root / "damaged")
+    for scheduler in SCHEDULERS:
+        short = c.profile(f"{scheduler}-short", cluster_profile(scheduler, WALLTIME, MARGIN, LIMITS))
+        # No deadline reaches the worker (as if the margin were below zero): the scheduler's
+        # own walltime enforcement ends every link.
+        nodeadline = c.profile(f"{scheduler}-no-margin",
+                               cluster_profile(scheduler, WALLTIME, MARGIN, LIMITS,
+                                               env={"SLMJOBS_DEADLINE": ""}))
+        # planned 2 + cancel 1 + hardkill 1 = each test cluster's 4 GPUs; the crash loop's
+        # links wait in the queue for a free one, as they would on a full cluster.
+        for name, profile, gpus in (("planned", short, 2), ("cancel", short, 1),
+                                    ("hardkill", nodeadline, 1)):
+            c.wait_training(c.launch(f"{scheduler}-{name}", profile, gpus=gpus))
+        c.launch(f"{scheduler}-crashloop", short, f"data.path={damaged}")
     local = c.profile("local-short", local_profile(WALLTIME, MARGIN, LIMITS))
-    # planned 2 + cancel 1 + hardkill 1 = the test host's 4 `gpus`; the crash loop's links
-    # wait in the queue for a free one, as they would on a full cluster.
-    for name, profile, gpus in (("planned", sge, 2), ("cancel", sge, 1),
-                                ("hardkill", nodeadline, 1), ("local", local, 1)):
-        c.wait_training(c.launch(name, profile, gpus=gpus))
-    c.launch("crashloop", sge, f"data.path={damaged_copy(c.data, root / 'damaged')}")
+    c.wait_training(c.launch("local", local))
     c.start_reference(ranks=1)
     c.start_reference(ranks=2)
     yield c
@@ -170,74 +184,106 @@ def reference_two_ranks(campaign):
 
 
 # ------------------------------------------------------------------------------ the tests
-def test_cancel_mid_chain_then_resume_completes_with_the_reference_weights(campaign):
-    run_dir = campaign.chains["cancel"]
+def training_after_a_hand_off(run_dir: Path) -> bool:
+    """A link after the first trains, a few batches past the checkpoint it resumed from."""
+    progress = rundir.read_progress(run_dir)
+    link = progress.get("link") or 0
+    before = events.ended_links(ledger.read(run_dir)).get(link - 1)
+    return (link >= 2 and progress.get("state") == "training" and before is not None
+            and progress.get("step", 0) >= (before.get("checkpoint_step") or 0) + 3)
 
-    def training_after_a_hand_off():
-        """A link after the first trains, a few batches past the checkpoint it resumed from."""
-        progress = rundir.read_progress(run_dir)
-        link = progress.get("link") or 0
-        before = events.ended_links(ledger.read(run_dir)).get(link - 1)
-        return (link >= 2 and progress.get("state") == "training" and before is not None
-                and progress.get("step", 0) >= (before.get("checkpoint_step") or 0) + 3)
 
-    wait_until(training_after_a_hand_off, WAIT, "a later link of the cancel chain to train",
+@pytest.fixture(scope="module")
+def cancelled(campaign) -> dict[str, str]:
+    """scheduler -> what `slmjobs cancel` printed for its cancel chain, each cancelled as soon as
+    a later link of it trains: the chains run side by side, so they are watched together."""
+    waiting = {scheduler: f"{scheduler}-cancel" for scheduler in SCHEDULERS}
+    said = {}
+
+    def cancel_the_ready_ones():
+        for scheduler, name in list(waiting.items()):
+            if training_after_a_hand_off(campaign.chains[name]):
+                said[scheduler] = campaign.cli("cancel", name).stdout
+                del waiting[scheduler]
+        return not waiting
+
+    wait_until(cancel_the_ready_ones, WAIT, "a later link of each cancel chain to train",
                interval=0.5)
-    out = campaign.cli("cancel", "cancel").stdout
-    assert "cancelled" in out
-    wait_until(lambda: not active_jobs(run_dir, "sge"), 60, "the cancelled chain's jobs to go", interval=1.0)
-    row = campaign.status("cancel")
+    return said
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_cancel_mid_chain_then_resume_completes_with_the_reference_weights(campaign, cancelled,
+                                                                          scheduler):
+    name = f"{scheduler}-cancel"
+    run_dir = campaign.chains[name]
+    assert "cancelled" in cancelled[scheduler]
+    # nothing of it queued, held or running, as qstat/squeue themselves say
+    wait_until(lambda: not active_jobs(run_dir, scheduler), 60, "the cancelled chain's jobs to go",
+               interval=1.0)
+    row = campaign.status(name)
     assert row["state"] == "cancelled", row
     assert events.stop_reason(ledger.read(run_dir)) == "cancelled"
     step_at_cancel = kinds.by_name("train").durable_progress(run_dir)
 
-    out = campaign.cli("resume", "cancel").stdout
+    out = campaign.cli("resume", name).stdout
     assert "resumed" in out
-    evs = assert_finished_without_leftovers(run_dir, "sge")
+    evs = assert_finished_without_leftovers(run_dir, scheduler)
     (resumed,) = [e for e in evs if e["event"] == "resumed"]
     assert resumed["progress"] == step_at_cancel
     assert start_step(run_dir, resumed["link"]) == step_at_cancel
-    assert campaign.status("cancel")["state"] == "finished"
+    assert campaign.status(name)["state"] == "finished"
     assert_bitwise_equal(final_weights(run_dir), campaign.reference_weights())
 
 
-def test_crash_loop_stops_after_the_crash_budget_with_nothing_left(campaign):
-    run_dir = campaign.chains["crashloop"]
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_crash_loop_stops_after_the_crash_budget_with_nothing_left(campaign, scheduler):
+    name = f"{scheduler}-crashloop"
+    run_dir = campaign.chains[name]
     evs = wait_settled(run_dir)
     (stopped,) = [e for e in evs if e["event"] == "stopped"]
     assert stopped["reason"] == "crash_budget"
     crashed = [e for e in evs if e["event"] == "ended" and e["how"] == "crashed"]
     assert len(crashed) == LIMITS["crash_budget"]
     assert all(e["exit_status"] not in (0, 75) for e in crashed)
-    wait_until(lambda: not active_jobs(run_dir, "sge"), 60, "no crash-loop job left", interval=1.0)
-    row = campaign.status("crashloop")
+    wait_until(lambda: not active_jobs(run_dir, scheduler), 60, "no crash-loop job left",
+               interval=1.0)
+    row = campaign.status(name)
     assert row["stop_reason"] == "crash_budget" and row["state"] == "failed", row
-    assert "stopped: crash_budget" in campaign.status_table("crashloop")
+    assert "stopped: crash_budget" in campaign.status_table(name)
     assert not (run_dir / "DONE").exists()
 
 
-def test_planned_hand_offs_of_two_ranks_on_sge_give_the_uninterrupted_weights(
-        campaign, reference_two_ranks):
-    run_dir = campaign.chains["planned"]
-    evs, links = assert_planned_chain_completed(run_dir, "sge")
+# How each test cluster's job script asks for the two GPUs.
+TWO_GPUS = {"sge": "#$ -l gpus=2", "slurm": "#SBATCH --gres=gpu:2"}
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_planned_hand_offs_of_two_ranks_give_the_uninterrupted_weights(
+        campaign, reference_two_ranks, scheduler):
+    name = f"{scheduler}-planned"
+    run_dir = campaign.chains[name]
+    evs, links = assert_planned_chain_completed(run_dir, scheduler)
     # the successor held on the last link was removed when the run finished
     last = links[-1]["link"]
     assert [e["how"] for e in evs if e["event"] == "ended" and e["link"] == last + 1] == \
         ["cancelled"]
-    assert campaign.status("planned")["state"] == "finished"
-    # Every link ran two ranks, and Grid Engine granted it two `gpus`.
-    accounted = wait_accounted(campaign, "planned", [done["job_id"] for done in links])
+    assert campaign.status(name)["state"] == "finished"
+    # Every link ran two ranks, and the scheduler granted it two GPUs.
+    accounted = wait_accounted(campaign, name, [done["job_id"] for done in links])
     for done in links:
         script = (run_dir / "scripts" / f"link-{done['link']:03d}.sh").read_text()
-        assert "#$ -l gpus=2" in script and "composer -n 2 -m trainer.train" in script
+        assert TWO_GPUS[scheduler] in script.splitlines()
+        assert "composer -n 2 -m trainer.train" in script
         assert accounted[done["job_id"]]["gpus"] == 2, accounted[done["job_id"]]
     assert_bitwise_equal(final_weights(run_dir), reference_two_ranks)
 
 
-def test_a_successor_starting_after_the_finish_exits_at_once(campaign):
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_a_successor_starting_after_the_finish_exits_at_once(campaign, scheduler):
     from slmjobs import submit
 
-    run_dir = campaign.chains["planned"]
+    run_dir = campaign.chains[f"{scheduler}-planned"]
     wait_settled(run_dir)
     before = len(events_of(run_dir, "submitted"))
     link = max(e["link"] for e in events_of(run_dir) if isinstance(e.get("link"), int)) + 1
@@ -250,12 +296,15 @@ def test_a_successor_starting_after_the_finish_exits_at_once(campaign):
     started = events.started_links(ledger.read(run_dir))[link]
     assert ended["how"] == "cancelled" and ended["job_id"] == job_id
     assert ended["time"] - started["time"] < 5, "the late link should exit within seconds"
-    wait_until(lambda: not active_jobs(run_dir, "sge"), 60, "the late link's job to leave", interval=1.0)
+    wait_until(lambda: not active_jobs(run_dir, scheduler), 60, "the late link's job to leave",
+               interval=1.0)
     assert len(events_of(run_dir, "submitted")) == before + 1  # it queued nothing further
 
 
 def test_hard_kill_at_h_rt_continues_from_the_last_checkpoint(campaign, reference):
-    run_dir = campaign.chains["hardkill"]
+    """Grid Engine's h_rt is a bare SIGKILL (FINDINGS 3c): the link dies without a word, the
+    next one resumes from the last periodic checkpoint."""
+    run_dir = campaign.chains["sge-hardkill"]
     evs = assert_finished_without_leftovers(run_dir, "sge")
     killed = [e for e in evs if e["event"] == "ended" and e["how"] == "killed"]
     assert killed, "no link was killed at h_rt"
@@ -265,9 +314,32 @@ def test_hard_kill_at_h_rt_continues_from_the_last_checkpoint(campaign, referenc
         assert 0 <= dead["step"] - dead["progress"] <= SAVE_EVERY, dead
     # A link killed just as the run finished has no later link to ask qacct for it;
     # `slmjobs status` records what the chain could not.
-    accounted = wait_accounted(campaign, "hardkill", [dead["job_id"] for dead in killed])
+    accounted = wait_accounted(campaign, "sge-hardkill", [dead["job_id"] for dead in killed])
     for dead in killed:  # Grid Engine itself says h_rt killed it
         assert accounted[dead["job_id"]]["exit_status"] == 137, accounted.get(dead["job_id"])
+    assert_bitwise_equal(final_weights(run_dir), reference)
+
+
+def test_a_link_at_its_slurm_time_limit_hands_off_on_sigterm(campaign, reference):
+    """SLURM's --time is SIGTERM to every process of the job, SIGKILL 30 s (KillWait) later
+    (docs/SLURM.md): the worker, given no deadline, takes the SIGTERM as its cue, checkpoints at
+    the next batch boundary and hands off, and the next link continues from that checkpoint:
+    not a batch is lost. SLURM's accounting says the time limit ended each of those jobs."""
+    run_dir = campaign.chains["slurm-hardkill"]
+    evs = assert_finished_without_leftovers(run_dir, "slurm")
+    links = trained_links(evs)
+    # No link trains past its --time plus KillWait (150 s): 200 batches of 1 s need two at least.
+    assert len(links) >= 2, links
+    assert [e["how"] for e in links] == ["handed_off"] * (len(links) - 1) + ["finished"]
+    assert_no_batch_recomputed_at_hand_offs(run_dir, evs)
+    handed_off = [e for e in links if e["how"] == "handed_off"]
+    for done in handed_off:
+        log = (run_dir / "logs" / f"link-{done['link']:03d}.log").read_text(errors="replace")
+        assert "received SIGTERM" in log and "DUE TO TIME LIMIT" in log, done
+    accounted = wait_accounted(campaign, "slurm-hardkill", [e["job_id"] for e in handed_off])
+    for done in handed_off:
+        verdict = accounted[done["job_id"]]
+        assert verdict["failed"] and "time limit" in verdict["reason"], verdict
     assert_bitwise_equal(final_weights(run_dir), reference)
 
 

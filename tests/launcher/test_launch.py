@@ -45,7 +45,7 @@ def bad_profile(tmp_path) -> str:
 
 BAD_INPUTS = [
     (["launch", "gpt3"], "unknown model 'gpt3': allowed are gpt2, gpt2-large"),
-    (["launch", "tiny", "--cluster", "nope"], "unknown cluster 'nope': allowed are local, scc, sge"),
+    (["launch", "tiny", "--cluster", "nope"], "unknown cluster 'nope': allowed are demo, local, scc, sge, slurm"),
     (["launch", "tiny", "--cluster", "sge", "--gpus", "5"], "--gpus 5 is not allowed on cluster 'sge': allowed is 1 to 4"),
     (["launch", "tiny", "--gpus", "0"], "--gpus 0 is not allowed"),
     (["launch", "tiny", "--walltime", "12h"], "bad --walltime '12h': allowed is HH:MM:SS"),

@@ -43,7 +43,8 @@ def test_default_profile_is_local_then_env_then_user_config(config_dir, monkeypa
 
 def test_shipped_profiles_are_package_data():
     """The package reaches cluster/ through slmjobs/clusters, which a wheel build copies."""
-    assert sorted(p.name for p in profiles.SHIPPED_DIR.glob("*.yaml")) == ["local.yaml", "scc.yaml", "sge.yaml"]
+    assert sorted(p.name for p in profiles.SHIPPED_DIR.glob("*.yaml")) == [
+        "demo.yaml", "local.yaml", "scc.yaml", "sge.yaml", "slurm.yaml"]
     assert profiles.load("local")["scheduler"] == "local"
 
 
@@ -63,8 +64,8 @@ def test_profile_by_path(tmp_path):
 
 
 @pytest.mark.parametrize("text, key, allowed", [
-    ("max_gpus: 2\n", "scheduler", "one of: sge, local"),                     # missing key
-    ("scheduler: slurm\nmax_gpus: 2\n", "scheduler", "one of: sge, local"),   # bad value
+    ("max_gpus: 2\n", "scheduler", "one of: sge, slurm, local"),              # missing key
+    ("scheduler: pbs\nmax_gpus: 2\n", "scheduler", "one of: sge, slurm, local"),  # bad value
     ("scheduler: sge\nmax_gpu: 2\n", "max_gpu", "allowed keys are"),          # mistyped key
     ("scheduler: sge\nmax_gpus: four\n", "max_gpus", "a positive integer"),   # wrong type
     ("scheduler: sge\nmax_gpus: true\n", "max_gpus", "a positive integer"),   # bool is not int
@@ -87,7 +88,7 @@ def test_bad_profiles_name_file_key_and_allowed(tmp_path, text, key, allowed):
 
 
 def test_unknown_cluster_lists_the_allowed_ones():
-    with pytest.raises(UsageError, match=r"unknown cluster 'nope': allowed are local, scc, sge"):
+    with pytest.raises(UsageError, match=r"unknown cluster 'nope': allowed are demo, local, scc, sge, slurm"):
         profiles.load("nope")
 
 

@@ -36,7 +36,7 @@ def golden_spec(cluster, model, gpus, monkeypatch, overrides=("train.max_duratio
                           python=FIXED_PYTHON, workdir=FIXED_WORKDIR)
 
 
-@pytest.mark.parametrize("cluster", ["scc", "sge", "local"])
+@pytest.mark.parametrize("cluster", ["scc", "sge", "slurm", "local"])
 @pytest.mark.parametrize("model", ["tiny", "gpt2"])
 @pytest.mark.parametrize("gpus", [1, 2])
 def test_golden_scripts(cluster, model, gpus, monkeypatch):

@@ -141,7 +141,9 @@ def test_killed_link_without_its_end_hook(tmp_path, backends):
 @pytest.mark.parametrize("reason,state,note", [
     ("cancelled", "cancelled", ""), ("finished", "finished", ""),
     ("crash_budget", "failed", "stopped: crash_budget (d); continue: slmjobs resume r"),
-    ("max_links", "stopped", "stopped: max_links (d); continue: slmjobs resume r")])
+    ("max_links", "stopped", "stopped: max_links (d); continue: slmjobs resume r"),
+    ("diverged", "stopped", "stopped: diverged (d); lower train.lr in the overrides of its run.yaml "
+                            "(the next links read them), then continue: slmjobs resume r")])
 def test_stopped_chains(tmp_path, backends, reason, state, note):
     run = make_run(tmp_path, "r", events=[
         submitted(1, "7"), {"event": "stopped", "reason": reason, "detail": "d"}])

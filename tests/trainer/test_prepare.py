@@ -195,6 +195,28 @@ def test_a_file_that_cannot_be_read_is_refused_after_pieces_were_written(tmp_pat
     assert_refused(proc, tmp_path, str(corpus / 'b.txt'), 'cannot read')
 
 
+@pytest.mark.parametrize('content, needle', [
+    (b'plain text first\n' + bytes(range(0, 256)), 'not a text file (a NUL byte at offset 17)'),
+    ('caf\u00e9 au lait'.encode('latin-1'), 'not UTF-8 text (byte 0xe9 at offset 3)'),
+])
+def test_a_file_that_is_not_text_is_refused_naming_the_byte(tmp_path, content, needle):
+    """A binary file named .txt after a good file: refused once the preparation reaches it,
+    naming it and the offset; the pieces written before it, the work directory and the
+    directories above --out that the preparation made are gone, the one that existed stays."""
+    corpus = tmp_path / 'corpus'
+    corpus.mkdir()
+    corpus_jsonl(corpus / 'a.jsonl', documents=60)
+    (corpus / 'b.txt').write_bytes(content)
+    existing = tmp_path / 'existing'
+    existing.mkdir()
+    out = existing / 'made' / 'by-it' / 'ds'
+    proc = run_prepare('--source', str(corpus), '--tokenizer', 'bytes', '--out', str(out),
+                       '--piece-chars', '100000')
+    assert_refused(proc, tmp_path, f'--source {corpus / "b.txt"}: {needle}', 'allowed: UTF-8 text')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['corpus', 'existing']
+    assert list(existing.iterdir()) == []
+
+
 @pytest.mark.parametrize('content', ['', '\n\n', '{"text": ""}\n'])
 def test_an_empty_source_is_refused(tmp_path, content):
     src = tmp_path / 'docs.jsonl'

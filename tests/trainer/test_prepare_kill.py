@@ -152,3 +152,42 @@ def test_a_hub_stream_resumes_from_its_state_without_the_consumed_part(tmp_path,
     position = json.loads(json.dumps(first.position()))  # as the journal stores it
     rest = list(HubSource('json', None, 'train', 'text', data_files=[str(data)]).documents(position))
     assert consumed[-1] == 'record 1233' and rest[0] == 'record 1234' and len(rest) == 3000 - 1234
+
+
+def group_members(pgid: int) -> dict[int, str]:
+    """pid -> command line of every live (not zombie) process in process group `pgid`."""
+    found = {}
+    for entry in Path('/proc').iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / 'stat').read_text()
+            cmdline = (entry / 'cmdline').read_bytes().replace(b'\0', b' ').decode(errors='replace')
+        except OSError:  # gone meanwhile
+            continue
+        state, _, group = stat.rsplit(')', 1)[1].split()[:3]
+        if int(group) == pgid and state != 'Z':
+            found[int(entry.name)] = cmdline
+    return found
+
+
+def test_killing_slmjobs_prepare_ends_every_process_of_the_preparation(corpus, tmp_path):
+    """The pid the user sees is the preparation itself (slmjobs execs the worker) and its pool's
+    workers die with it: one SIGKILL to that pid, and no process of the preparation runs on."""
+    log = tmp_path / 'stderr'
+    proc = subprocess.Popen([sys.executable, '-m', 'slmjobs', 'prepare',
+                             *command(corpus, tmp_path / 'ds', '--workers', '2')],
+                            env=dict(os.environ, PYTHONPATH=str(REPO), SLMJOBS_PREPARE_HOLD_PIECE='3'),
+                            stdout=subprocess.DEVNULL, stderr=log.open('w'), start_new_session=True)
+    try:
+        wait_until(lambda: 'holding in piece 3' in log.read_text(), 120, 'the preparation to reach piece 3')
+        members = group_members(proc.pid)
+        assert 'trainer.prepare' in members[proc.pid], members  # the same pid, now the worker
+        assert len(members) >= 3, members  # and its two tokenizing processes
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        wait_until(lambda: not group_members(proc.pid), 30, 'every process of the preparation to end')
+    finally:  # whatever the test's own kill left
+        for pid in group_members(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        proc.wait()

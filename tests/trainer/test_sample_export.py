@@ -277,3 +277,30 @@ def test_a_model_gpt2config_cannot_express_is_refused(worker, tmp_path):
 def test_bad_sample_options_are_one_line(reference, tmp_path, args, needle):
     run_dir = copy_run(reference, tmp_path / 'run')
     assert_one_line_error(cli('sample', str(run_dir), *args, cwd=tmp_path), needle)
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused(reference, tmp_path):
+    """A diverged run's weights (here a real checkpoint with one tensor set to NaN and another
+    to inf): export writes nothing and sample draws nothing, each with one line naming the file
+    and the first such tensor; an earlier checkpoint named with --checkpoint still samples."""
+    import torch
+    run_dir = copy_run(reference, tmp_path / 'run')
+    latest = (run_dir / 'checkpoints' / 'latest-rank0.pt').resolve()
+    state = torch.load(latest, map_location='cpu', weights_only=False)
+    weights = state['state']['model']
+    weights['model.transformer.h.0.mlp.c_fc.weight'][3, 5] = float('nan')
+    weights['model.transformer.ln_f.weight'][0] = float('inf')
+    torch.save(state, latest)
+    out = tmp_path / 'hf'
+    proc = cli('export', str(run_dir), '--out', str(out), cwd=tmp_path)
+    assert_one_line_error(proc, f'checkpoint {latest}: weight transformer.h.0.mlp.c_fc.weight holds nan',
+                          'allowed: a checkpoint whose weights are all finite')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['run']  # no export, no scratch
+    assert_one_line_error(cli('sample', str(run_dir), '--max-new-tokens', '3', cwd=tmp_path),
+                          f'checkpoint {latest}: weight transformer.h.0.mlp.c_fc.weight holds nan')
+    weights['model.transformer.h.0.mlp.c_fc.weight'][3, 5] = 0.0
+    torch.save(state, latest)
+    assert_one_line_error(cli('sample', str(run_dir), cwd=tmp_path), 'transformer.ln_f.weight holds inf')
+    earlier = run_dir / 'checkpoints' / 'ep0-ba20-rank0.pt'
+    proc = cli('sample', str(run_dir), '--checkpoint', str(earlier), '--max-new-tokens', '3', cwd=tmp_path)
+    assert proc.returncode == 0 and 'sampling ep0-ba20-rank0.pt (step 20)' in proc.stderr, proc.stderr
