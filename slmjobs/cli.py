@@ -59,6 +59,43 @@ def launch(model, overrides, gpus, cluster, walltime, name, max_links, project, 
     _report_launch(result, dry_run)
 
 
+@cli.command(context_settings={**CONTEXT, "ignore_unknown_options": True,
+                                "allow_interspersed_args": False})
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED, metavar="-- CMD [ARG]...")
+@click.option("--cluster", metavar="NAME|PATH",
+              help="Cluster profile name or file (default: env SLMJOBS_CLUSTER, user config, local).")
+@click.option("--gpus", type=int, help="GPUs on one node (default 1; 0 with --cpus alone).")
+@click.option("--cpus", type=int, help="CPU slots; without --gpus, a CPU-only job.")
+@click.option("--walltime", metavar="HH:MM:SS", help="Walltime of each link (default: the profile's).")
+@click.option("--name", help="Run name (default: command-YYYYmmdd-HHMMSS).")
+@click.option("--max-links", type=int, help="Most jobs the chain may use (default: the profile's).")
+@click.option("--project", help="Scheduler project (-P); default env SLMJOBS_PROJECT or the profile's.")
+@click.option("--after", metavar="RUN", help="Start when run RUN finishes (its name or directory).")
+@click.option("--stop-signal", metavar="SIG",
+              help="Send SIG (TERM, INT, HUP, USR1, USR2, QUIT) to the command at the deadline.")
+@click.option("--resume-glob", metavar="GLOB",
+              help="Without a declared checkpoint, resume from the newest file matching GLOB.")
+@click.option("--dry-run", is_flag=True, help="Print the exact job script; write and submit nothing.")
+@click.option("--validate", is_flag=True, help="Ask the scheduler (qsub -w v) whether it can ever run.")
+def run(argv, cluster, gpus, cpus, walltime, name, max_links, project, after, stop_signal,
+        resume_glob, dry_run, validate):
+    """Run any command as a chain of jobs: `slmjobs run --cpus 2 -- python train.py --lr 3e-4`.
+
+    Every link gives it SLMJOBS_DEADLINE, SLMJOBS_RESUME_FROM, SLMJOBS_CHECKPOINT_DIR and more;
+    it exits 0 when finished, 75 to hand off to the next link (docs/CONTRACTS.md, "Any command").
+    """
+    from slmjobs.launch import Request, launch as do_launch
+
+    argv = list(argv[1:] if argv[:1] == ("--",) else argv)
+    request = Request(kind="command", options={"argv": argv, "stop_signal": stop_signal,
+                                               "resume_glob": resume_glob},
+                      cluster=cluster, gpus=0 if gpus is None and cpus is not None else gpus,
+                      cpus=cpus, walltime=walltime, name=name, max_links=max_links,
+                      project=project, after=str(_find_run(after)) if after else None)
+    result = do_launch(request, dry_run=dry_run, validate=validate)
+    _report_launch(result, dry_run)
+
+
 def _report_launch(result: dict, dry_run: bool) -> None:
     """What every kind's launch command prints: the script (dry run), or where the run is."""
     if result["validation"] is not None:

@@ -124,4 +124,4 @@ def by_name(name: str) -> Kind:
     return _LOADED[name]
 
 
-BUILTIN = ("train",)
+BUILTIN = ("train", "command")
