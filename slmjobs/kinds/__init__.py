@@ -124,4 +124,4 @@ def by_name(name: str) -> Kind:
     return _LOADED[name]
 
 
-BUILTIN = ("train", "command")
+BUILTIN = ("train", "command", "submitit")
