@@ -33,6 +33,7 @@ from submitit.core.job_environment import SignalHandler
 from submitit.helpers import Checkpointable
 
 from slmjobs import link
+from slmjobs.kinds.submitit import count_handoff
 
 RUN_LINK = "_slmjobs_run"  # folder/<job id>_slmjobs_run -> the run directory (a symlink)
 # submitit's generic parameters, as this executor names them (update_parameters(timeout_min=...)
@@ -241,7 +242,10 @@ class SlmjobsJobEnvironment(job_environment.JobEnvironment):
 
     def _requeue(self, countdown: int) -> None:
         """The next link is already queued (held on this one): hand off."""
-        print(f"slmjobs.submitit: checkpointed; handing off (exit {link.HANDED_OFF})", flush=True)
+        directory = link.run_dir()
+        done = count_handoff(directory) if directory else None
+        print(f"slmjobs.submitit: checkpoint {done} written; handing off (exit {link.HANDED_OFF})",
+              flush=True)
         raise SystemExit(link.HANDED_OFF)
 
 

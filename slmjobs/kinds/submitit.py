@@ -7,8 +7,8 @@ runs submitit's own `python -m submitit.core._submit FOLDER` under slmjobs' wrap
 (slmjobs/wrapper.py): at the link's deadline the wrapper sends submitit's preempt signal, the
 callable's `checkpoint()` rewrites the submission pickle and the link exits 75; the next link
 loads that pickle and continues. The scheduler's own warnings (Grid Engine's -notify SIGUSR2 on a
-qdel) are not passed on: only the deadline hands off. Durable progress: the modification time of
-the submission pickle (a hand-off rewrites it). This module never imports submitit: status loads
+qdel) are not passed on: only the deadline hands off. Durable progress: the number of hand-offs
+(each one a new pickle). This module never imports submitit: status loads
 every kind.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import shlex
 
-from slmjobs import rundir
+from slmjobs import link, rundir
 from slmjobs.errors import UsageError
 from slmjobs.kinds import Command, Kind
 from slmjobs.table import Column
@@ -27,6 +27,7 @@ from slmjobs.table import Column
 # SIGHUP to a batch job, so a hand-off can only come from the deadline.
 PREEMPT_SIGNAL = "HUP"
 ENDED = "submitit_ended"  # the stop reason when a later link finds the function's result written
+HANDOFFS_FILE = "submitit.json"  # in the run directory: {"checkpoints": N}, N hand-offs so far
 
 
 class Submitit(Kind):
@@ -62,11 +63,8 @@ class Submitit(Kind):
 
     # ------------------------------------------------------------ progress
     def durable_progress(self, run_dir) -> int | None:
-        """A hand-off rewrites the submission pickle (checkpoint()'s DelayedSubmission)."""
-        try:
-            return int(os.stat(_spec(run_dir)["submitted_pickle"]).st_mtime_ns // 1_000_000)
-        except (OSError, KeyError):
-            return None
+        """How many times checkpoint() handed the callable on (None: never yet)."""
+        return link.read_json(os.path.join(str(run_dir), HANDOFFS_FILE)).get("checkpoints")
 
     def finished_trace(self, run_dir) -> bool:
         return False  # a result pickle may hold an error: before_link stops instead
@@ -84,6 +82,14 @@ class Submitit(Kind):
 
 
 KIND = Submitit()
+
+
+def count_handoff(run_dir: str) -> int:
+    """Inside a link, once checkpoint()'s pickle is written: one more hand-off (rank 0 only)."""
+    path = os.path.join(run_dir, HANDOFFS_FILE)
+    done = (link.read_json(path).get("checkpoints") or 0) + 1
+    link.write_json_atomic(path, {"checkpoints": done})
+    return done
 
 
 def _spec(run_dir) -> dict:

@@ -66,8 +66,14 @@ def driver(mode: str, folder: str, profile: str) -> dict:
                     "state": job.state}
     if mode == "map":
         jobs = executor.map_array(count_plain, ITEMS)
-        return {"job_ids": [j.job_id for j in jobs], "results": [j.result() for j in jobs],
-                "states": [j.state for j in jobs], "watcher_calls": SlmjobsJob.watcher.num_calls}
+        results = [j.result() for j in jobs]  # as soon as each result pickle is written
+        for _ in range(120):  # then each run's last link records its end
+            SlmjobsJob.watcher.update()  # one status reading for all three
+            states = [j.watcher.get_state(j.job_id, mode="cache") for j in jobs]
+            if "RUNNING" not in states and "PENDING" not in states:
+                break
+            time.sleep(1)
+        return {"job_ids": [j.job_id for j in jobs], "results": results, "states": states}
     if mode == "cancel":
         job = executor.submit(CountForever())
         log = job.run_dir / "logs" / "link-001.log"
@@ -132,6 +138,15 @@ class Drivers:
         (row,) = json.loads(self.cli("status", str(run_dir), "--json").stdout)
         return row
 
+    def wait_over(self, run_dir: Path, wait_until) -> list[dict]:
+        """Until status says the run is over and nothing of it is queued, held or running."""
+        def over():
+            row = self.status(run_dir)
+            return row["state"] in ("finished", "stopped", "failed", "cancelled") \
+                and row["job_state"] not in ("queued", "held", "running")
+        wait_until(over, 300, f"{run_dir.name} to be over", interval=2.0)
+        return ledger.read(run_dir)
+
     def close(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
@@ -165,13 +180,13 @@ def drivers(tmp_path_factory, sge_cluster):
 
 # ------------------------------------------------------------------ the tests
 @pytest.mark.parametrize("scheduler", ["sge", "local"])
-def test_a_checkpointable_counts_to_n_over_three_links_and_no_step_twice(drivers, scheduler):
+def test_a_checkpointable_counts_to_n_over_three_links_and_no_step_twice(drivers, scheduler,
+                                                                         wait_until):
     found = drivers.answer(f"count-{scheduler}")
     steps = [step for step, _ in found["steps"]]
     assert steps == list(range(1, TARGET + 1))  # each step once, in order, across the links
     assert len(found["links"]) >= math.ceil(TARGET / PER_LINK) >= 3
-    assert found["state"] == "COMPLETED"
-    evs = ledger.read(run_dir_of(drivers, found["job_id"]))
+    evs = drivers.wait_over(run_dir_of(drivers, found["job_id"]), wait_until)
     assert [e["reason"] for e in evs if e["event"] == "stopped"] == ["finished"]
     handed = [e for e in evs if e["event"] == "ended" and e.get("how") == "handed_off"]
     assert len(handed) >= 2 and all(e["exit_status"] == 75 for e in handed)
@@ -181,12 +196,13 @@ def test_a_checkpointable_counts_to_n_over_three_links_and_no_step_twice(drivers
 
 
 @pytest.mark.parametrize("scheduler", ["sge", "local"])
-def test_without_checkpoint_it_fails_with_submitits_own_error_after_link_one(drivers, scheduler):
+def test_without_checkpoint_it_fails_with_submitits_own_error_after_link_one(drivers, scheduler,
+                                                                             wait_until):
     found = drivers.answer(f"plain-{scheduler}")
     assert found["error"] == "FailedJobError"  # submitit's, raised by job.result()
     assert "timed-out and not checkpointable" in found["message"]
     run_dir = run_dir_of(drivers, found["job_id"])
-    evs = ledger.read(run_dir)
+    evs = drivers.wait_over(run_dir, wait_until)
     (first,) = [e for e in evs if e["event"] == "ended" and e.get("link") == 1]
     assert first["how"] == "crashed"
     # no later link ran the function again: the chain stopped, visibly
@@ -196,22 +212,22 @@ def test_without_checkpoint_it_fails_with_submitits_own_error_after_link_one(dri
     assert [e["event"] for e in evs].count("stopped") == 1
 
 
-def test_map_array_makes_one_chain_per_item(drivers):
+def test_map_array_makes_one_chain_per_item(drivers, wait_until):
     found = drivers.answer("map")
     assert found["results"] == ITEMS
     assert found["states"] == ["COMPLETED"] * 3
     assert len(set(found["job_ids"])) == 3
     for job_id in found["job_ids"]:
-        evs = ledger.read(run_dir_of(drivers, job_id))
+        evs = drivers.wait_over(run_dir_of(drivers, job_id), wait_until)
         assert [e["reason"] for e in evs if e["event"] == "stopped"] == ["finished"]
 
 
-def test_a_command_continues_in_the_next_link_after_exit_75(drivers):
+def test_a_command_continues_in_the_next_link_after_exit_75(drivers, wait_until):
     found = drivers.answer("command")
     assert found["result"] == 0
     assert [int(step) for _, step in found["steps"]] == list(range(1, COMMAND_TOTAL + 1))
     assert len({link for link, _ in found["steps"]}) >= math.ceil(COMMAND_TOTAL / PER_LINK)
-    evs = ledger.read(run_dir_of(drivers, found["job_id"]))
+    evs = drivers.wait_over(run_dir_of(drivers, found["job_id"]), wait_until)
     assert [e["reason"] for e in evs if e["event"] == "stopped"] == ["finished"]
 
 
