@@ -122,7 +122,6 @@ class SlmjobsExecutor(core.PicklingExecutor):
                  max_pickle_size_gb: float = 1.0) -> None:
         super().__init__(folder, max_num_timeout=max_num_timeout,
                          max_pickle_size_gb=max_pickle_size_gb)
-        self.parameters = {}
 
     @classmethod
     def affinity(cls) -> int:

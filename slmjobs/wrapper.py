@@ -7,8 +7,8 @@ contract of docs/CONTRACTS.md ("Any command"), standard library only.
 It gives the command the contract's variables (SLMJOBS_CHECKPOINT_DIR created,
 SLMJOBS_RESUME_FROM found), starts it in a process group of its own, sends `--stop-signal` to
 that group at the deadline (or at once when the scheduler warns this job with SIGUSR1, SIGUSR2 or
-SIGTERM, unless --ignore-warnings), and exits with the command's status. The command's own group keeps the scheduler's
-group signals away from a program that would die of them; a guard in that group kills it the
+SIGTERM, unless --ignore-warnings), and exits with the command's status. The command's own group
+keeps the scheduler's group signals away from a program that would die of them; a guard in that group kills it the
 moment this wrapper dies, because the scheduler's hard kill (h_rt, SIGKILL) reaches only the
 job's group and a command left behind would train beside the next link.
 """

@@ -1,5 +1,6 @@
 """submitit's API on slmjobs (slmjobs/submitit.py): `AutoExecutor(folder, cluster="slmjobs")`
-submits callables that ride the real chain, on the real Grid Engine and on the local backend.
+submits callables that ride the real chain, on the real Grid Engine and on the local backend (the
+counting chain on the real SLURM too).
 
 Every submission is made by a driver process (this module run as a script, or the README's
 example examples/submitit_count.py) launched all at once by the module fixture: the chains sleep
@@ -101,6 +102,8 @@ def write_profile(tmp: Path, name: str, scheduler: str, **extra) -> str:
             "chain": {"max_links": 20, "crash_budget": 1, "no_progress_links": 3}, **extra}
     if scheduler == "sge":
         data.update(pe="omp", cpus_per_gpu=1)
+    if scheduler == "slurm":
+        data.update(cpus_per_gpu=1)
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return str(path)
@@ -160,16 +163,18 @@ def run_dir_of(drivers: Drivers, job_id: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def drivers(tmp_path_factory, sge_cluster):
+def drivers(tmp_path_factory, sge_cluster, slurm_cluster):
     tmp = tmp_path_factory.mktemp("submitit")
     d = Drivers(tmp)
     sge = write_profile(tmp, "sge", "sge")
     sge_notify = write_profile(tmp, "sge-notify", "sge", notify=True)
     local = write_profile(tmp, "local", "local")
+    slurm = write_profile(tmp, "slurm", "slurm")
     d.started = time.monotonic()
-    for name, profile in (("sge", sge), ("local", local)):
+    for name, profile in (("sge", sge), ("local", local), ("slurm", slurm)):
         d.start(f"count-{name}", [str(EXAMPLE), "--folder", str(tmp / f"jobs-{name}"),
                                   "--cluster", profile, "--target", str(TARGET)], cwd=tmp)
+    for name, profile in (("sge", sge), ("local", local)):
         d.start(f"plain-{name}", [str(HERE), "plain", str(tmp / f"jobs-plain-{name}"), profile], cwd=tmp)
     d.start("map", [str(HERE), "map", str(tmp / "jobs-map"), local], cwd=tmp)
     d.start("command", [str(HERE), "command", str(tmp / "jobs-command"), local], cwd=tmp)
@@ -179,7 +184,7 @@ def drivers(tmp_path_factory, sge_cluster):
 
 
 # ------------------------------------------------------------------ the tests
-@pytest.mark.parametrize("scheduler", ["sge", "local"])
+@pytest.mark.parametrize("scheduler", ["sge", "local", "slurm"])
 def test_a_checkpointable_counts_to_n_over_three_links_and_no_step_twice(drivers, scheduler,
                                                                          wait_until):
     found = drivers.answer(f"count-{scheduler}")
