@@ -33,11 +33,13 @@ class Regression(L.LightningModule):
 
 
 def data() -> DataLoader:
+    """Full-batch training: every epoch is one batch, so a hand-off checkpoint is also an epoch's
+    end. (Lightning resumes mid-epoch exactly only from a stateful data loader, one with
+    `state_dict`/`load_state_dict`, such as torchdata's StatefulDataLoader.)"""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(256, 8, generator=generator)
     y = x @ torch.randn(8, 1, generator=generator) + 0.1 * torch.randn(256, 1, generator=generator)
-    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True,
-                      generator=torch.Generator().manual_seed(1))
+    return DataLoader(TensorDataset(x, y), batch_size=256)
 
 
 def main() -> int:

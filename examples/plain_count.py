@@ -67,7 +67,8 @@ def main() -> int:
         if log:
             log.write(f"{os.environ.get('SLMJOBS_LINK', '0')} {step}\n")
             log.flush()
-        link.heartbeat(step, args.total)
+        if handoff:
+            link.heartbeat(step, args.total)
         if args.save_every and (step % args.save_every == 0 or step == args.total):
             save(os.path.join(args.ckpt_dir, f"step-{step:06d}.json"), step, state)
     if not args.save_every:

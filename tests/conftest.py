@@ -32,7 +32,8 @@ from support import COLLECTED_TIERS, wait_until
 
 # What puts a test in a tier: fixtures it uses (directly or through other fixtures), or its id.
 CLUSTER_FIXTURES = {"sge_cluster", "slurm_cluster"}  # the real schedulers (`sge`, `slurm` build on them)
-TRAINING_FIXTURES = {"worker", "reference", "reference_two_ranks", "campaign", "bpe_run"}  # start the worker
+TRAINING_FIXTURES = {"worker", "reference", "reference_two_ranks", "campaign", "bpe_run",
+                     "command_chains"}  # start the worker (or `slmjobs run` chains)
 TRAINING_TESTS = (  # start the worker without one of those fixtures
     "tests/test_demo.py::test_demo_",
     "tests/launcher/test_launch.py::test_real_launch_on_the_local_backend",

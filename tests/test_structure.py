@@ -157,3 +157,45 @@ def test_the_job_script_template_names_scheduler_variables_only_in_echo_lines():
             named = any(w in line for w in (*SCHEDULER_WORDS, *SCHEDULER_PREFIXES))
             if named:
                 assert line.lstrip().startswith(("echo", "#", "{#")), f"{template.name}: {line}"
+
+
+# ------------------------------------------------------------ what a user's command imports
+# slmjobs.link is imported by users' training scripts (and the adapters); the wrapper runs in
+# every link of a `command` run: the standard library only, and nothing else of slmjobs.
+STDLIB_ONLY = {"slmjobs/link.py": set(), "slmjobs/wrapper.py": {"slmjobs", "slmjobs.link"}}
+
+
+def non_stdlib_imports(path: Path, allowed: set[str]) -> set[str]:
+    import sys
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names
+                                      if node.module == "slmjobs"}
+    return {name for name in found if name.split(".")[0] not in sys.stdlib_module_names
+            and name != "__future__" and name not in allowed}
+
+
+def test_the_import_checker_sees_a_third_party_import(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("import os\nimport yaml\nfrom slmjobs import rundir\ndef f():\n    import torch\n")
+    assert non_stdlib_imports(sample, {"slmjobs", "slmjobs.link"}) == {"yaml", "slmjobs.rundir", "torch"}
+
+
+def test_link_and_the_wrapper_import_only_the_standard_library():
+    for name, allowed in STDLIB_ONLY.items():
+        assert non_stdlib_imports(ROOT / name, allowed) == set(), name
+
+
+def test_the_worker_imports_nothing_of_the_launcher_but_slmjobs_link():
+    found = set()
+    for path in sorted((ROOT / "trainer").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [f"{node.module}.{a.name}" for a in node.names]
+                     if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            found |= {(path.name, n) for n in names if n.split(".")[0] == "slmjobs"}
+    assert {n for _, n in found} <= {"slmjobs.link"}, found

@@ -1,13 +1,16 @@
-"""The worker's exit statuses, its one error type for bad input (the launcher has its own; the
-two never import each other) and the one for a diverged run. Entry points print BadInput as one
-line and exit with status 2, before touching any checkpoint or dataset."""
+"""The worker's exit statuses, its one error type for bad input (the launcher has its own) and
+the one for a diverged run. Entry points print BadInput as one line and exit with status 2,
+before touching any checkpoint or dataset. The statuses 0, 2 and 75 are the chain's contract,
+the same for any command (slmjobs.link, the one module of slmjobs the worker imports)."""
 
-EXIT_FINISHED = 0
-EXIT_BAD_INPUT = 2
+from slmjobs import link
+
+EXIT_FINISHED = link.FINISHED
+EXIT_BAD_INPUT = link.BAD_INPUT
 EXIT_DIVERGED = 65    # EX_DATAERR: the loss or the weights became NaN/inf; nothing saved after it
 EXIT_CANT_CREATE = 73  # EX_CANTCREAT: an output on a read-only filesystem or without permission
 EXIT_DISK_FULL = 74   # EX_IOERR: an output could not be written for lack of space or quota
-EXIT_HANDED_OFF = 75  # EX_TEMPFAIL: stopped early with a checkpoint, more to do
+EXIT_HANDED_OFF = link.HANDED_OFF  # EX_TEMPFAIL: stopped early with a checkpoint, more to do
 
 
 class BadInput(Exception):

@@ -14,16 +14,19 @@ runs (see install_signal_handlers).
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
 from typing import Optional
 
+from slmjobs import link
+
 HANDOFF_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 # After the stop checkpoint: Trainer.close() (wandb finishes its files), a barrier, atexit
 # clean-up (streaming unlinks its shared memory). Measured 0.5-1.5 s on a loaded 2-core machine.
-EXIT_SECONDS = 2.0
+# One value for every command that rides the chain (slmjobs.link, the contract's one
+# implementation: the only module of slmjobs the worker imports).
+EXIT_SECONDS = link.EXIT_SECONDS
 
 
 class StopRequest:
@@ -85,5 +88,4 @@ def ignore_signals_for_exit() -> None:
 
 
 def deadline_from_env() -> Optional[float]:
-    value = os.environ.get('SLMJOBS_DEADLINE')
-    return float(value) if value else None
+    return link.deadline()

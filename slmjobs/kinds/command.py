@@ -94,11 +94,11 @@ KIND = RunCommand()
 
 def last_change(run_dir) -> int | None:
     """The newest modification time (whole seconds) of anything under the checkpoint directory
-    or matching the run's --resume-glob: it moves on exactly when a link changed something
-    there (a new file, a rewrite, a removal: the directory's own time). None when there is
-    nothing."""
+    or matching the run's --resume-glob: it moves on exactly when a link wrote something there
+    (a new file, a rewrite; a removal inside a subdirectory, through its time). None when
+    there is nothing."""
     root = rundir.checkpoints_dir(run_dir)
-    paths = [str(root)] if root.is_dir() else []
+    paths = []  # not the directory itself: the wrapper creating it is no progress
     for directory, subdirs, files in os.walk(root):
         paths += [os.path.join(directory, name) for name in subdirs + files]
     spec = _spec(run_dir)
