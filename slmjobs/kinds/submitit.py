@@ -35,7 +35,7 @@ class Submitit(Kind):
     progress_name = "checkpoint"
     gpus_default = 0  # submitit's own default: gpus_per_node is asked for explicitly
     gpus_min = 0
-    columns = (Column("JOB", "job_id"),)
+    columns = (Column("HANDOFFS", "checkpoints"),)  # checkpoint() calls so far
 
     def spec_fields(self, options: dict, profile: dict) -> dict:
         missing = [k for k in ("folder", "job_id", "submitted_pickle", "result_pickle")
@@ -78,7 +78,7 @@ class Submitit(Kind):
         return [], None
 
     def status(self, run_dir, progress: dict) -> dict:
-        return {"job_id": _spec(run_dir).get("job_id")}
+        return {"checkpoints": self.durable_progress(run_dir)}
 
 
 KIND = Submitit()

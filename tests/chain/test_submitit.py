@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -55,7 +56,10 @@ class CountForever(submitit.helpers.Checkpointable):
 def driver(mode: str, folder: str, profile: str) -> dict:
     from slmjobs.submitit import SlmjobsJob
 
-    executor = submitit.AutoExecutor(folder, cluster="slmjobs")
+    # The command's chain runs with max_num_timeout=0: submitit's own count would stop it at its
+    # first hand-off; slmjobs' guards let it go on.
+    executor = submitit.AutoExecutor(folder, cluster="slmjobs",
+                                     slmjobs_max_num_timeout=0 if mode == "command" else 3)
     executor.update_parameters(timeout_min=WALLTIME_MIN, cpus_per_task=1, slmjobs_cluster=profile,
                                name=mode)
     if mode == "plain":
@@ -67,6 +71,10 @@ def driver(mode: str, folder: str, profile: str) -> dict:
                     "state": job.state}
     if mode == "map":
         jobs = executor.map_array(count_plain, ITEMS)
+        calls = Path(os.environ["QSTAT_CALLS"])
+        calls.write_text("")
+        SlmjobsJob.watcher.update()  # the three jobs' states in one reading
+        qstat_calls = len(calls.read_text().splitlines())
         results = [j.result() for j in jobs]  # as soon as each result pickle is written
         for _ in range(120):  # then each run's last link records its end
             SlmjobsJob.watcher.update()  # one status reading for all three
@@ -74,7 +82,8 @@ def driver(mode: str, folder: str, profile: str) -> dict:
             if "RUNNING" not in states and "PENDING" not in states:
                 break
             time.sleep(1)
-        return {"job_ids": [j.job_id for j in jobs], "results": results, "states": states}
+        return {"job_ids": [j.job_id for j in jobs], "results": results, "states": states,
+                "qstat_calls": qstat_calls}
     if mode == "cancel":
         job = executor.submit(CountForever())
         log = job.run_dir / "logs" / "link-001.log"
@@ -120,9 +129,10 @@ class Drivers:
         self.procs: dict[str, subprocess.Popen] = {}
         self.answers: dict[str, dict] = {}
 
-    def start(self, key: str, argv: list[str], cwd: Path) -> None:
+    def start(self, key: str, argv: list[str], cwd: Path, env: dict | None = None) -> None:
         log = open(self.tmp / f"{key}.out", "w")
-        self.procs[key] = subprocess.Popen([sys.executable, *argv], env=self.env, cwd=cwd,
+        self.procs[key] = subprocess.Popen([sys.executable, *argv], env={**self.env, **(env or {})},
+                                           cwd=cwd,
                                            stdout=log, stderr=subprocess.STDOUT, text=True)
 
     def answer(self, key: str, timeout: float = 900) -> dict:
@@ -176,7 +186,15 @@ def drivers(tmp_path_factory, sge_cluster, slurm_cluster):
                                   "--cluster", profile, "--target", str(TARGET)], cwd=tmp)
     for name, profile in (("sge", sge), ("local", local)):
         d.start(f"plain-{name}", [str(HERE), "plain", str(tmp / f"jobs-plain-{name}"), profile], cwd=tmp)
-    d.start("map", [str(HERE), "map", str(tmp / "jobs-map"), local], cwd=tmp)
+    # map_array on Grid Engine, with a qstat first on the driver's PATH that counts its calls
+    shims = tmp / "shims"
+    shims.mkdir()
+    (shims / "qstat").write_text(
+        f'#!/bin/sh\necho "$*" >> "$QSTAT_CALLS"\nexec {shutil.which("qstat")} "$@"\n')
+    (shims / "qstat").chmod(0o755)
+    d.start("map", [str(HERE), "map", str(tmp / "jobs-map"), sge], cwd=tmp,
+            env={"PATH": f"{shims}{os.pathsep}{os.environ['PATH']}",
+                 "QSTAT_CALLS": str(tmp / "qstat-calls")})
     d.start("command", [str(HERE), "command", str(tmp / "jobs-command"), local], cwd=tmp)
     d.start("cancel", [str(HERE), "cancel", str(tmp / "jobs-cancel"), sge_notify], cwd=tmp)
     yield d
@@ -198,6 +216,7 @@ def test_a_checkpointable_counts_to_n_over_three_links_and_no_step_twice(drivers
     # seen by slmjobs' own status, as any run
     row = drivers.status(run_dir_of(drivers, found["job_id"]))
     assert row["state"] == "finished" and row["kind"] == "submitit"
+    assert row["checkpoints"] == len(handed)  # its own column: checkpoint() hand-offs
 
 
 @pytest.mark.parametrize("scheduler", ["sge", "local"])
@@ -217,17 +236,19 @@ def test_without_checkpoint_it_fails_with_submitits_own_error_after_link_one(dri
     assert [e["event"] for e in evs].count("stopped") == 1
 
 
-def test_map_array_makes_one_chain_per_item(drivers, wait_until):
+def test_map_array_makes_one_chain_per_item_watched_with_one_query(drivers, wait_until):
     found = drivers.answer("map")
     assert found["results"] == ITEMS
     assert found["states"] == ["COMPLETED"] * 3
+    assert found["qstat_calls"] == 1  # for the three jobs together
     assert len(set(found["job_ids"])) == 3
     for job_id in found["job_ids"]:
         evs = drivers.wait_over(run_dir_of(drivers, job_id), wait_until)
         assert [e["reason"] for e in evs if e["event"] == "stopped"] == ["finished"]
 
 
-def test_a_command_continues_in_the_next_link_after_exit_75(drivers, wait_until):
+def test_a_command_continues_in_the_next_link_after_exit_75_whatever_max_num_timeout(
+        drivers, wait_until):
     found = drivers.answer("command")
     assert found["result"] == 0
     assert [int(step) for _, step in found["steps"]] == list(range(1, COMMAND_TOTAL + 1))
