@@ -117,3 +117,12 @@ def test_the_wrapper_with_ignore_warnings_passes_no_scheduler_warning_on(tmp_pat
                 wrapper.kill()
     assert not stopped.exists()
     assert "sending SIGHUP" not in log.read_text()
+
+
+def test_the_readme_shows_the_example_the_chain_tests_run():
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    example = (root / "examples" / "submitit_count.py").read_text()
+    shown = readme.split("class Count(submitit.helpers.Checkpointable):", 1)[1].split("\n\n\n")[0]
+    body = example.split("class Count(submitit.helpers.Checkpointable):", 1)[1].split("\n\n\n")[0]
+    assert shown.split("\nexecutor = ")[0].rstrip() == body.rstrip()  # the class, verbatim
