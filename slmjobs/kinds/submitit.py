@@ -15,6 +15,7 @@ every kind.
 from __future__ import annotations
 
 import os
+import pickletools
 import shlex
 
 from slmjobs import link, rundir
@@ -67,13 +68,14 @@ class Submitit(Kind):
         return link.read_json(os.path.join(str(run_dir), HANDOFFS_FILE)).get("checkpoints")
 
     def finished_trace(self, run_dir) -> bool:
-        return False  # a result pickle may hold an error: before_link stops instead
+        """The function returned (and a link was killed before its `end` hook said so)."""
+        return outcome(_spec(run_dir).get("result_pickle")) == "success"
 
     def before_link(self, run_dir, link: int) -> tuple[list, tuple | None]:
-        """The function ended (its result or its error is written): no link runs it again,
-        whatever the previous link's exit said. job.result() returns or raises it."""
+        """The function raised (submitit wrote its error): no link runs it again, whatever the
+        previous link's exit said. job.result() raises it."""
         result = _spec(run_dir).get("result_pickle")
-        if result and os.path.exists(result):
+        if outcome(result) is not None:
             return [], (ENDED, f"the function's outcome is in {result}: job.result() has it")
         return [], None
 
@@ -82,6 +84,20 @@ class Submitit(Kind):
 
 
 KIND = Submitit()
+
+
+def outcome(result_pickle: str | None) -> str | None:
+    """"success" or "error", the first item of the (outcome, value) pair submitit pickles when
+    the function ends; None while there is none. Read with pickletools, without unpickling: the
+    value's classes need not be importable here."""
+    try:
+        with open(result_pickle, "rb") as handle:
+            for opcode, arg, _ in pickletools.genops(handle):
+                if isinstance(arg, str) and "UNICODE" in opcode.name:
+                    return arg
+    except (OSError, TypeError, ValueError):
+        return None
+    return None
 
 
 def count_handoff(run_dir: str) -> int:

@@ -126,3 +126,20 @@ def test_the_readme_shows_the_example_the_chain_tests_run():
     shown = readme.split("class Count(submitit.helpers.Checkpointable):", 1)[1].split("\n\n\n")[0]
     body = example.split("class Count(submitit.helpers.Checkpointable):", 1)[1].split("\n\n\n")[0]
     assert shown.split("\nexecutor = ")[0].rstrip() == body.rstrip()  # the class, verbatim
+
+
+def test_the_kind_reads_the_functions_outcome_without_unpickling_its_value(tmp_path):
+    from submitit.core import utils
+
+    from slmjobs.kinds.submitit import outcome
+
+    class NotImportableWhereStatusRuns:
+        pass
+
+    for name, pair in (("ok", ("success", NotImportableWhereStatusRuns())), ("bad", ("error", "trace"))):
+        utils.cloudpickle_dump(pair, tmp_path / f"{name}.pkl")
+    assert outcome(str(tmp_path / "ok.pkl")) == "success"
+    assert outcome(str(tmp_path / "bad.pkl")) == "error"
+    assert outcome(str(tmp_path / "missing.pkl")) is None and outcome(None) is None
+    (tmp_path / "empty.pkl").write_bytes(b"")
+    assert outcome(str(tmp_path / "empty.pkl")) is None
