@@ -1,13 +1,14 @@
 """What a link of a `command` run (slmjobs/kinds/command.py) runs: the user's command under the
 contract of docs/CONTRACTS.md ("Any command"), standard library only.
 
-    python -m slmjobs.wrapper RUN_DIR [--stop-signal SIG] [--resume-glob GLOB] -- CMD ARGS...
+    python -m slmjobs.wrapper RUN_DIR [--stop-signal SIG] [--resume-glob GLOB] [--ignore-warnings]
+                              -- CMD ARGS...
 
 It gives the command the contract's variables (SLMJOBS_CHECKPOINT_DIR created,
 SLMJOBS_RESUME_FROM found), starts it in a process group of its own, sends `--stop-signal` to
 that group at the deadline (or at once when the scheduler warns this job with SIGUSR1, SIGUSR2 or
-SIGTERM), and exits with the command's status. The command's own group keeps the scheduler's
-group signals away from a program that would die of them; a guard in that group kills it the
+SIGTERM, unless --ignore-warnings), and exits with the command's status. The command's own group
+keeps the scheduler's group signals away from a program that would die of them; a guard in that group kills it the
 moment this wrapper dies, because the scheduler's hard kill (h_rt, SIGKILL) reaches only the
 job's group and a command left behind would train beside the next link.
 """
@@ -104,7 +105,8 @@ class Command:
             pass
 
 
-def run(run_dir: str, argv: list[str], stop: signal.Signals | None, pattern: str | None) -> int:
+def run(run_dir: str, argv: list[str], stop: signal.Signals | None, pattern: str | None,
+        warnings_stop: bool = True) -> int:
     env = contract_env(run_dir, pattern)
     print(f"slmjobs.wrapper: resuming from {env['SLMJOBS_RESUME_FROM'] or '(nothing: a fresh start)'}",
           flush=True)
@@ -118,7 +120,12 @@ def run(run_dir: str, argv: list[str], stop: signal.Signals | None, pattern: str
             started[0].signal(stop)
 
     for sig in WARNINGS:  # before the command starts: the job script had them ignored
-        signal.signal(sig, lambda signum, frame: send_stop(f"received {signal.Signals(signum).name}"))
+        if warnings_stop:
+            signal.signal(sig, lambda signum, frame: send_stop(f"received {signal.Signals(signum).name}"))
+        else:  # only the deadline hands off (the submitit kind: a qdel's -notify must not).
+            # A handler, not SIG_IGN: the command must not inherit the signal ignored.
+            signal.signal(sig, lambda signum, frame: print(
+                f"slmjobs.wrapper: ignoring {signal.Signals(signum).name}", flush=True))
     try:
         started.append(Command(argv, env))
     except (FileNotFoundError, PermissionError) as exc:
@@ -159,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("--stop-signal")
     parser.add_argument("--resume-glob")
+    parser.add_argument("--ignore-warnings", action="store_true",
+                        help="the scheduler's warnings do not send the stop signal")
     args = parser.parse_args(argv[:split])
     command = argv[split + 1:]
     try:
@@ -169,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     if not command:
         print("error: no command to run: allowed is `-- CMD ARGS...`", file=sys.stderr)
         return link.BAD_INPUT
-    return run(os.path.abspath(args.run_dir), command, stop, args.resume_glob)
+    return run(os.path.abspath(args.run_dir), command, stop, args.resume_glob,
+               warnings_stop=not args.ignore_warnings)
 
 
 if __name__ == "__main__":

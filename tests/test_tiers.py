@@ -12,7 +12,8 @@ NEVER_UNIT = ('tests/chain/test_chain_e2e.py', 'tests/chain/test_scheduler_fault
               'tests/backends/test_slurm_real.py',
               'tests/trainer/test_resume.py', 'tests/trainer/test_two_ranks.py',
               'tests/trainer/test_history.py', 'tests/chain/test_damaged_checkpoint_local.py',
-              'tests/chain/test_diverged_local.py', 'tests/chain/test_run_command_chain.py')
+              'tests/chain/test_diverged_local.py', 'tests/chain/test_submitit.py',
+              'tests/chain/test_run_command_chain.py')
 
 
 def test_every_test_has_a_tier_and_the_unit_tier_has_no_scheduler_and_no_training(request):

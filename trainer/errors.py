@@ -1,7 +1,7 @@
 """The worker's exit statuses, its one error type for bad input (the launcher has its own) and
 the one for a diverged run. Entry points print BadInput as one line and exit with status 2,
-before touching any checkpoint or dataset. The statuses the chain reads from any command are
-slmjobs.link's (the one module of slmjobs the worker imports)."""
+before touching any checkpoint or dataset. The statuses 0, 2 and 75 are the chain's contract,
+the same for any command (slmjobs.link, the one module of slmjobs the worker imports)."""
 
 from slmjobs import link
 

@@ -133,4 +133,4 @@ def by_name(name: str) -> Kind:
     return _LOADED[name]
 
 
-BUILTIN = ("train", "prepare", "eval", "command")
+BUILTIN = ("train", "prepare", "eval", "command", "submitit")
