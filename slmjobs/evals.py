@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 
-from slmjobs.rundir import history_path
+from slmjobs.rundir import history_path, read_json_lines
 from slmjobs.table import Column
 
 EVALS_FILE = "evals.jsonl"
@@ -35,20 +35,7 @@ def evals_path(run_dir) -> str:
 
 def read_evals(run_dir) -> list[dict]:
     """evals.jsonl's records (a torn last line skipped); [] without one."""
-    try:
-        with open(evals_path(run_dir), "rb") as handle:
-            lines = handle.read().splitlines()
-    except FileNotFoundError:
-        return []
-    records = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+    return read_json_lines(evals_path(run_dir))
 
 
 def scored_points(run_dir) -> list[dict]:

@@ -8,9 +8,7 @@ which record counts; everything that shows the history (`slmjobs plot`) reads it
 
 from __future__ import annotations
 
-import json
-
-from slmjobs.rundir import history_path
+from slmjobs.rundir import history_path, read_json_lines
 
 VALUE_EVENTS = ("train", "eval", "hellaswag")
 
@@ -18,21 +16,8 @@ VALUE_EVENTS = ("train", "eval", "hellaswag")
 def read_records(run_dir) -> list[dict]:
     """Every record as written, in order; [] without a history. Torn or foreign lines (a link
     killed mid-write) are skipped, as are records without an integer step."""
-    try:
-        with open(history_path(run_dir), "rb") as handle:
-            lines = handle.read().splitlines()
-    except FileNotFoundError:
-        return []
-    records = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int) \
-                and not isinstance(record["step"], bool):
-            records.append(record)
-    return records
+    return [record for record in read_json_lines(history_path(run_dir))
+            if isinstance(record.get("step"), int) and not isinstance(record["step"], bool)]
 
 
 def current_history(run_dir) -> list[dict]:

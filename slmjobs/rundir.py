@@ -207,6 +207,27 @@ def status_stamps(run_dir) -> list:
     return [file_stamp(os.path.join(run_dir, name)) for name in STATUS_INPUTS]
 
 
+# ------------------------------------------------------------------ JSON-lines files
+def read_json_lines(path) -> list[dict]:
+    """The objects of a JSON-lines file a worker appends to (metrics.jsonl, evals.jsonl), in
+    order; [] when there is none. A torn line (a writer killed mid-write) or a foreign one is
+    skipped."""
+    try:
+        with open(path, "rb") as handle:
+            lines = handle.read().splitlines()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 # ------------------------------------------------------------------ progress, DONE
 def read_progress(run_dir) -> dict:
     """The trainer's heartbeat, or {} when there is none (yet) or it is unreadable."""
