@@ -157,6 +157,23 @@ def agree(flag: bool) -> bool:
 
 
 # ------------------------------------------------------------------ when to stop
+def deadline_reason(deadline_at: float | None, now: float, step_seconds: float,
+                    save_seconds: float, exit_seconds: float = EXIT_SECONDS,
+                    extra: tuple = ()) -> str:
+    """The one hand-off rule (this module's HandOff and the training worker's both ask it):
+    "" while one more step, a save (with 25% slack), the exit and any `extra` work due after
+    that step ((name, seconds) pairs: an evaluation) still end before the deadline; else
+    why not, in one line."""
+    if deadline_at is None:
+        return ""
+    needed = step_seconds + 1.25 * save_seconds + exit_seconds + sum(s for _, s in extra)
+    if now + needed <= deadline_at:
+        return ""
+    return (f"deadline in {deadline_at - now:.1f} s < next step {step_seconds:.2f} s + save "
+            f"{save_seconds:.2f} s + exit {exit_seconds:.1f} s"
+            + "".join(f" + {name} {seconds:.2f} s" for name, seconds in extra))
+
+
 class HandOff:
     """Decides at each step boundary whether to stop: a stop signal arrived, or one more step
     plus a save plus the exit would cross the deadline. Steps are timed between calls of
@@ -201,13 +218,8 @@ class HandOff:
         self._mark = now
         if self.signal_name:
             return f"signal {self.signal_name}"
-        if self.deadline is None:
-            return ""
-        needed = self.estimate_step() + 1.25 * self.estimate_save() + self.exit_seconds
-        if now + needed > self.deadline:
-            return (f"deadline in {self.deadline - now:.1f} s < next step {self.estimate_step():.2f} s"
-                    f" + save {self.estimate_save():.2f} s + exit {self.exit_seconds:.1f} s")
-        return ""
+        return deadline_reason(self.deadline, now, self.estimate_step(), self.estimate_save(),
+                               self.exit_seconds)
 
     def time_to_stop(self) -> bool:
         """Call once per step boundary, on every rank: True (on all of them) when they stop."""

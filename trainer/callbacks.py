@@ -32,6 +32,7 @@ from composer.utils.misc import create_interval_scheduler
 
 from trainer.checkpoints import non_finite
 from trainer.errors import Diverged
+from slmjobs import link
 from trainer.handoff import EXIT_SECONDS, StopRequest
 from trainer.progress import Progress, format_duration, record_checkpoint, say
 
@@ -119,21 +120,13 @@ class HandOff(Callback):
         if StopRequest.signum is not None:
             local_reason = f'signal {signal.Signals(StopRequest.signum).name}'
         elif self.deadline is not None:
-            needed = self.estimate_batch() + 1.25 * self.estimate_save() + EXIT_SECONDS
+            extra = []  # evaluations due after the next batch; both run then, so their times add up
             if self._next_batch_evaluates(step):
-                needed += self.estimate_eval()
-            # both evaluations run after the same batch: their times add up
-            hellaswag_due = self.hellaswag is not None and self.hellaswag.due(step + 1, self.max_steps)
-            if hellaswag_due:
-                needed += self.hellaswag.estimate(self.estimate_batch())
-            if now + needed > self.deadline:
-                local_reason = (f'deadline in {self.deadline - now:.1f} s < next batch '
-                                f'{self.estimate_batch():.2f} s + save {self.estimate_save():.2f} s'
-                                f' + exit {EXIT_SECONDS:.1f} s'
-                                + (f' + eval {self.estimate_eval():.2f} s'
-                                   if self._next_batch_evaluates(step) else '')
-                                + (f' + hellaswag {self.hellaswag.estimate(self.estimate_batch()):.2f} s'
-                                   if hellaswag_due else ''))
+                extra.append(('eval', self.estimate_eval()))
+            if self.hellaswag is not None and self.hellaswag.due(step + 1, self.max_steps):
+                extra.append(('hellaswag', self.hellaswag.estimate(self.estimate_batch())))
+            local_reason = link.deadline_reason(self.deadline, now, self.estimate_batch(),
+                                                self.estimate_save(), EXIT_SECONDS, tuple(extra))
         flag = state.device.tensor_to_device(torch.tensor([self.STOP if local_reason else 0], dtype=torch.int32))
         flag = torch.maximum(flag, self.DIVERGED * non_finite_flag(state.loss, state.model))
         dist.all_reduce(flag, reduce_operation='MAX')  # every rank stops at the same step

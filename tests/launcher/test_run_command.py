@@ -262,3 +262,16 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
     except (OSError, IndexError):
         return True
+
+
+def test_one_hand_off_rule_for_any_command_and_the_training_worker():
+    """slmjobs.link.deadline_reason: the worker's HandOff (trainer/callbacks.py) asks it too."""
+    from slmjobs.link import deadline_reason
+
+    assert deadline_reason(None, 0.0, 5.0, 5.0) == ""
+    assert deadline_reason(100.0, 80.0, 5.0, 8.0, exit_seconds=2.0) == ""  # 5 + 10 + 2 = 17 < 20
+    late = deadline_reason(100.0, 84.0, 5.0, 8.0, exit_seconds=2.0)  # 17 > 16
+    assert late.startswith("deadline in 16.0 s < next step 5.00 s + save 8.00 s + exit 2.0 s")
+    assert deadline_reason(100.0, 80.0, 5.0, 8.0, 2.0, (("eval", 4.0),)).endswith("+ eval 4.00 s")
+    import trainer.callbacks as worker
+    assert worker.link.deadline_reason is deadline_reason
