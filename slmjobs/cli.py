@@ -230,13 +230,13 @@ def _find_run(run: str):
 def _find_sweep(name: str):
     """A sweep's directory by its name (searched in every runs root) or by path; None when
     there is no such sweep."""
-    from slmjobs import sweep
+    from slmjobs import throttle
 
     path = Path(name).expanduser()
-    if sweep.is_sweep_dir(path):
+    if throttle.is_sweep_dir(path):
         return path.resolve()
-    found = [sweep.sweep_dir(root, name) for root in _runs_roots()
-             if "/" not in name and sweep.is_sweep_dir(sweep.sweep_dir(root, name))]
+    found = [throttle.sweep_dir(root, name) for root in _runs_roots()
+             if "/" not in name and throttle.is_sweep_dir(throttle.sweep_dir(root, name))]
     if len(found) > 1:
         raise UsageError(f"sweep name {name!r} is ambiguous: {', '.join(map(str, found))}; "
                          "give the path")

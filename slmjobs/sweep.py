@@ -27,8 +27,7 @@ from pathlib import Path
 
 from slmjobs import rundir, submit
 from slmjobs.errors import UsageError
-from slmjobs.throttle import (SWEEPS_DIR, is_sweep_dir, load, member_dirs, release_next,  # noqa: F401
-                              save, sweep_dir)
+from slmjobs.throttle import load, member_dirs, release_next, save, sweep_dir
 
 MAX_NAME = 100  # launch.RUN_NAME's limit
 _NOT_IN_A_NAME = re.compile(r"[^A-Za-z0-9_.-]+")

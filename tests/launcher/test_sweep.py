@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from slmjobs import backends, events, ledger, monitor, over, sweep
+from slmjobs import backends, events, ledger, monitor, over, sweep, throttle
 from slmjobs.errors import UsageError
 from support import fake_scheduler
 
@@ -96,7 +96,7 @@ def test_bad_sweep_options_exit_2_with_nothing_left(run_cli, runs_root, data_roo
 
 
 def test_a_taken_sweep_name_is_refused(run_cli, runs_root, data_root):
-    (runs_root / sweep.SWEEPS_DIR / "s").mkdir(parents=True)
+    (runs_root / throttle.SWEEPS_DIR / "s").mkdir(parents=True)
     proc = run_cli("sweep", "tiny", "--name", "s", *SMALL, "seed=1,2")
     assert proc.returncode == 2 and "sweep name 's' is taken" in proc.stderr, proc.stderr
 
