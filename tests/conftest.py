@@ -63,13 +63,38 @@ def tiers(item) -> list[str]:
     return found or ["unit"]
 
 
+def concurrency_groups(items) -> dict[str, str]:
+    """Module -> the pytest-xdist group it runs in (scripts/test.sh: `-n 3 --dist loadgroup`).
+
+    A module is never split, so its module-scoped fixtures (reference runs, campaigns) are built
+    once. Modules that use a real scheduler share one group per scheduler and so run one at a
+    time, as before: their tests count its queue, its GPUs and its accounting. A module that
+    needs both schedulers goes with Grid Engine. Every other module is a group of its own.
+    """
+    uses: dict[str, set[str]] = {}
+    for item in items:
+        uses.setdefault(item.module.__name__, set()).update(item.fixturenames)
+    groups = {}
+    for module, fixtures in uses.items():
+        if "sge_cluster" in fixtures:
+            groups[module] = "grid-engine"
+        elif "slurm_cluster" in fixtures:
+            groups[module] = "slurm"
+        else:
+            groups[module] = module
+    return groups
+
+
 def pytest_collection_modifyitems(config, items):
-    """Runs before `-m` deselects: the stash holds every collected test's tiers (test_tiers.py)."""
+    """Runs before `-m` deselects: the stash holds every collected test's tiers (test_tiers.py).
+    Also marks each test with its concurrency group (pytest-xdist reads it after this hook)."""
     found = {}
+    groups = concurrency_groups(items)
     for item in items:
         found[item.nodeid] = tiers(item)
         for marker in found[item.nodeid]:
             item.add_marker(marker)
+        item.add_marker(pytest.mark.xdist_group(groups[item.module.__name__]))
     config.stash[COLLECTED_TIERS] = found
 
 
