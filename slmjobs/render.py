@@ -93,6 +93,7 @@ def context(spec: dict, link: int) -> dict:
         "scheduler": profile["scheduler"],
         "header_template": backend.HEADER_TEMPLATE,
         "slots_variable": backend.SLOTS_VARIABLE,
+        "job_id_variable": backend.JOB_ID_VARIABLE,
         "shell": profile["shell"],
         "run_name": spec["name"],
         "job_name": kinds.of(spec).job_name(spec),

@@ -336,6 +336,7 @@ def test_a_link_at_its_slurm_time_limit_hands_off_on_sigterm(campaign, reference
     for done in handed_off:
         log = (run_dir / "logs" / f"link-{done['link']:03d}.log").read_text(errors="replace")
         assert "received SIGTERM" in log and "DUE TO TIME LIMIT" in log, done
+        assert f"link {done['link']} job {done['job_id']} on" in log  # its own id, from SLURM
     accounted = wait_accounted(campaign, "slurm-hardkill", [e["job_id"] for e in handed_off])
     for done in handed_off:
         verdict = accounted[done["job_id"]]
