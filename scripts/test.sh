@@ -20,7 +20,7 @@ sinfo -h >/dev/null && sacct -n -X -S now >/dev/null   # SLURM and its accountin
 # mailx and a local exim4: the one mail a run sends when it is over is delivered for real
 as_root bash scripts/mail-up.sh
 
-# Three pytest workers (tests/conftest.py concurrency_groups): the Grid Engine modules, the SLURM
-# modules and everything else run side by side; chains mostly wait, so this is not CPU-bound.
-# SLMJOBS_TEST_WORKERS=0 runs everything in this one process.
-exec .venv/bin/python -m pytest -n "${SLMJOBS_TEST_WORKERS:-3}" --dist loadgroup "$@"
+# Four pytest workers, modules side by side (tests/conftest.py SCHEDULER_LANES: those that use a
+# real scheduler still run one at a time in their lane); chains mostly wait, so this is not
+# CPU-bound. SLMJOBS_TEST_WORKERS=0 runs everything in this one process.
+exec .venv/bin/python -m pytest -n "${SLMJOBS_TEST_WORKERS:-4}" --dist loadfile "$@"

@@ -27,7 +27,7 @@ from slmjobs.backends import ACTIVE_STATES, ENDED
 from slmjobs.backends.local import LocalBackend
 from slmjobs.backends.sge import SGEBackend
 from slmjobs.backends.slurm import SlurmBackend
-from support import COLLECTED_TIERS, wait_until
+from support import COLLECTED_TIERS, SCHEDULER_LANES, wait_until
 
 
 # What puts a test in a tier: fixtures it uses (directly or through other fixtures), or its id.
@@ -63,38 +63,28 @@ def tiers(item) -> list[str]:
     return found or ["unit"]
 
 
-def concurrency_groups(items) -> dict[str, str]:
-    """Module -> the pytest-xdist group it runs in (scripts/test.sh: `-n 3 --dist loadgroup`).
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: no error where xdist is absent
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile`, with each scheduler lane as one unit (support.SCHEDULER_LANES)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
 
-    A module is never split, so its module-scoped fixtures (reference runs, campaigns) are built
-    once. Modules that use a real scheduler share one group per scheduler and so run one at a
-    time, as before: their tests count its queue, its GPUs and its accounting. A module that
-    needs both schedulers goes with Grid Engine. Every other module is a group of its own.
-    """
-    uses: dict[str, set[str]] = {}
-    for item in items:
-        uses.setdefault(item.module.__name__, set()).update(item.fixturenames)
-    groups = {}
-    for module, fixtures in uses.items():
-        if "sge_cluster" in fixtures:
-            groups[module] = "grid-engine"
-        elif "slurm_cluster" in fixtures:
-            groups[module] = "slurm"
-        else:
-            groups[module] = module
-    return groups
+    class ModulesAndSchedulerLanes(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return SCHEDULER_LANES.get(module, module)
+
+    return ModulesAndSchedulerLanes(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
-    """Runs before `-m` deselects: the stash holds every collected test's tiers (test_tiers.py).
-    Also marks each test with its concurrency group (pytest-xdist reads it after this hook)."""
+    """Runs before `-m` deselects: the stash holds every collected test's tiers (test_tiers.py)."""
     found = {}
-    groups = concurrency_groups(items)
     for item in items:
         found[item.nodeid] = tiers(item)
         for marker in found[item.nodeid]:
             item.add_marker(marker)
-        item.add_marker(pytest.mark.xdist_group(groups[item.module.__name__]))
     config.stash[COLLECTED_TIERS] = found
 
 

@@ -21,6 +21,23 @@ import pytest
 
 COLLECTED_TIERS = pytest.StashKey[dict]()  # nodeid -> its tiers, for every collected test (conftest.py)
 
+# How `pytest -n 4 --dist loadfile` (scripts/test.sh) runs side by side. A module never splits, so
+# its module-scoped fixtures (reference runs, campaigns) are built once, and each module is a unit
+# of its own, except those that submit to a real scheduler: they count its queue, its GPUs (4 on
+# each test cluster) and its accounting, so they run one at a time in one of two lanes, one whose
+# jobs ask for GPUs and one whose jobs ask for CPUs only. test_tiers.py checks that every module
+# using a real scheduler is listed here; conftest.py hands the lanes to pytest-xdist.
+SCHEDULER_LANES = {
+    "tests/backends/test_sge_real.py": "gpus", "tests/backends/test_sge_up.py": "gpus",
+    "tests/backends/test_slurm_real.py": "gpus", "tests/backends/test_slurm_up.py": "gpus",
+    "tests/chain/test_chain_e2e.py": "gpus", "tests/chain/test_scheduler_faults.py": "gpus",
+    "tests/chain/test_sweep_e2e.py": "gpus", "tests/chain/test_submitit.py": "gpus",
+    "tests/launcher/test_eval_kind.py": "gpus", "tests/launcher/test_launch.py": "gpus",
+    "tests/monitor/test_monitor_real.py": "gpus",
+    "tests/chain/test_kind_plugin.py": "cpus", "tests/chain/test_prepare_chain.py": "cpus",
+    "tests/chain/test_run_command_chain.py": "cpus",
+}
+
 
 # ---- prepared datasets (tests/trainer/test_prepare*.py, tests/chain/test_prepare_chain.py) ----
 
