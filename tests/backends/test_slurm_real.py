@@ -39,11 +39,13 @@ def test_the_job_sees_its_id_its_cpus_and_its_gpus(slurm, tmp_path, wait_until):
 
 
 def test_one_query_answers_for_many_jobs_held_and_queued(slurm, tmp_path, wait_until):
-    blocker = slurm.submit(sbatch_script(tmp_path, "s2_block", "sleep 30"))
+    started = tmp_path / "blocker-started"
+    blocker = slurm.submit(sbatch_script(tmp_path, "s2_block", f"touch {started}; sleep 30"))
     # a start time an hour ahead keeps a job queued whatever else the cluster runs
     waiting = slurm.submit(sbatch_script(tmp_path, "s2_wait", "true", "--begin=now+3600"))
     held = slurm.submit(sbatch_script(tmp_path, "s2_held", "true"), hold_on=blocker)
-    wait_until(lambda: state_of(slurm, blocker) == RUNNING, 20, "the blocker to run")
+    # squeue says R a moment before the batch script runs; a cancel then is no SIGTERM to it
+    wait_until(started.exists, 60, "the blocker's script to start")
     jobs = slurm.query([blocker, waiting, held, "424242"])
     assert [jobs[j].state for j in (blocker, waiting, held)] == [RUNNING, QUEUED, HELD]
     assert jobs["424242"].state == ENDING  # not in the queue: never "finished" by itself

@@ -38,8 +38,8 @@ export PATH=/opt/venv/bin:"$PATH"
 export SLMJOBS_PYTHON
 cd /home/tester/project || exit 1
 
-JOB_ID_VARIABLE=JOB_ID  # where this scheduler puts a job's own id
-echo "slmjobs: run $RUN_NAME link $SLMJOBS_LINK job ${JOB_ID_VARIABLE:+${!JOB_ID_VARIABLE:-?}} on $(hostname) at $(date), deadline $(date -d "@$SLMJOBS_DEADLINE" 2>/dev/null)"
+SCHEDULER_ID_VARIABLE=JOB_ID  # where this scheduler puts the job's id
+echo "slmjobs: run $RUN_NAME link $SLMJOBS_LINK job ${SCHEDULER_ID_VARIABLE:+${!SCHEDULER_ID_VARIABLE:-?}} on $(hostname) at $(date), deadline $(date -d "@$SLMJOBS_DEADLINE" 2>/dev/null)"
 if [ -z "$SLMJOBS_PYTHON" ] || ! command -v composer >/dev/null; then
     echo "slmjobs: python (${SLMJOBS_PYTHON:-not found}) or composer not found on PATH=$PATH" >&2
 fi
