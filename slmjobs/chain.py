@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
+import time
 from pathlib import Path
 
 from slmjobs import events, kinds, ledger, over, profiles, rundir, submit
@@ -296,6 +297,22 @@ def cancel_run(run_dir) -> list[str]:
         return cancelled
 
 
+EXITING_WAIT = 60  # seconds resume waits for jobs that recorded their end to leave the queue
+
+
+def jobs_still_alive(run: "Run", run_events: list[dict]) -> dict:
+    """The run's jobs the scheduler still has. A job whose link already recorded `ended` (its
+    end hook ran, or `slmjobs cancel` wrote it) is only exiting: its shell, the scheduler's
+    epilogue. Those are waited for, up to EXITING_WAIT, rather than told to be cancelled."""
+    over_in_ledger = {job["job_id"] for job in events.jobs(run_events) if "ended" in job}
+    give_up = time.monotonic() + EXITING_WAIT
+    while True:
+        active = submit.active_jobs(run.dir, run_events, run.backend)
+        if not active or not set(active) <= over_in_ledger or time.monotonic() > give_up:
+            return active
+        time.sleep(1.0)
+
+
 def resume_run(run_dir, walltime: str | None = None, held: bool = False) -> str:
     """`slmjobs resume`: restart a stopped or cancelled chain from its latest checkpoint;
     returns the new link's job id. One at a time (the run's lock): of two at once, the second
@@ -312,7 +329,7 @@ def resume_run(run_dir, walltime: str | None = None, held: bool = False) -> str:
             raise UsageError(f"run {run.dir.name} waits for run {Path(waiting).name}: it starts "
                              f"when that run finishes (allowed: `slmjobs resume {Path(waiting).name}`"
                              " if that one stopped)")
-        active = submit.active_jobs(run.dir, run_events, run.backend)
+        active = jobs_still_alive(run, run_events)
         if active:
             states = ", ".join(f"job {jid} {job.state}" for jid, job in sorted(active.items()))
             raise UsageError(f"run {run.dir.name} is still active ({states}): "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 
 import pytest
 
@@ -241,6 +242,29 @@ def test_resume_refuses_a_finished_run_and_an_active_chain(run_dir, sched):
     with pytest.raises(UsageError, match="already finished"):
         chain.resume_run(run_dir)
     assert events(run_dir, "resumed") == []
+
+
+def test_resume_waits_for_a_job_that_recorded_its_end_to_leave_the_queue(run_dir, sched,
+                                                                          monkeypatch):
+    """A link stopped by a guard records its end, then its shell still has to exit: resume
+    right then waits for it instead of asking for a cancel. One that never leaves is refused."""
+    launch(run_dir, sched)
+    run_link(run_dir, sched, 1, 1, 10)
+    run_link(run_dir, sched, 2, 1, 10)
+    assert events(run_dir, "stopped")[-1]["reason"] == "crash_budget"
+    exiting = job_of(run_dir, 2)
+    sched.states[exiting] = "running"
+    leaves = threading.Timer(1.0, sched.states.__setitem__, (exiting, "ended"))
+    leaves.start()
+    chain.resume_run(run_dir)
+    leaves.join()
+    assert events(run_dir, "resumed")[-1]["link"] == 4
+
+    monkeypatch.setattr(chain, "EXITING_WAIT", 0.5)
+    ledger.append(run_dir, {"event": "stopped", "reason": "cancelled"})
+    sched.states[job_of(run_dir, 4)] = "running"  # no `ended` for link 4: a live link
+    with pytest.raises(UsageError, match="still active"):
+        chain.resume_run(run_dir)
 
 
 def test_resume_changes_the_walltime_of_the_next_links(run_dir, sched):
