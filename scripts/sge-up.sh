@@ -3,8 +3,8 @@
 # install + configure + start, so that slmjobs' test suite runs against a REAL Grid Engine.
 # scripts/test.sh (and so .ci/run) calls `sge-up.sh up` and fails when it fails.
 #
-# The cluster it makes: host $(hostname), queue all.q (16 slots, notify 10 s), per-job consumable
-# gpus=4 plus gpu_c=8.0 and gpu_memory=80G (the BU SCC resource names), parallel environment
+# The cluster it makes: host $(hostname), queue all.q (32 slots, notify 10 s), per-job consumable
+# gpus=8 plus gpu_c=8.0 and gpu_memory=80G (the BU SCC resource names), parallel environment
 # "omp", a 1 s scheduler interval and a 1 s accounting flush (so qacct follows qstat within ~1 s),
 # root jobs allowed, and an unprivileged user "sgetest". Why each step is there, and how this
 # Grid Engine behaves, is written up in the project's SGE findings (pitfalls P1-P10).
@@ -16,18 +16,18 @@
 #   sge-up.sh status
 #
 # Tunables (env):
-#   SGE_SLOTS        slots of all.q on this host        (default 16, > nproc on purpose)
+#   SGE_SLOTS        slots of all.q on this host        (default 32, > nproc on purpose)
 #   SGE_PE_SLOTS     total slots of PE "omp"             (default 999)
-#   SGE_HOST_CV      exec-host complex_values            (default gpus=4,gpu_c=8.0,gpu_memory=80G)
+#   SGE_HOST_CV      exec-host complex_values            (default gpus=8,gpu_c=8.0,gpu_memory=80G)
 #   SGE_TEST_USER    unprivileged user to create         (default sgetest, "" = none)
 #   SGE_NOTIFY       all.q notify time                   (default 00:00:10)
 set -euo pipefail
 
 export SGE_ROOT=/var/lib/gridengine
 export SGE_CELL=default
-SGE_SLOTS=${SGE_SLOTS:-16}
+SGE_SLOTS=${SGE_SLOTS:-32}
 SGE_PE_SLOTS=${SGE_PE_SLOTS:-999}
-SGE_HOST_CV=${SGE_HOST_CV:-gpus=4,gpu_c=8.0,gpu_memory=80G}
+SGE_HOST_CV=${SGE_HOST_CV:-gpus=8,gpu_c=8.0,gpu_memory=80G}
 SGE_TEST_USER=${SGE_TEST_USER-sgetest}
 SGE_NOTIFY=${SGE_NOTIFY:-00:00:10}
 HOST=$(hostname)

@@ -4,8 +4,8 @@
 # `slurm-up.sh up` after Grid Engine and fails when it fails.
 #
 # The cluster it makes: controller and node on this host ($(hostname -s)), one partition `debug`
-# (default, no time limit), 8 CPUs on the node whatever the hardware (SlurmdParameters=
-# config_overrides: eight one-CPU jobs share the cores), 4 fake GPUs through gres (device nodes
+# (default, no time limit), 16 CPUs on the node whatever the hardware (SlurmdParameters=
+# config_overrides: sixteen one-CPU jobs share the cores), 8 fake GPUs through gres (device nodes
 # made with mknod, so --gres=gpu:N sets CUDA_VISIBLE_DEVICES), KillWait 30 s (SLURM's default:
 # SIGTERM at --time, SIGKILL 30 s later), and accounting through slurmdbd + MariaDB, because
 # `sacct` (how a job ended) reads nothing else on 22.05. No systemd: the daemons are started
@@ -101,7 +101,7 @@ fi
 # ---------------------------------------------------------------- 2. configuration
 mkdir -p "$CONF" /var/lib/slurm/slurmctld /var/lib/slurm/slurmd /var/log/slurm "$FAKE_GPUS"
 # Fake GPUs: character devices with NVIDIA's major number; slurmd only needs them to exist.
-for i in 0 1 2 3; do
+for i in 0 1 2 3 4 5 6 7; do
     [ -c "$FAKE_GPUS/nvidia$i" ] || mknod "$FAKE_GPUS/nvidia$i" c 195 "$i"
 done
 
@@ -149,14 +149,14 @@ AccountingStorageTRES=gres/gpu
 GresTypes=gpu
 KillWait=30
 MinJobAge=300
-NodeName=$HOST CPUs=8 Boards=1 SocketsPerBoard=1 CoresPerSocket=8 ThreadsPerCore=1 RealMemory=8000 Gres=gpu:4 State=UNKNOWN
+NodeName=$HOST CPUs=16 Boards=1 SocketsPerBoard=1 CoresPerSocket=16 ThreadsPerCore=1 RealMemory=16000 Gres=gpu:8 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 SlurmdParameters=config_overrides
 EOF
 
 write_conf "$CONF/gres.conf" 644 <<EOF
 AutoDetect=off
-NodeName=$HOST Name=gpu File=$FAKE_GPUS/nvidia[0-3]
+NodeName=$HOST Name=gpu File=$FAKE_GPUS/nvidia[0-7]
 EOF
 
 write_conf "$CONF/slurmdbd.conf" 600 <<EOF

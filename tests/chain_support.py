@@ -77,9 +77,11 @@ class Campaign:
         path.write_text(yaml.safe_dump(data))
         return path
 
-    def launch(self, name: str, profile: Path, *extra, gpus: int = 1) -> Path:
+    def launch(self, name: str, profile: Path, *extra, gpus: int = 1,
+               slow: list[str] | None = None) -> Path:
+        """`slow`: this chain's pacing instead of the campaign's."""
         self.cli("launch", "tiny", "--cluster", str(profile), "--name", name, "--gpus", str(gpus),
-                 *self.training(), *self.slow, *extra)
+                 *self.training(), *(self.slow if slow is None else slow), *extra)
         self.chains[name] = self.runs / name
         return self.runs / name
 

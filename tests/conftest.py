@@ -73,7 +73,7 @@ def pytest_xdist_make_scheduler(config, log):
     class ModulesAndSchedulerLanes(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
-            return SCHEDULER_LANES.get(module, module)
+            return "lane " + SCHEDULER_LANES[module] if module in SCHEDULER_LANES else module
 
     return ModulesAndSchedulerLanes(config, log)
 

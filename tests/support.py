@@ -23,19 +23,20 @@ COLLECTED_TIERS = pytest.StashKey[dict]()  # nodeid -> its tiers, for every coll
 
 # How `pytest -n 4 --dist loadfile` (scripts/test.sh) runs side by side. A module never splits, so
 # its module-scoped fixtures (reference runs, campaigns) are built once, and each module is a unit
-# of its own, except those that submit to a real scheduler: they count its queue, its GPUs (4 on
-# each test cluster) and its accounting, so they run one at a time in one of two lanes, one whose
-# jobs ask for GPUs and one whose jobs ask for CPUs only. test_tiers.py checks that every module
-# using a real scheduler is listed here; conftest.py hands the lanes to pytest-xdist.
+# of its own, except those that submit to a real scheduler: they run one at a time in one of two
+# lanes, so that each lane holds at most 4 of each test cluster's 8 GPUs (scripts/sge-up.sh,
+# scripts/slurm-up.sh) and its chains never wait for the other lane's. Lane "a" holds the chain
+# campaign of test_chain_e2e.py (4 GPUs on each scheduler at once). test_tiers.py checks that
+# every module using a real scheduler is listed here; conftest.py hands the lanes to pytest-xdist.
 SCHEDULER_LANES = {
-    "tests/backends/test_sge_real.py": "gpus", "tests/backends/test_sge_up.py": "gpus",
-    "tests/backends/test_slurm_real.py": "gpus", "tests/backends/test_slurm_up.py": "gpus",
-    "tests/chain/test_chain_e2e.py": "gpus", "tests/chain/test_scheduler_faults.py": "gpus",
-    "tests/chain/test_sweep_e2e.py": "gpus", "tests/chain/test_submitit.py": "gpus",
-    "tests/launcher/test_eval_kind.py": "gpus", "tests/launcher/test_launch.py": "gpus",
-    "tests/monitor/test_monitor_real.py": "gpus",
-    "tests/chain/test_kind_plugin.py": "cpus", "tests/chain/test_prepare_chain.py": "cpus",
-    "tests/chain/test_run_command_chain.py": "cpus",
+    "tests/chain/test_chain_e2e.py": "a",
+    "tests/backends/test_sge_real.py": "a", "tests/backends/test_sge_up.py": "a",
+    "tests/backends/test_slurm_real.py": "a", "tests/backends/test_slurm_up.py": "a",
+    "tests/launcher/test_eval_kind.py": "a", "tests/launcher/test_launch.py": "a",
+    "tests/monitor/test_monitor_real.py": "a",
+    "tests/chain/test_scheduler_faults.py": "b", "tests/chain/test_sweep_e2e.py": "b",
+    "tests/chain/test_submitit.py": "b", "tests/chain/test_kind_plugin.py": "b",
+    "tests/chain/test_prepare_chain.py": "b", "tests/chain/test_run_command_chain.py": "b",
 }
 
 

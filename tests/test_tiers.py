@@ -32,7 +32,7 @@ def test_every_test_has_a_tier_and_the_unit_tier_has_no_scheduler_and_no_trainin
 
 def test_every_module_that_uses_a_real_scheduler_runs_in_a_scheduler_lane(request):
     """A module that submits to Grid Engine or SLURM but is missing from SCHEDULER_LANES would
-    run beside the others and compete for the test clusters' 4 GPUs."""
+    run beside the others and compete for the test clusters' GPUs."""
     tiers = request.config.stash[COLLECTED_TIERS]
     using = {t.split('::')[0] for t, found in tiers.items() if 'cluster' in found}
     assert not using - set(SCHEDULER_LANES), 'add these to support.SCHEDULER_LANES'

@@ -59,6 +59,12 @@ SLOW = [f"train.debug_batch_sleep={BATCH_SLEEP}"]
 # than h_rt - margin, and every batch lasts at least BATCH_SLEEP. (A slower machine only adds
 # links; 200 steps at 1 s in links of at most 90 s need 3.)
 MIN_LINKS = math.ceil(MAX_STEPS * BATCH_SLEEP / (WALLTIME_S - MARGIN))
+# Two ranks start three Pythons a link (the launcher and two workers, ~24 CPU-s), beside other test
+# modules: their links get a minute more, so start-up on a busy machine still leaves time to
+# train, and their steps sleep longer, so they still need 3 links or more.
+TWO_RANKS_WALLTIME, TWO_RANKS_WALLTIME_S = "00:03:00", 180
+TWO_RANKS_SLOW = ["train.debug_batch_sleep=2.0"]
+TWO_RANKS_MIN_LINKS = math.ceil(MAX_STEPS * 2.0 / (TWO_RANKS_WALLTIME_S - MARGIN))
 LIMITS = {"max_links": 20, "crash_budget": 3, "no_progress_links": 3}
 WAIT = 900                    # seconds a chain may take on a busy 2-core machine
 
@@ -119,12 +125,13 @@ def wait_accounted(campaign: "Campaign", name: str, job_ids: list[str]) -> dict[
     return wait_until(every_job_accounted, 60, f"qacct to know the jobs of {name}", interval=2.0)
 
 
-def assert_planned_chain_completed(run_dir: Path, kind: str) -> tuple[list[dict], list[dict]]:
-    """It finished by itself over MIN_LINKS links or more, each handing off until the last, and
+def assert_planned_chain_completed(run_dir: Path, kind: str, min_links: int = MIN_LINKS
+                                   ) -> tuple[list[dict], list[dict]]:
+    """It finished by itself over `min_links` links or more, each handing off until the last, and
     no batch was computed twice. Returns the ledger and the trained links."""
     evs = assert_finished_without_leftovers(run_dir, kind)
     links = trained_links(evs)
-    assert len(links) >= MIN_LINKS >= 3, links
+    assert len(links) >= min_links >= 3, links
     assert [e["how"] for e in links] == ["handed_off"] * (len(links) - 1) + ["finished"]
     assert_no_batch_recomputed_at_hand_offs(run_dir, evs)
     return evs, links
@@ -159,11 +166,14 @@ def campaign(tmp_path_factory, sge_cluster, slurm_cluster):
         nodeadline = c.profile(f"{scheduler}-no-margin",
                                cluster_profile(scheduler, WALLTIME, MARGIN, LIMITS,
                                                env={"SLMJOBS_DEADLINE": ""}))
-        # planned 2 + cancel 1 + hardkill 1 = each test cluster's 4 GPUs; the crash loop's
-        # links wait in the queue for a free one, as they would on a full cluster.
-        for name, profile, gpus in (("planned", short, 2), ("cancel", short, 1),
-                                    ("hardkill", nodeadline, 1)):
-            c.wait_training(c.launch(f"{scheduler}-{name}", profile, gpus=gpus))
+        # planned 2 + cancel 1 + hardkill 1 = 4 GPUs, this lane's half of each test cluster's
+        # 8 (tests/support.py SCHEDULER_LANES); the crash loop's links may wait in the queue
+        # for a free one, as they would on a full cluster.
+        two_ranks = c.profile(f"{scheduler}-two-ranks",
+                              cluster_profile(scheduler, TWO_RANKS_WALLTIME, MARGIN, LIMITS))
+        c.wait_training(c.launch(f"{scheduler}-planned", two_ranks, gpus=2, slow=TWO_RANKS_SLOW))
+        for name, profile in (("cancel", short), ("hardkill", nodeadline)):
+            c.wait_training(c.launch(f"{scheduler}-{name}", profile))
         c.launch(f"{scheduler}-crashloop", short, f"data.path={damaged}")
     local = c.profile("local-short", local_profile(WALLTIME, MARGIN, LIMITS))
     c.wait_training(c.launch("local", local))
@@ -263,7 +273,7 @@ def test_planned_hand_offs_of_two_ranks_give_the_uninterrupted_weights(
         campaign, reference_two_ranks, scheduler):
     name = f"{scheduler}-planned"
     run_dir = campaign.chains[name]
-    evs, links = assert_planned_chain_completed(run_dir, scheduler)
+    evs, links = assert_planned_chain_completed(run_dir, scheduler, TWO_RANKS_MIN_LINKS)
     # the successor held on the last link was removed when the run finished
     last = links[-1]["link"]
     assert [e["how"] for e in evs if e["event"] == "ended" and e["link"] == last + 1] == \

@@ -115,11 +115,11 @@ def test_validate_accepts_a_possible_request_and_rejects_an_impossible_one(sge_c
     ok = run_cli("launch", "tiny", "--cluster", "sge", "--gpus", "2", "--validate", "--dry-run")
     assert ok.returncode == 0, ok.stderr
     assert "scheduler:" in ok.stderr and "#$ -l gpus=2" in ok.stdout
-    # a profile that allows more GPUs than any host of the test cluster has (4)
+    # a profile that allows more GPUs than any host of the test cluster has (8)
     big = tmp_path / "big.yaml"
-    big.write_text((REPO / "cluster" / "sge.yaml").read_text().replace("max_gpus: 4", "max_gpus: 8"))
+    big.write_text((REPO / "cluster" / "sge.yaml").read_text().replace("max_gpus: 4", "max_gpus: 16"))
     for extra in (["--dry-run"], []):
-        bad = run_cli("launch", "tiny", "--cluster", str(big), "--gpus", "6", "--validate",
+        bad = run_cli("launch", "tiny", "--cluster", str(big), "--gpus", "12", "--validate",
                       "train.global_batch_size=12", *extra)
         assert bad.returncode == 2, bad.stderr
         assert "the scheduler rejects this request" in bad.stderr and "no suitable queues" in bad.stderr
