@@ -48,6 +48,8 @@ class HandOff(TrainerCallback):
             print(f"slmjobs.hf: training from global_step {state.global_step}", flush=True)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if 0 < state.max_steps <= state.global_step:
+            return control  # the last step: training ends now, a hand-off would only cost a link
         reason = self.clock.local_reason()
         if link.agree(bool(reason)):
             self.clock.stop(reason or "another rank asked to stop")

@@ -43,6 +43,8 @@ class HandOff(Callback):
             print(f"slmjobs.lightning: training from global_step {trainer.global_step}", flush=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            return  # the last step: the fit ends now, a hand-off would only cost a link
         reason = self.clock.local_reason()
         if not trainer.strategy.reduce_boolean_decision(bool(reason), all=False):
             return
