@@ -214,18 +214,9 @@ def read_json_lines(path) -> list[dict]:
     skipped."""
     try:
         with open(path, "rb") as handle:
-            lines = handle.read().splitlines()
+            return ledger.parse(handle.read())  # the ledger's own reader: the same rules
     except FileNotFoundError:
         return []
-    records = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 # ------------------------------------------------------------------ progress, DONE
