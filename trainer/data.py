@@ -8,12 +8,17 @@ sample order stays the same when the number of GPUs changes between links.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from streaming import StreamingDataLoader, StreamingDataset
+
+from trainer.progress import say
 
 
 class TokenWindows(StreamingDataset):
@@ -39,11 +44,62 @@ def record_shm_prefix(dataset: StreamingDataset) -> None:
             f.write(f'{prefix:06}\n')
 
 
+# Host-wide, like the shared memory it guards.
+PREFIX_LOCK = '/dev/shm/slmjobs-streaming-prefix.lock'
+PREFIX_LOCK_WAIT = 60.0  # seconds; then go on unlocked (streaming's own odds) rather than hang
+
+
+@contextlib.contextmanager
+def shm_prefix_lock():
+    """Streaming picks its /dev/shm prefix by looking for the first free one and creating it
+    later: two trainers starting on one node at once can pick the same one, and the second dies
+    with FileExistsError (seen with four test workers starting trainers side by side). The
+    node's local leader holds this lock from before its ranks look until the prefix is created
+    (the dataset's constructor); the other ranks start looking only once it holds it. A holder
+    that hangs (a rank died in its constructor) delays the others by PREFIX_LOCK_WAIT at most."""
+    from composer.utils import dist
+    fd = None
+    if dist.get_local_rank() == 0:
+        fd = acquire_prefix_lock()
+    dist.barrier()
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def acquire_prefix_lock() -> int | None:
+    try:
+        # Read-only is enough for flock, so another user's lock file (0644) serves too.
+        fd = os.open(PREFIX_LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError:
+        return None  # no /dev/shm here, or a lock file we may not read
+    give_up = time.monotonic() + PREFIX_LOCK_WAIT
+    said = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > give_up:
+                os.close(fd)
+                say(f'{PREFIX_LOCK} still held after {PREFIX_LOCK_WAIT:.0f} s: going on without it')
+                return None
+            if not said:
+                say(f'waiting for {PREFIX_LOCK}: another trainer on this node is registering '
+                    f'its shared memory')
+                said = True
+            time.sleep(0.1)
+
+
 def make_loader(split_dir: Path, per_device_batch: int, shuffle: bool, shuffle_seed: int,
                 num_canonical_nodes: int, num_workers: int, drop_last: bool):
-    dataset = TokenWindows(
-        local=str(split_dir), remote=None, split=None, shuffle=shuffle, shuffle_seed=shuffle_seed,
-        batch_size=per_device_batch, num_canonical_nodes=num_canonical_nodes)
+    with shm_prefix_lock():
+        dataset = TokenWindows(
+            local=str(split_dir), remote=None, split=None, shuffle=shuffle,
+            shuffle_seed=shuffle_seed, batch_size=per_device_batch,
+            num_canonical_nodes=num_canonical_nodes)
     record_shm_prefix(dataset)
     loader = StreamingDataLoader(
         dataset, batch_size=per_device_batch, num_workers=num_workers, drop_last=drop_last,
