@@ -125,6 +125,15 @@ def wait_accounted(campaign: "Campaign", name: str, job_ids: list[str]) -> dict[
     return wait_until(every_job_accounted, 60, f"qacct to know the jobs of {name}", interval=2.0)
 
 
+def assert_handed_off_until_finished(run_dir: Path, links: list[dict]) -> None:
+    """Every trained link handed off but the last, which finished; else the odd link's log."""
+    hows = [e["how"] for e in links]
+    odd = next((e for e in links[:-1] if e["how"] != "handed_off"), links[-1])
+    assert hows == ["handed_off"] * (len(links) - 1) + ["finished"], (
+        f"{hows}; link {odd['link']} ({odd['how']}) logged, at its end:\n"
+        + rundir.log_path(run_dir, odd["link"]).read_text(errors="replace")[-6000:])
+
+
 def assert_planned_chain_completed(run_dir: Path, kind: str, min_links: int = MIN_LINKS
                                    ) -> tuple[list[dict], list[dict]]:
     """It finished by itself over `min_links` links or more, each handing off until the last, and
@@ -132,7 +141,7 @@ def assert_planned_chain_completed(run_dir: Path, kind: str, min_links: int = MI
     evs = assert_finished_without_leftovers(run_dir, kind)
     links = trained_links(evs)
     assert len(links) >= min_links >= 3, links
-    assert [e["how"] for e in links] == ["handed_off"] * (len(links) - 1) + ["finished"]
+    assert_handed_off_until_finished(run_dir, links)
     assert_no_batch_recomputed_at_hand_offs(run_dir, evs)
     return evs, links
 
@@ -340,7 +349,7 @@ def test_a_link_at_its_slurm_time_limit_hands_off_on_sigterm(campaign, reference
     links = trained_links(evs)
     # No link trains past its --time plus KillWait (150 s): 200 batches of 1 s need two at least.
     assert len(links) >= 2, links
-    assert [e["how"] for e in links] == ["handed_off"] * (len(links) - 1) + ["finished"]
+    assert_handed_off_until_finished(run_dir, links)
     assert_no_batch_recomputed_at_hand_offs(run_dir, evs)
     handed_off = [e for e in links if e["how"] == "handed_off"]
     for done in handed_off:
