@@ -1,6 +1,6 @@
-"""What every backend shares: the normalized job states, the Job record, the Backend interface
-and the reading of a job script's `#$` directives. slmjobs.backends holds the registry; each
-scheduler's module imports only this one.
+"""What every backend shares: the normalized job states, the Job record, the Backend interface,
+running a scheduler's client commands and reading a job script's `#$` directives.
+slmjobs.backends holds the registry; each scheduler's module imports only this one.
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,35 @@ class SchedulerError(RuntimeError):
     def __init__(self, message: str, transient: bool = False):
         super().__init__(message)
         self.transient = transient
+
+
+COMMAND_TIMEOUT = 60  # seconds; a scheduler that does not answer in a minute is down
+
+
+def run_client(argv: list[str], check: bool, needs: str, transient: re.Pattern) -> subprocess.CompletedProcess:
+    """Run one of the scheduler's client commands. Not on PATH: a one-line UsageError that says
+    what `needs` (the scheduler and its commands). A failure whose message matches `transient`
+    (a busy or unreachable controller), or no answer within COMMAND_TIMEOUT, may succeed if
+    asked again; any other failure (with `check`) is the scheduler refusing the request."""
+    if shutil.which(argv[0]) is None:
+        raise UsageError(f"{argv[0]} not found on PATH: {needs}; use a cluster profile with "
+                         "scheduler: local")
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise SchedulerError(f"{' '.join(argv)} did not answer within {COMMAND_TIMEOUT} s",
+                             transient=True) from None
+    if check and proc.returncode != 0:
+        said = one_line(proc.stderr or proc.stdout)
+        raise SchedulerError(f"{' '.join(argv)} failed (exit {proc.returncode}): {said}",
+                             transient=bool(transient.search(said)))
+    return proc
+
+
+def one_line(text: str) -> str:
+    """A command's (multi-line) message as one line."""
+    return " / ".join(line.strip() for line in text.strip().splitlines() if line.strip())
 
 
 @dataclass

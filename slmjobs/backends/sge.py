@@ -17,10 +17,9 @@ from datetime import datetime
 from pathlib import Path
 
 from slmjobs.backends.core import (ENDED, ENDING, HELD, QUEUED, RUNNING, SAFE_WORD, Backend,
-                                   Job, SchedulerError)
+                                   Job, SchedulerError, one_line, run_client)
 from slmjobs.errors import UsageError
 
-COMMAND_TIMEOUT = 60  # seconds; a qmaster that does not answer in a minute is down
 # What Grid Engine's clients print when the qmaster is busy, restarting or unreachable: the same
 # request may go through a moment later. Anything else (a bad option, a denied project) won't.
 TRANSIENT = re.compile(r"commlib error|unable to contact qmaster|failed receiving gdi request"
@@ -28,26 +27,11 @@ TRANSIENT = re.compile(r"commlib error|unable to contact qmaster|failed receivin
                        r"|qmaster is not alive|not answer", re.I)
 
 
+NEEDS = "the 'sge' scheduler needs Grid Engine's client commands (qsub, qstat, qacct, qdel)"
+
+
 def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    if shutil.which(argv[0]) is None:
-        raise UsageError(
-            f"{argv[0]} not found on PATH: the 'sge' scheduler needs Grid Engine's client "
-            "commands (qsub, qstat, qacct, qdel); use a cluster profile with scheduler: local")
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise SchedulerError(f"{' '.join(argv)} did not answer within {COMMAND_TIMEOUT} s",
-                             transient=True) from None
-    if check and proc.returncode != 0:
-        said = _one_line(proc.stderr or proc.stdout)
-        raise SchedulerError(f"{' '.join(argv)} failed (exit {proc.returncode}): {said}",
-                             transient=bool(TRANSIENT.search(said)))
-    return proc
-
-
-def _one_line(text: str) -> str:
-    return " / ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    return run_client(argv, check, NEEDS, TRANSIENT)
 
 
 # ------------------------------------------------------------------- qstat -xml
@@ -341,10 +325,10 @@ class SGEBackend(Backend):
                     if line.strip() and "does not exist" not in line
                     and "for deletion" not in line and "has deleted" not in line]
         if proc.returncode != 0 and problems:
-            raise SchedulerError(f"qdel {' '.join(ids)} failed: {_one_line(' / '.join(problems))}")
+            raise SchedulerError(f"qdel {' '.join(ids)} failed: {one_line(' / '.join(problems))}")
 
     def validate(self, script: Path) -> tuple[bool, str]:
         """`qsub -w v`: checks the request against an empty cluster and submits nothing
         (it does use up a job number)."""
         proc = _run(["qsub", "-w", "v", str(script)], check=False)
-        return proc.returncode == 0, _one_line(proc.stdout + "\n" + proc.stderr)
+        return proc.returncode == 0, one_line(proc.stdout + "\n" + proc.stderr)

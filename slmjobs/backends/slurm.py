@@ -20,10 +20,9 @@ from datetime import datetime
 from pathlib import Path
 
 from slmjobs.backends.core import (ENDED, ENDING, HELD, QUEUED, RUNNING, SAFE_WORD, Backend,
-                                   Job, SchedulerError)
+                                   Job, SchedulerError, one_line, run_client)
 from slmjobs.errors import UsageError
 
-COMMAND_TIMEOUT = 60  # seconds; a controller that does not answer in a minute is down
 # What SLURM's clients print when slurmctld (or slurmdbd) is busy, restarting or unreachable: the
 # same request may go through a moment later. Anything else (a bad account, an impossible
 # request) won't.
@@ -39,26 +38,11 @@ SQUEUE_FORMAT = "%i|%T|%r|%S|%C|%b|%j"
 SACCT_FIELDS = "JobID,JobName,State,ExitCode,ElapsedRaw,Start,End,AllocCPUS,AllocTRES"
 
 
+NEEDS = "the 'slurm' scheduler needs SLURM's client commands (sbatch, squeue, sacct, scancel, scontrol)"
+
+
 def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    if shutil.which(argv[0]) is None:
-        raise UsageError(
-            f"{argv[0]} not found on PATH: the 'slurm' scheduler needs SLURM's client commands "
-            "(sbatch, squeue, sacct, scancel, scontrol); use a cluster profile with scheduler: local")
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise SchedulerError(f"{' '.join(argv)} did not answer within {COMMAND_TIMEOUT} s",
-                             transient=True) from None
-    if check and proc.returncode != 0:
-        said = _one_line(proc.stderr or proc.stdout)
-        raise SchedulerError(f"{' '.join(argv)} failed (exit {proc.returncode}): {said}",
-                             transient=bool(TRANSIENT.search(said)))
-    return proc
-
-
-def _one_line(text: str) -> str:
-    return " / ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    return run_client(argv, check, NEEDS, TRANSIENT)
 
 
 # ------------------------------------------------------------------------- squeue
@@ -288,11 +272,11 @@ class SlurmBackend(Backend):
                     if line.strip() and "Invalid job id" not in line
                     and "already completing or completed" not in line]
         if proc.returncode != 0 and problems:
-            raise SchedulerError(f"scancel {' '.join(ids)} failed: {_one_line(' / '.join(problems))}",
+            raise SchedulerError(f"scancel {' '.join(ids)} failed: {one_line(' / '.join(problems))}",
                                  transient=bool(TRANSIENT.search(" ".join(problems))))
 
     def validate(self, script: Path) -> tuple[bool, str]:
         """`sbatch --test-only`: asks slurmctld whether and when the job could start, and
         submits nothing."""
         proc = _run(["sbatch", "--test-only", str(script)], check=False)
-        return proc.returncode == 0, _one_line(proc.stdout + "\n" + proc.stderr)
+        return proc.returncode == 0, one_line(proc.stdout + "\n" + proc.stderr)
