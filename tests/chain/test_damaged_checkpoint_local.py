@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,29 @@ TRAINING = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.block
             "wandb.enabled=false"]
 # Batches last at least this long, so link 1 is still training when the test kills it.
 SLOW = ["train.debug_batch_sleep=0.5"]
+
+
+def truncate_newest_checkpoint(run_dir) -> int:
+    """Cut the checkpoint `latest` points at to half its size (a node that died mid-write);
+    returns the step it was saved at."""
+    folder = rundir.checkpoints_dir(run_dir)
+    newest = folder / os.readlink(folder / "latest-rank0.pt")
+    with open(newest, "r+b") as handle:
+        handle.truncate(newest.stat().st_size // 2)
+    return int(newest.name.split("-ba")[1].split("-")[0])
+
+
+def assert_finished_past_the_damage(run_dir, newest_step: int) -> dict:
+    """The run finished, link 2 set the truncated checkpoint aside (kept as *.damaged) and
+    resumed from the one saved before it; returns that checkpoint_set_aside event."""
+    evs = events_of(run_dir)
+    assert events.stop_reason(evs) == "finished", evs[-3:]
+    (aside,) = events_of(run_dir, "checkpoint_set_aside")
+    assert (aside["link"], aside["step"]) == (2, newest_step)
+    assert aside["resumes_from"] == newest_step - SAVE_EVERY
+    damaged = rundir.checkpoints_dir(run_dir) / (Path(aside["path"]).name + ".damaged")
+    assert damaged.exists(), aside
+    return aside
 
 
 def test_a_truncated_newest_checkpoint_is_set_aside_and_the_run_finishes_from_the_one_before(
@@ -50,19 +74,11 @@ def test_a_truncated_newest_checkpoint_is_set_aside_and_the_run_finishes_from_th
         # SIGKILL the worker (not the job): the job records `killed`, its held successor waits
         subprocess.run(["pkill", "-KILL", "-f", f"trainer.train .*run_dir={run_dir} "], check=True)
         wait_until(lambda: events.ended_links(events_of(run_dir)).get(1), 120, "link 1's end")
-        folder = rundir.checkpoints_dir(run_dir)
-        newest = folder / os.readlink(folder / "latest-rank0.pt")
-        newest_step = int(newest.name.split("-ba")[1].split("-")[0])
-        with open(newest, "r+b") as handle:
-            handle.truncate(newest.stat().st_size // 2)
+        newest_step = truncate_newest_checkpoint(run_dir)
         gate.unlink()
 
-        evs = c.wait_settled(run_dir)
-        assert events.stop_reason(evs) == "finished", evs[-3:]
-        (aside,) = events_of(run_dir, "checkpoint_set_aside")
-        assert (aside["link"], aside["step"]) == (2, newest_step)
-        assert aside["resumes_from"] == newest_step - SAVE_EVERY
-        assert (folder / f"{newest.name}.damaged").exists()
+        c.wait_settled(run_dir)
+        aside = assert_finished_past_the_damage(run_dir, newest_step)
         ended = events_of(run_dir, "ended")
         assert [e["how"] for e in ended if e["link"] == 1] == ["killed"]
         assert not [e for e in ended if e["how"] == "crashed"]  # 0 crashes
@@ -103,19 +119,11 @@ def test_a_checkpoint_damaged_after_begin_is_set_aside_by_the_worker(tmp_path, m
         subprocess.run(["pkill", "-KILL", "-f", f"trainer.train .*run_dir={run_dir} "], check=True)
         wait_until(waiting.exists, 120, "link 2's begin to pass and its worker to wait")
         assert not events_of(run_dir, "checkpoint_set_aside")  # begin found nothing wrong
-        folder = rundir.checkpoints_dir(run_dir)
-        newest = folder / os.readlink(folder / "latest-rank0.pt")
-        newest_step = int(newest.name.split("-ba")[1].split("-")[0])
-        with open(newest, "r+b") as handle:
-            handle.truncate(newest.stat().st_size // 2)
+        newest_step = truncate_newest_checkpoint(run_dir)
         gate.unlink()
 
-        evs = c.wait_settled(run_dir)
-        assert events.stop_reason(evs) == "finished", evs[-3:]
-        (aside,) = events_of(run_dir, "checkpoint_set_aside")
-        assert (aside["link"], aside["step"]) == (2, newest_step)
-        assert aside["resumes_from"] == newest_step - SAVE_EVERY
-        assert (folder / f"{newest.name}.damaged").exists()
+        c.wait_settled(run_dir)
+        aside = assert_finished_past_the_damage(run_dir, newest_step)
         log = rundir.log_path(run_dir, 2).read_text()
         assert f"set aside, resuming from step {newest_step - SAVE_EVERY}" in log
         assert not [e for e in events_of(run_dir, "ended") if e["how"] == "crashed"]
