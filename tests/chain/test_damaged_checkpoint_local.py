@@ -40,12 +40,11 @@ def truncate_newest_checkpoint(run_dir) -> int:
     return int(newest.name.split("-ba")[1].split("-")[0])
 
 
-def assert_finished_past_the_damage(run_dir, newest_step: int) -> dict:
-    """The run finished, link 2 set the truncated checkpoint aside (kept as *.damaged) and
-    resumed from the one saved before it; returns that checkpoint_set_aside event."""
-    evs = events_of(run_dir)
+def assert_finished_past_the_damage(run_dir, evs: list[dict], newest_step: int) -> dict:
+    """The run (its ledger `evs`) finished, link 2 set the truncated checkpoint aside (kept as
+    *.damaged) and resumed from the one saved before it; returns that checkpoint_set_aside event."""
     assert events.stop_reason(evs) == "finished", evs[-3:]
-    (aside,) = events_of(run_dir, "checkpoint_set_aside")
+    (aside,) = [e for e in evs if e["event"] == "checkpoint_set_aside"]
     assert (aside["link"], aside["step"]) == (2, newest_step)
     assert aside["resumes_from"] == newest_step - SAVE_EVERY
     damaged = rundir.checkpoints_dir(run_dir) / (Path(aside["path"]).name + ".damaged")
@@ -77,8 +76,7 @@ def test_a_truncated_newest_checkpoint_is_set_aside_and_the_run_finishes_from_th
         newest_step = truncate_newest_checkpoint(run_dir)
         gate.unlink()
 
-        c.wait_settled(run_dir)
-        aside = assert_finished_past_the_damage(run_dir, newest_step)
+        aside = assert_finished_past_the_damage(run_dir, c.wait_settled(run_dir), newest_step)
         ended = events_of(run_dir, "ended")
         assert [e["how"] for e in ended if e["link"] == 1] == ["killed"]
         assert not [e for e in ended if e["how"] == "crashed"]  # 0 crashes
@@ -122,8 +120,7 @@ def test_a_checkpoint_damaged_after_begin_is_set_aside_by_the_worker(tmp_path, m
         newest_step = truncate_newest_checkpoint(run_dir)
         gate.unlink()
 
-        c.wait_settled(run_dir)
-        aside = assert_finished_past_the_damage(run_dir, newest_step)
+        aside = assert_finished_past_the_damage(run_dir, c.wait_settled(run_dir), newest_step)
         log = rundir.log_path(run_dir, 2).read_text()
         assert f"set aside, resuming from step {newest_step - SAVE_EVERY}" in log
         assert not [e for e in events_of(run_dir, "ended") if e["how"] == "crashed"]
