@@ -21,7 +21,8 @@ The `then:` actions, listed in run.yaml:
 
 An action is recorded in the ledger (an `action` event) under the ledger's lock before it is
 done, so two hooks racing to conclude the same run never do it twice. No controller process
-exists anywhere: login nodes kill long processes.
+exists anywhere: login nodes kill long processes. What an action reports goes to stderr:
+it may run inside `slmjobs status`, whose stdout is the table or its --json.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def release_sweep_slot(sweep_dir, spec: dict) -> None:
         return
     if released:
         print(f"slmjobs: run {spec['name']} is over: released job(s) {' '.join(released)} of "
-              f"its sweep")
+              f"its sweep", file=sys.stderr)
 
 
 def _claim(run_dir, name: str, target: str, since_resume_only: bool) -> bool:
@@ -197,4 +198,4 @@ def start_waiting_run(waiting_dir, awaited_dir) -> None:
                                                  f"{Path(awaited_dir).name} finished: {exc}")
             return
     print(f"slmjobs: run {waiting_dir.name} started: link 1 submitted as job {job_id} "
-          f"({Path(awaited_dir).name} finished)")
+          f"({Path(awaited_dir).name} finished)", file=sys.stderr)

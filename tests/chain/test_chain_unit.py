@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from support import train_spec
+from support import make_run_dir, train_spec
 
 from slmjobs import chain, kinds, ledger, rundir, submit
 from slmjobs.backends import Job
@@ -505,3 +505,18 @@ def test_resume_refuses_while_no_checkpoint_is_whole(run_dir, sched):
     (folder / "latest-rank0.pt").unlink()  # what the message says: start the training over
     chain.resume_run(run_dir)
     assert events(run_dir, "resumed")[-1]["previous_stop"] == "no_intact_checkpoint"
+
+
+def test_a_waiting_run_started_by_the_end_of_another_says_so_on_stderr_only(run_dir, sched, tmp_path,
+                                                                          capsys):
+    """The `then:` actions also run inside `slmjobs status` (a run killed before its end hook),
+    whose stdout is the table or its --json: their notices never go there."""
+    from slmjobs import over
+    waiting = make_run_dir(tmp_path / "r2")
+    assert over.wait_for(run_dir, waiting) is None  # r1 has not finished: nothing submitted yet
+    launch(run_dir, sched)
+    run_link(run_dir, sched, 1, 0, 100)
+    assert [e["link"] for e in events(waiting, "submitted")] == [1]
+    said = capsys.readouterr()
+    assert "started: link 1 submitted" in said.err
+    assert "started" not in said.out
